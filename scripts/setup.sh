@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment with monai_msgldm and its dependencies (idempotent, safe to re-run).
+#
+# torch is pinned through PIP_CONSTRAINT (constraints.txt) so that pip never replaces it: on a CPU-only
+# machine with a local CPU wheel this keeps the CPU build; on a GPU machine the same pin installs the
+# CUDA build from PyPI. Override the interpreter with PYTHON=..., the venv folder with MSGLDM_VENV=...
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python_bin="${PYTHON:-python3}"
+venv="${MSGLDM_VENV:-$root/.venv}"
+export PIP_CONSTRAINT="$root/constraints.txt"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating virtual environment in $venv"
+  "$python_bin" -m venv "$venv"
+fi
+py="$venv/bin/python"
+echo "[setup] installing monai_msgldm[dev] and its dependencies (torch pinned by constraints.txt) ..."
+"$py" -m pip install -q -e ".[dev]"
+"$py" -c "import torch, monai, monai_msgldm; print(f'[setup] ok: torch {torch.__version__}, monai {monai.__version__}, monai_msgldm {monai_msgldm.__version__}, cuda={torch.cuda.is_available()}')"
