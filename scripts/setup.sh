@@ -18,5 +18,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 echo "[setup] installing monai_msgldm[dev] and its dependencies (torch pinned by constraints.txt) ..."
-"$py" -m pip install -q -e ".[dev]"
+# (the grep drops pip's notices about index folders this machine's pip.conf names but that do not exist)
+"$py" -m pip install -q -e ".[dev]" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$py" -c "import torch, monai, monai_msgldm; print(f'[setup] ok: torch {torch.__version__}, monai {monai.__version__}, monai_msgldm {monai_msgldm.__version__}, cuda={torch.cuda.is_available()}')"
