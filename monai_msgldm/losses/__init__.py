@@ -1,0 +1,27 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MSG-LDM losses: frequency SSIM, structure-aware (L1 + frequency SSIM) and style consistency, plus the DCT."""
+
+from __future__ import annotations
+
+from .dct import dct_basis, dct_nd, idct_nd
+from .frequency_ssim import FrequencySSIMLoss
+from .structure_aware import StructureAwareLoss
+from .style_consistency import StyleConsistencyLoss
+
+__all__ = [
+    "FrequencySSIMLoss",
+    "StructureAwareLoss",
+    "StyleConsistencyLoss",
+    "dct_basis",
+    "dct_nd",
+    "idct_nd",
+]
