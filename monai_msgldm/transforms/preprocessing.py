@@ -1,0 +1,215 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The MSG-LDM authors' BraTS preprocessing, built from MONAI transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ImageReader
+from monai.transforms import (
+    CenterSpatialCropd,
+    Compose,
+    ConvertToMultiChannelBasedOnBratsClassesd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapLabelValued,
+    MapTransform,
+    Orientationd,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+)
+from monai.utils import convert_to_numpy
+
+from ..constants import BRATS_LABELS_2020, BRATS_LABELS_2023, MODALITIES
+from .modality_dropout import ApplyModalityMaskd
+from .stack import StackModalitiesd
+
+__all__ = ["BRATS_NAMINGS", "CheckLabelValuesd", "brats_preprocessing_transforms"]
+
+#: Label conventions accepted by :func:`brats_preprocessing_transforms`, with their label values.
+BRATS_NAMINGS: dict[str, dict[str, int]] = {"brats2020": BRATS_LABELS_2020, "brats2023": BRATS_LABELS_2023}
+
+
+class CheckLabelValuesd(MapTransform):
+    """Raise a ValueError when a label image holds a value outside ``allowed`` (e.g. a BraTS 2023 case
+    read with the 2020 convention, whose enhancing tumour, label 3, would otherwise be lost silently).
+
+    Args:
+        keys: keys of the label images.
+        allowed: the permitted label values.
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Example::
+
+        >>> CheckLabelValuesd("seg", allowed=(0, 1, 2, 4))({"seg": torch.tensor([[0.0, 4.0]])})["seg"]
+        tensor([[0., 4.]])
+    """
+
+    def __init__(self, keys: KeysCollection, allowed: Sequence[float], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(allowed) == 0:
+            raise ValueError("CheckLabelValuesd expects a non-empty sequence of allowed values, got ().")
+        self.allowed = np.asarray(sorted(float(v) for v in allowed))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = np.unique(convert_to_numpy(d[key]))
+            unexpected = values[~np.isin(values, self.allowed)]
+            if unexpected.size:
+                raise ValueError(
+                    f"CheckLabelValuesd expects the values of '{key}' in {self.allowed.tolist()}, "
+                    f"got unexpected values {unexpected.tolist()} (check the BraTS naming)."
+                )
+        return d
+
+
+def brats_preprocessing_transforms(
+    modalities: Sequence[str] = MODALITIES,
+    seg_key: str | None = "seg",
+    spatial_size: Sequence[int] = (192, 192),
+    naming: str = "brats2020",
+    image_key: str = "image",
+    available_key: str = "available",
+    reader: str | ImageReader | None = None,
+    lower: float = 0.0,
+    upper: float = 100.0,
+) -> Compose:
+    """MONAI pipeline turning BraTS file paths into a stacked, cropped, [-1, 1]-scaled multi-contrast volume.
+
+    Input: a dictionary with one file path per present modality under the keys ``modalities`` (leave the
+    key out for an absent modality) and, if ``seg_key`` is not None, the segmentation path under ``seg_key``.
+
+    Steps (the MSG-LDM authors' preprocessing):
+
+    1. ``LoadImaged`` (``NibabelReader`` by default; ``reader="ITKReader"`` works too) and
+       ``EnsureChannelFirstd`` for each present modality and the segmentation;
+    2. :class:`StackModalitiesd` into ``image_key`` (absent modalities filled with 0, availability mask
+       under ``available_key``; a modality or segmentation on another grid raises a ValueError), then the
+       per-modality items are deleted (their file names stay in the image meta data as
+       ``"<modality>_filename_or_obj"``);
+    3. ``Orientationd("RAI")``, ``CropForegroundd`` on the union of the modalities (any channel > 0), then
+       ``SpatialPadd`` + ``CenterSpatialCropd`` to ``spatial_size`` in-plane (depth untouched), on the image
+       and the segmentation alike. These run on the stacked image so that
+       ``Invertd(keys=image_key, transform=<this Compose>, orig_keys=image_key)`` restores the original grid;
+    4. per-modality ``ScaleIntensityRangePercentilesd(lower, upper -> [-1, 1], clip=True, channel_wise=True)``,
+       then :class:`ApplyModalityMaskd` sets the channels of absent modalities to exactly -1 (MONAI warns
+       "Divide by zero" once for such constant channels; the result is -1 in any case);
+    5. segmentation: label values checked against ``naming``; for ``"brats2023"`` the enhancing label 3 is
+       mapped to 4 (``MapLabelValued``); then ``ConvertToMultiChannelBasedOnBratsClassesd`` (TC, WT, ET);
+    6. ``EnsureTyped(float32)``.
+
+    Output:
+        - ``image_key``: MetaTensor (M, H, W, D) float32 in [-1, 1], M = ``len(modalities)`` in that order,
+          H, W = ``spatial_size``, D the depth after foreground cropping; absent modalities are -1.
+        - ``available_key``: (M,) torch bool tensor.
+        - ``seg_key``: MetaTensor (3, H, W, D) float32 in {0, 1}: tumour core, whole tumour, enhancing tumour.
+
+    Args:
+        modalities: modality keys, in channel order.
+        seg_key: key of the segmentation, or None for data without labels.
+        spatial_size: in-plane (H, W) size after padding / centre cropping.
+        naming: label convention, ``"brats2020"`` (enhancing = 4) or ``"brats2023"`` (enhancing = 3).
+        image_key: key of the stacked image.
+        available_key: key of the availability mask.
+        reader: MONAI image reader (name or instance); None: ``"NibabelReader"``.
+        lower: lower intensity percentile mapped to -1, in [0, 100).
+        upper: upper intensity percentile mapped to 1, in (lower, 100].
+
+    Returns:
+        A ``monai.transforms.Compose``.
+
+    Example::
+
+        >>> pre = brats_preprocessing_transforms(spatial_size=(192, 192))
+        >>> out = pre({"t1": "BraTS20_001_t1.nii.gz", "t2": "BraTS20_001_t2.nii.gz",
+        ...            "flair": "BraTS20_001_flair.nii.gz", "seg": "BraTS20_001_seg.nii.gz"})  # doctest: +SKIP
+        >>> out["image"].shape, out["available"].tolist()  # doctest: +SKIP
+        (torch.Size([4, 192, 192, 140]), [True, False, True, True])
+    """
+    name = "brats_preprocessing_transforms"
+    modalities = tuple(modalities)
+    if (
+        len(modalities) == 0
+        or len(set(modalities)) != len(modalities)
+        or not all(isinstance(m, str) for m in modalities)
+    ):
+        raise ValueError(f"{name} expects a non-empty sequence of distinct modality keys, got {modalities}.")
+    reserved = {image_key, available_key} | ({seg_key} if seg_key is not None else set())
+    if len(reserved) != (3 if seg_key is not None else 2) or reserved & set(modalities):
+        raise ValueError(
+            f"{name} expects image_key, available_key, seg_key and the modalities to be distinct, got "
+            f"image_key='{image_key}', available_key='{available_key}', seg_key={seg_key!r}, modalities={modalities}."
+        )
+    size = tuple(spatial_size)
+    if len(size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in size):
+        raise ValueError(f"{name} expects spatial_size to be two positive integers (H, W), got {spatial_size}.")
+    size = tuple(int(s) for s in size)
+    if naming not in BRATS_NAMINGS:
+        raise ValueError(f"{name} expects naming in {tuple(BRATS_NAMINGS)}, got {naming!r}.")
+    if not 0.0 <= lower < upper <= 100.0:
+        raise ValueError(f"{name} expects percentiles 0 <= lower < upper <= 100, got lower={lower}, upper={upper}.")
+    reader = "NibabelReader" if reader is None else reader
+
+    geometry_keys = [image_key] if seg_key is None else [image_key, seg_key]
+    volume_size = (*size, -1)
+    transforms: list = [
+        LoadImaged(keys=modalities, reader=reader, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys=modalities, allow_missing_keys=True),
+    ]
+    if seg_key is not None:
+        transforms += [
+            LoadImaged(keys=seg_key, reader=reader, image_only=True),
+            EnsureChannelFirstd(keys=seg_key),
+        ]
+    transforms += [
+        StackModalitiesd(
+            keys=modalities,
+            name=image_key,
+            available_key=available_key,
+            fill_value=0.0,
+            check_keys=() if seg_key is None else (seg_key,),
+            allow_missing_keys=True,
+        ),
+        DeleteItemsd(keys=modalities),
+        Orientationd(keys=geometry_keys, axcodes="RAI", labels=None),
+        CropForegroundd(
+            keys=geometry_keys, source_key=image_key, allow_smaller=True, start_coord_key=None, end_coord_key=None
+        ),
+        SpatialPadd(keys=geometry_keys, spatial_size=volume_size),
+        CenterSpatialCropd(keys=geometry_keys, roi_size=volume_size),
+        ScaleIntensityRangePercentilesd(
+            keys=image_key, lower=lower, upper=upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True
+        ),
+        ApplyModalityMaskd(keys=image_key, available_key=available_key, fill_value=-1.0),
+    ]
+    if seg_key is not None:
+        labels = BRATS_NAMINGS[naming]
+        transforms.append(CheckLabelValuesd(keys=seg_key, allowed=(0, *labels.values())))
+        if labels["enhancing"] != BRATS_LABELS_2020["enhancing"]:
+            transforms.append(
+                MapLabelValued(
+                    keys=seg_key, orig_labels=[labels["enhancing"]], target_labels=[BRATS_LABELS_2020["enhancing"]]
+                )
+            )
+        transforms.append(
+            ConvertToMultiChannelBasedOnBratsClassesd(keys=seg_key, et_label=BRATS_LABELS_2020["enhancing"])
+        )
+    transforms.append(EnsureTyped(keys=geometry_keys, dtype=torch.float32))
+    return Compose(transforms)
