@@ -10,3 +10,7 @@
 # limitations under the License.
 
 from __future__ import annotations
+
+from .synthesis import ModalitySynthesisInferer, resolve_availability
+
+__all__ = ["ModalitySynthesisInferer", "resolve_availability"]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -159,7 +160,7 @@ class ModalitySynthesisInferer(Inferer):
         self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         """Synthesize ``(B, M, *S)`` with padding to the autoencoder's factor and cropping back."""
-        factor = model.autoencoder.downsample_factor * _structure_factor(model)
+        factor = math.lcm(model.autoencoder.downsample_factor, int(model.structure_net.total_stride))
         spatial = tuple(images.shape[2:])
         crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
         padded_shape = tuple(s + (-s) % factor for s in spatial)
@@ -192,16 +193,3 @@ class ModalitySynthesisInferer(Inferer):
             out[start:stop] = self._run(model, slices[start:stop], slice_mask[start:stop], generator)
         out = out.reshape(b, n, m, *vol.shape[3:]).permute(0, 2, 1, 3, 4)
         return out.movedim(2, axis)
-
-
-def _structure_factor(model: nn.Module) -> int:
-    """Extra divisibility the structure branch needs beyond the autoencoder factor (1 when it is coarser)."""
-    strides = getattr(model.structure_net, "strides", None)
-    if strides is None:
-        return 1
-    total = 1
-    for s in strides:
-        total *= int(s)
-    factor = model.autoencoder.downsample_factor
-    return total // factor if total > factor and total % factor == 0 else 1
-

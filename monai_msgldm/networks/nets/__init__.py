@@ -1,0 +1,33 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MSG-LDM networks: structure/style encoders, decoders and the stage-1 structure/style network."""
+
+from __future__ import annotations
+
+__all__ = [
+    "MSGLDM",
+    "AdaptiveInstanceNorm",
+    "ModalityWiseAutoencoder",
+    "ReconstructionDecoder",
+    "SegmentationDecoder",
+    "StructureEncoder",
+    "StructureStyleNet",
+    "StyleEncoder",
+    "autoencoder_downsample_factor",
+    "resize_to_grid",
+]
+
+from .decoders import AdaptiveInstanceNorm, ReconstructionDecoder, SegmentationDecoder
+from .modality_autoencoder import ModalityWiseAutoencoder, autoencoder_downsample_factor
+from .msgldm import MSGLDM, resize_to_grid
+from .structure_encoder import StructureEncoder
+from .structure_style_net import StructureStyleNet
+from .style_encoder import StyleEncoder
