@@ -8,5 +8,10 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+"""MSG-LDM networks: building blocks (`blocks`) and whole networks (`nets`)."""
 
 from __future__ import annotations
+
+from . import blocks, nets
+
+__all__ = ["blocks", "nets"]
