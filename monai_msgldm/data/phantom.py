@@ -28,8 +28,8 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +76,6 @@ _MIN_RESOLUTION, _MAX_RESOLUTION = 1.0, 8.0
 _MAX_TUMOURS = 3
 _MAX_ATTEMPTS = 10
 _GAIN = 1000.0  # signal scale (arbitrary units, like a scanner's receiver gain)
-_TUMOUR_TISSUES = ("necrosis", "edema", "enhancing")
 _NORMAL_TISSUES = ("csf", "gm", "wm")
 _EDEMA_MIN_FRACTION = 0.35  # a voxel is labelled edema when at least this fraction of it is edematous tissue
 _EDEMA_RAMP_MM = 3.0  # the edema boundary is diffuse: its partial-volume ramp is at least this wide
@@ -474,7 +473,9 @@ def generate_phantom_subject(
         or not isinstance(num_tumours, (int, np.integer))
         or not 1 <= num_tumours <= _MAX_TUMOURS
     ):
-        raise ValueError(f"{caller} expects num_tumours to be None or an int in [1, {_MAX_TUMOURS}], got {num_tumours!r}.")
+        raise ValueError(
+            f"{caller} expects num_tumours to be None or an int in [1, {_MAX_TUMOURS}], got {num_tumours!r}."
+        )
 
     tpl = _load_template()
     grid = _template_grid(resolution)
@@ -587,8 +588,10 @@ def phantom_case_id(index: int) -> str:
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+    """Write ``data`` to a temporary file next to ``path`` (usual permissions, umask applied), then rename it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -741,9 +744,7 @@ def generate_phantom_dataset(
         cases.append(write_phantom_case(subject, output_dir, case))
         made += 1
         logger.debug("phantom: wrote '%s' in %.2f s", case_dir, time.perf_counter() - t0)
-    logger.info(
-        "phantom: %d written, %d kept, %.1f s", made, len(cases) - made, time.perf_counter() - start
-    )
+    logger.info("phantom: %d written, %d kept, %.1f s", made, len(cases) - made, time.perf_counter() - start)
     return cases
 
 
