@@ -1,0 +1,48 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MONAI/Ignite engines for the three MSG-LDM training stages and their evaluators."""
+
+from __future__ import annotations
+
+from .autoencoder import AutoencoderEvaluator, AutoencoderKeys, AutoencoderTrainer, available_modality_slices
+from .diffusion import LatentDiffusionTrainer, SynthesisEvaluator, freeze_msgldm_conditioning
+from .structure import StructureStyleEvaluator, StructureStyleKeys, StructureStyleTrainer
+from .utils import (
+    ModalityMaskSampler,
+    PrepareMultiModalBatch,
+    attach_ema,
+    autocast_context,
+    kl_divergence,
+    reseed_mask_sampler_every_epoch,
+    resolve_amp,
+    unwrap_module,
+)
+
+__all__ = [
+    "AutoencoderEvaluator",
+    "AutoencoderKeys",
+    "AutoencoderTrainer",
+    "LatentDiffusionTrainer",
+    "ModalityMaskSampler",
+    "PrepareMultiModalBatch",
+    "StructureStyleEvaluator",
+    "StructureStyleKeys",
+    "StructureStyleTrainer",
+    "SynthesisEvaluator",
+    "attach_ema",
+    "autocast_context",
+    "available_modality_slices",
+    "freeze_msgldm_conditioning",
+    "kl_divergence",
+    "reseed_mask_sampler_every_epoch",
+    "resolve_amp",
+    "unwrap_module",
+]

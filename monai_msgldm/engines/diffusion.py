@@ -1,0 +1,337 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Stage 2 engines: train the structure-conditioned latent diffusion UNet of MSG-LDM and evaluate its synthesis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from ignite.engine import Events
+from ignite.handlers import EMAHandler
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim.optimizer import Optimizer
+
+from monai_msgldm.constants import MODALITIES
+from monai_msgldm.engines.utils import (
+    ModalityMaskSampler,
+    PrepareMultiModalBatch,
+    attach_ema,
+    autocast_context,
+    reseed_mask_sampler_every_epoch,
+    resolve_amp,
+    unwrap_module,
+)
+from monai_msgldm.networks.nets.msgldm import MSGLDM
+
+__all__ = ["LatentDiffusionTrainer", "SynthesisEvaluator", "freeze_msgldm_conditioning"]
+
+
+def _as_msgldm(network: nn.Module, name: str) -> MSGLDM:
+    inner = unwrap_module(network)
+    if not isinstance(inner, MSGLDM):
+        raise ValueError(
+            f"{name} expects network to be an MSGLDM (possibly wrapped in DistributedDataParallel), "
+            f"got {type(inner).__name__}."
+        )
+    return inner
+
+
+def freeze_msgldm_conditioning(network: nn.Module) -> MSGLDM:
+    """Freeze the stage-0 autoencoder and the stage-1 structure net of an MSG-LDM for stage-2 training.
+
+    Sets ``requires_grad_(False)`` and eval mode on ``network.autoencoder`` and ``network.structure_net`` (after
+    unwrapping ``DistributedDataParallel``); the UNet is left as it is. Call it again after any ``network.train()``
+    (the :py:class:`LatentDiffusionTrainer` does, every iteration).
+
+    Returns:
+        The unwrapped MSG-LDM.
+    """
+    net = _as_msgldm(network, "freeze_msgldm_conditioning")
+    for module in (net.autoencoder, net.structure_net):
+        module.requires_grad_(False)
+        module.eval()
+    return net
+
+
+class LatentDiffusionTrainer(SupervisedTrainer):
+    """Stage-2 trainer of MSG-LDM: the diffusion UNet on the joint latent, conditioned on the structure map ``F_s``.
+
+    The autoencoder and the structure net are frozen in the constructor (:py:func:`freeze_msgldm_conditioning`) and
+    kept in eval mode; the optimizer must see only the UNet parameters: build it on ``network.unet.parameters()``
+    (a ``ValueError`` is raised if it holds a frozen parameter). Per iteration, an input mask of 1..M modalities is
+    drawn per sample among those the data has (:py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``) and
+    the loss is ``MSGLDM.diffusion_loss(image, mask, diffusion_model=network)`` (epsilon MSE on the whole joint
+    latent). Passing ``network`` itself as ``diffusion_model`` keeps a ``DistributedDataParallel`` wrapper in the
+    forward pass, so gradients are synchronised.
+
+    Latent scale: with ``calibrate_scale_factor=True`` the first iteration sets ``scale_factor = 1 / std`` of the
+    first batch's joint latent (``MSGLDM.calibrate_scale_factor``), unless ``scale_factor`` is already != 1.0, which
+    means it was calibrated before, e.g. restored from a checkpoint by a ``CheckpointLoader`` (it is a buffer of the
+    network's state dict). Under DDP, rank 0's value is broadcast with the buffers.
+
+    EMA: with ``ema_decay`` (e.g. 0.9999) ignite's ``EMAHandler`` averages the UNet after every iteration;
+    ``trainer.ema_model`` is the averaged UNet copy (``trainer.ema_handler`` the handler). Save it with the network,
+    e.g. ``CheckpointSaver(save_dict={"network": net, "ema": trainer.ema_model, "optimizer": opt, "trainer":
+    trainer})``, and load it back the same way to resume. For inference with the EMA weights, load them into the
+    UNet: ``net.unet.load_state_dict(torch.load(path)["ema"])`` (or a ``CheckpointLoader`` with ``load_dict={"ema":
+    net.unet}`` run after the one loading ``"network"``). :py:func:`attach_ema` attaches the same handler from a
+    config when the trainer is built without ``ema_decay``.
+
+    ``engine.state.output``: ``image``, ``available`` (drawn mask) and ``loss``.
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: batches of dicts with ``image`` ``(B, M, *S)`` and ``available`` ``(B, M)``.
+        network: an :py:class:`MSGLDM` with trained autoencoder and structure net (or a DDP wrapper around one).
+        optimizer: optimizer of ``network.unet.parameters()`` only (paper: AdamW, lr 1e-4).
+        ema_decay: EMA decay of the UNet weights, or ``None`` (no EMA).
+        calibrate_scale_factor: calibrate the latent scale factor on the first batch (see above).
+        min_available: the least number of modalities kept in the input mask (>= 1).
+        max_missing: the most hidden per sample; ``None`` means ``M - min_available``.
+        seed: seed of the mask draws.
+        image_key, available_key: batch keys.
+        amp: mixed precision; only on CUDA.
+        kwargs: further ``SupervisedTrainer`` arguments.
+
+    Example::
+
+        trainer = LatentDiffusionTrainer(device="cuda", max_epochs=100, train_data_loader=loader, network=net,
+                                         optimizer=torch.optim.AdamW(net.unet.parameters(), 1e-4), ema_decay=0.9999)
+        trainer.run()
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: Optimizer,
+        ema_decay: float | None = None,
+        calibrate_scale_factor: bool = True,
+        min_available: int = 1,
+        max_missing: int | None = None,
+        seed: int = 0,
+        image_key: str = "image",
+        available_key: str = "available",
+        amp: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        name = type(self).__name__
+        net = freeze_msgldm_conditioning(network)
+        frozen = {id(p) for m in (net.autoencoder, net.structure_net) for p in m.parameters()}
+        if any(id(p) in frozen for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError(
+                f"{name} expects an optimizer of network.unet.parameters() only, got one holding parameters of the "
+                "frozen autoencoder or structure net."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 2**16:
+            raise ValueError(f"{name} expects seed to be an int in [0, 2**32 - 2**16), got {seed!r}.")
+        kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=nn.MSELoss(),
+            amp=resolve_amp(amp, device),
+            **kwargs,
+        )
+        self.msgldm = net
+        self.calibrate_scale_factor = bool(calibrate_scale_factor)
+        self._scale_checked = False
+        self.seed = seed
+        self.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
+        self.mask_sampler.set_random_state(seed)
+        reseed_mask_sampler_every_epoch(self, self.mask_sampler, seed)
+        # evaluators' eval_mode restores train mode on the whole network when they finish: freeze again after them
+        self.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: freeze_msgldm_conditioning(engine.network))
+        self.ema_handler: EMAHandler | None = None
+        if ema_decay is not None:
+            self.ema_handler = attach_ema(self, net.unet, decay=ema_decay)
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The EMA copy of the UNet (``None`` without ``ema_decay``)."""
+        return None if self.ema_handler is None else self.ema_handler.ema_model
+
+    def _maybe_calibrate(self, images: torch.Tensor) -> None:
+        if self._scale_checked:
+            return
+        self._scale_checked = True
+        if self.calibrate_scale_factor and float(self.msgldm.scale_factor) == 1.0:
+            self.msgldm.calibrate_scale_factor(images)
+
+    def _iteration(self, engine: LatentDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("LatentDiffusionTrainer must be given batch data for the current iteration.")
+        images, _, (data_available,), _ = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        engine._maybe_calibrate(images)
+        mask = engine.mask_sampler(data_available)
+        engine.state.output = {Keys.IMAGE: images, "available": mask}
+        engine.network.train()
+        freeze_msgldm_conditioning(engine.network)
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with autocast_context(engine):
+            loss = engine.msgldm.diffusion_loss(images, mask, diffusion_model=engine.network)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class SynthesisEvaluator(SupervisedEvaluator):
+    """Stage-2 evaluator: synthesize a target modality from the others with DDIM and compare with the real one.
+
+    For each batch the scenario is fixed and deterministic: the target is ``target`` (one modality), or, for a
+    sequence of targets, ``target[i % len(target)]`` for the i-th batch of the run (round robin). The input mask is
+    the data mask without the target; every sample must have the target and at least one other modality in its
+    data. Sampling runs ``num_inference_steps`` DDIM steps from noise drawn with a generator seeded by ``seed + i``,
+    so results are reproducible. ``engine.state.output``: ``pred`` / ``label`` are the synthesized and the real
+    target channel ``(B, 1, *S)`` (key metric: ``PeakSignalToNoiseRatio(max_val=2.0, output_transform=
+    from_engine(["pred", "label"]))`` for images in [-1, 1]); also ``image`` (input), ``available`` (input mask) and
+    ``target`` (the modality index).
+
+    To evaluate EMA weights, load them into ``network.unet`` first (see :py:class:`LatentDiffusionTrainer`).
+
+    Args:
+        device: device to evaluate on.
+        val_data_loader: batches of dicts with ``image`` ``(B, M, *S)`` and ``available`` ``(B, M)``.
+        network: the :py:class:`MSGLDM` (or a DDP wrapper).
+        target: modality name (in ``modalities``) or index, or a sequence of them for a round robin.
+        num_inference_steps: DDIM steps (small, e.g. 5-10, during training; 100 in the paper).
+        seed: base seed of the sampling noise.
+        clip_range: ``(low, high)`` to clip the synthesized images to, or ``None``; default ``(-1, 1)``.
+        modalities: names of the M channels, to resolve ``target`` names; default ``MODALITIES``.
+        image_key, available_key: batch keys.
+        amp: mixed precision (bfloat16 autocast in ``MSGLDM.synthesize``); only on CUDA.
+        kwargs: further ``SupervisedEvaluator`` arguments.
+
+    Example::
+
+        evaluator = SynthesisEvaluator(device="cuda", val_data_loader=val_loader, network=net, target="flair",
+                                       num_inference_steps=10, key_val_metric={"val_psnr": PeakSignalToNoiseRatio(
+                                           max_val=2.0, output_transform=from_engine(["pred", "label"]))})
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Iterable,
+        network: nn.Module,
+        target: str | int | Sequence[str | int] = "flair",
+        num_inference_steps: int = 10,
+        seed: int = 0,
+        clip_range: Sequence[float] | None = (-1.0, 1.0),
+        modalities: Sequence[str] = MODALITIES,
+        image_key: str = "image",
+        available_key: str = "available",
+        amp: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        name = type(self).__name__
+        net = _as_msgldm(network, name)
+        names = [str(m) for m in modalities]
+        if len(names) != net.num_modalities:
+            raise ValueError(
+                f"{name} expects {net.num_modalities} modality names (the network's num_modalities), got {names}."
+            )
+        targets = [target] if isinstance(target, (str, int)) else list(target)
+        if not targets:
+            raise ValueError(f"{name} expects target to name at least one modality, got {target!r}.")
+        self_targets: list[int] = []
+        for t in targets:
+            if isinstance(t, str) and t in names:
+                self_targets.append(names.index(t))
+            elif isinstance(t, int) and not isinstance(t, bool) and 0 <= t < net.num_modalities:
+                self_targets.append(t)
+            else:
+                raise ValueError(
+                    f"{name} expects target to be a modality name in {names} or an index in "
+                    f"[0, {net.num_modalities}), got {t!r}."
+                )
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or not 1 <= num_inference_steps <= net.num_train_timesteps
+        ):
+            raise ValueError(
+                f"{name} expects num_inference_steps to be an int in [1, {net.num_train_timesteps}], "
+                f"got {num_inference_steps!r}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"{name} expects seed to be an int >= 0, got {seed!r}.")
+        if clip_range is not None and (len(clip_range) != 2 or float(clip_range[0]) >= float(clip_range[1])):
+            raise ValueError(f"{name} expects clip_range None or (low, high) with low < high, got {clip_range!r}.")
+        kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
+        super().__init__(
+            device=device, val_data_loader=val_data_loader, network=network, amp=resolve_amp(amp, device), **kwargs
+        )
+        self.msgldm = net
+        self.targets = self_targets
+        self.modalities = names
+        self.num_inference_steps = num_inference_steps
+        self.seed = seed
+        self.clip_range = None if clip_range is None else (float(clip_range[0]), float(clip_range[1]))
+
+    def _iteration(self, engine: SynthesisEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("SynthesisEvaluator must be given batch data for the current iteration.")
+        images, _, (data_available,), _ = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        index = engine.state.iteration - 1
+        target = engine.targets[index % len(engine.targets)]
+        mask = data_available.clone()
+        mask[:, target] = False
+        bad = torch.nonzero(~data_available[:, target] | ~mask.any(dim=1)).flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"SynthesisEvaluator expects every sample's data to have the target '{engine.modalities[target]}' and "
+                f"at least one other modality, got batch rows {bad} without."
+            )
+        generator = torch.Generator().manual_seed(engine.seed + index)
+        with engine.mode(engine.network):
+            synthesis = engine.msgldm.synthesize(
+                images, mask, num_inference_steps=engine.num_inference_steps, generator=generator, amp=engine.amp
+            )
+        pred = synthesis[:, target : target + 1].float()
+        if engine.clip_range is not None:
+            pred = pred.clamp(*engine.clip_range)
+        engine.state.output = {
+            Keys.IMAGE: images,
+            Keys.LABEL: images[:, target : target + 1].float(),
+            Keys.PRED: pred,
+            "available": mask,
+            "target": target,
+        }
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

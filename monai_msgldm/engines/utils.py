@@ -1,0 +1,242 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Pieces shared by the MSG-LDM engines: batch preparation, availability-mask sampling, KL term, AMP and EMA."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
+from monai.transforms import Randomizable
+
+from monai_msgldm.transforms import RandModalityDropout
+
+__all__ = [
+    "ModalityMaskSampler",
+    "PrepareMultiModalBatch",
+    "attach_ema",
+    "autocast_context",
+    "kl_divergence",
+    "reseed_mask_sampler_every_epoch",
+    "resolve_amp",
+    "unwrap_module",
+]
+
+
+def unwrap_module(network: nn.Module) -> nn.Module:
+    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (``network`` itself otherwise)."""
+    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return network.module
+    return network
+
+
+def resolve_amp(amp: bool, device: str | torch.device | None) -> bool:
+    """Whether mixed precision is really used: only when requested AND the device is CUDA (CPU runs fp32 silently)."""
+    if not amp or device is None:
+        return False
+    return torch.device(device).type == "cuda"
+
+
+def autocast_context(engine: Any) -> AbstractContextManager:
+    """``torch.autocast("cuda", **engine.amp_kwargs)`` when ``engine.amp`` is set, a no-op context otherwise."""
+    if getattr(engine, "amp", False):
+        return torch.autocast("cuda", **getattr(engine, "amp_kwargs", {}))
+    return nullcontext()
+
+
+def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+    """KL divergence of the diagonal Gaussian posterior ``N(z_mu, z_sigma^2)`` from ``N(0, 1)``.
+
+    Summed over the latent channels and space, averaged over the batch (MONAI's generative tutorials' convention).
+
+    Args:
+        z_mu: posterior means ``(N, C, *L)``.
+        z_sigma: posterior standard deviations, same shape, > 0.
+
+    Returns:
+        A scalar tensor.
+    """
+    if z_mu.shape != z_sigma.shape:
+        raise ValueError(
+            f"kl_divergence expects z_mu and z_sigma of the same shape, got {tuple(z_mu.shape)} and "
+            f"{tuple(z_sigma.shape)}."
+        )
+    var = z_sigma.float().pow(2)
+    kl = 0.5 * (z_mu.float().pow(2) + var - torch.log(var) - 1.0)
+    return kl.flatten(1).sum(dim=1).mean()
+
+
+class PrepareMultiModalBatch:
+    """``prepare_batch`` for the MSG-LDM batch format, in MONAI's 4-tuple convention ``(inputs, targets, args, kwargs)``.
+
+    The batch is a dict with the stacked modalities ``image`` ``(B, M, *S)`` in [-1, 1], the availability mask
+    ``available`` ``(B, M)`` (which modalities the DATA has; all True when the key is absent) and, optionally, the
+    segmentation ``seg`` ``(B, C, *S)``. Returns ``(image, seg or None, (available,), {})`` on ``device``, the mask
+    as a bool tensor.
+
+    Args:
+        image_key: key of the stacked images.
+        available_key: key of the data-availability mask.
+        seg_key: key of the segmentation target (may be absent from the batch).
+
+    Example::
+
+        prepare = PrepareMultiModalBatch()
+        images, seg, (available,), _ = prepare({"image": torch.rand(2, 4, 16, 16)}, "cpu")
+        # available: all True (2, 4)
+    """
+
+    def __init__(self, image_key: str = "image", available_key: str = "available", seg_key: str = "seg") -> None:
+        self.image_key = image_key
+        self.available_key = available_key
+        self.seg_key = seg_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor], dict]:
+        if not isinstance(batchdata, Mapping) or self.image_key not in batchdata:
+            got = list(batchdata) if isinstance(batchdata, Mapping) else type(batchdata).__name__
+            raise ValueError(f"PrepareMultiModalBatch expects a dict batch with key '{self.image_key}', got {got}.")
+        images = torch.as_tensor(batchdata[self.image_key])
+        if images.ndim < 3:
+            raise ValueError(
+                f"PrepareMultiModalBatch expects '{self.image_key}' of shape (B, M, *spatial), got {tuple(images.shape)}."
+            )
+        images = images.to(device=device, non_blocking=non_blocking, **kwargs)
+        if self.available_key in batchdata and batchdata[self.available_key] is not None:
+            available = torch.as_tensor(batchdata[self.available_key])
+            if tuple(available.shape) != tuple(images.shape[:2]):
+                raise ValueError(
+                    f"PrepareMultiModalBatch expects '{self.available_key}' of shape {tuple(images.shape[:2])} (B, M), "
+                    f"got {tuple(available.shape)}."
+                )
+            if available.dtype != torch.bool:
+                if not bool(((available == 0) | (available == 1)).all()):
+                    raise ValueError(
+                        f"PrepareMultiModalBatch expects '{self.available_key}' to hold booleans or 0/1, got other values."
+                    )
+                available = available != 0
+            available = available.to(device=images.device)
+        else:
+            available = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
+        seg = batchdata.get(self.seg_key)
+        if seg is not None:
+            seg = torch.as_tensor(seg).to(device=device, non_blocking=non_blocking, **kwargs)
+        return images, seg, (available,), {}
+
+
+class ModalityMaskSampler(Randomizable):
+    """Draws a random availability mask per sample among the modalities the data has.
+
+    Each row is drawn with :py:class:`monai_msgldm.transforms.RandModalityDropout` semantics: ``0..max_missing``
+    modalities are hidden, uniformly, among those available in the data, keeping at least ``min_available`` (a row
+    with fewer data modalities than ``min_available`` is left as it is). The returned mask is never all-False and
+    is a subset of the data mask. Randomness comes only from ``self.R`` (``set_random_state`` for reproducibility).
+
+    Args:
+        min_available: the least number of modalities kept per sample (>= 1).
+        max_missing: the most hidden per sample; ``None`` means ``M - min_available``.
+
+    Example::
+
+        sampler = ModalityMaskSampler(min_available=1).set_random_state(0)
+        mask = sampler(torch.tensor([[True, True, True, True], [True, False, True, True]]))  # (2, 4) bool
+    """
+
+    def __init__(self, min_available: int = 1, max_missing: int | None = None) -> None:
+        self.dropout = RandModalityDropout(prob=1.0, min_available=min_available, max_missing=max_missing)
+        self.min_available = self.dropout.min_available
+        self.max_missing = self.dropout.max_missing
+        self.dropout.R = self.R
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Any:
+        super().set_random_state(seed, state)
+        self.dropout.R = self.R
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draws are made row by row in :py:meth:`__call__` (through the shared ``self.R``)."""
+        self.dropout.randomize(data)
+
+    def __call__(self, available: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            available: ``(B, M)`` bool (or 0/1) mask of the modalities the data has, at least one True per row.
+
+        Returns:
+            ``(B, M)`` bool tensor on the device of ``available``.
+        """
+        available = torch.as_tensor(available)
+        if available.ndim != 2:
+            raise ValueError(f"ModalityMaskSampler expects available of shape (B, M), got {tuple(available.shape)}.")
+        rows = available.detach().cpu().numpy().astype(bool)
+        empty = np.flatnonzero(~rows.any(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"ModalityMaskSampler expects at least one available modality per sample in available, "
+                f"got none in rows {empty.tolist()}."
+            )
+        placeholder = np.zeros((rows.shape[1], 1), dtype=np.float32)
+        out = np.stack([np.asarray(self.dropout(placeholder, row)[1], dtype=bool) for row in rows])
+        return torch.as_tensor(out, dtype=torch.bool, device=available.device)
+
+
+def attach_ema(
+    engine: Engine,
+    model: nn.Module,
+    decay: float = 0.9999,
+    name: str = "ema_momentum",
+    event: Any = Events.ITERATION_COMPLETED,
+) -> EMAHandler:
+    """Attach ignite's :py:class:`ignite.handlers.EMAHandler` to ``engine`` for ``model`` with EMA decay ``decay``.
+
+    The EMA update is ``ema = decay * ema + (1 - decay) * model`` after every iteration (ignite's ``momentum`` is
+    ``1 - decay``). The averaged copy is ``handler.ema_model`` (an ``nn.Module``, in eval mode): add it to a MONAI
+    ``CheckpointSaver``'s ``save_dict`` (and ``CheckpointLoader``'s ``load_dict`` to resume).
+
+    Args:
+        engine: the trainer.
+        model: the module to average (a ``DistributedDataParallel`` wrapper is unwrapped by ignite).
+        decay: EMA decay in (0, 1), e.g. 0.9999.
+        name: ``engine.state`` attribute holding the momentum.
+        event: when to update (default after every iteration).
+
+    Returns:
+        The attached handler.
+    """
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < float(decay) < 1.0:
+        raise ValueError(f"attach_ema expects decay in (0, 1), got {decay!r}.")
+    handler = EMAHandler(model, momentum=1.0 - float(decay))
+    handler.attach(engine, name=name, warn_if_exists=False, event=event)
+    return handler
+
+
+def reseed_mask_sampler_every_epoch(engine: Engine, sampler: ModalityMaskSampler, seed: int) -> None:
+    """Re-seed ``sampler`` with ``seed + epoch`` when each epoch starts.
+
+    The masks of an epoch then depend only on ``seed`` and the epoch number, so a run resumed from a checkpoint
+    draws the same masks as an uninterrupted one.
+    """
+
+    def _reseed(e: Engine) -> None:
+        sampler.set_random_state(seed=int(seed) + int(e.state.epoch))
+
+    engine.add_event_handler(Events.EPOCH_STARTED, _reseed)
