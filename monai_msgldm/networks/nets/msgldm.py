@@ -358,4 +358,3 @@ class MSGLDM(nn.Module):
         keep = available[:, missing].view(images.shape[0], len(missing), *([1] * self.spatial_dims))
         output[:, missing] = torch.where(keep, images[:, missing], decoded)
         return output
-
