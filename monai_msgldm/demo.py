@@ -27,13 +27,14 @@ import os
 import sys
 import time
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import load_decathlon_datalist
 from monai.losses import DiceCELoss
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
-from monai.transforms import Invertd, SaveImage
+from monai.transforms import Invertd
 from monai.utils import set_determinism
 from tqdm import tqdm
 
@@ -116,7 +117,7 @@ def _train_autoencoder(net: MSGLDM, images: torch.Tensor, steps: int, rng, curve
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curves["autoencoder"].append(float(loss))
+        curves["autoencoder"].append(loss.item())
     ae.eval().requires_grad_(False)
 
 
@@ -140,7 +141,7 @@ def _train_structure(net: MSGLDM, images, segs, steps: int, rng, curves: dict) -
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curves["structure"].append(float(loss))
+        curves["structure"].append(loss.item())
     model.eval().requires_grad_(False)
 
 
@@ -157,7 +158,7 @@ def _train_diffusion(net: MSGLDM, images, steps: int, rng, curves: dict) -> None
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curves["diffusion"].append(float(loss))
+        curves["diffusion"].append(loss.item())
     net.unet.eval()
 
 
@@ -216,7 +217,7 @@ def run_demo(
     output_dir: str = "outputs/demo",
     data_dir: str | None = None,
     num_subjects: int = 4,
-    steps: tuple[int, int, int] = (300, 200, 400),
+    steps: tuple[int, int, int] = (200, 100, 300),
     ddim_steps: int = 20,
     seed: int = 0,
 ) -> dict:
@@ -253,9 +254,7 @@ def run_demo(
     test = preprocessing(dict(test_items[0]))
     image = test["image"]
     available = [m for m in MODALITIES if m != "flair"]
-    logger.info(
-        "synthesizing %s of %s from %s (%d DDIM steps)", "flair", test_items[0]["subject"], available, ddim_steps
-    )
+    logger.info("synthesizing flair of %s from %s (%d DDIM steps)", test_items[0]["subject"], available, ddim_steps)
     inferer = ModalitySynthesisInferer(num_inference_steps=ddim_steps, slice_batch_size=32, seed=seed)
     with torch.no_grad():
         synth = inferer(image.unsqueeze(0), net, available=available)[0]
@@ -265,22 +264,27 @@ def run_demo(
     slices = [idx[len(idx) // 4], idx[len(idx) // 2], idx[3 * len(idx) // 4]]
     _save_grid(os.path.join(output_dir, "synthesis_grid.png"), image.as_tensor(), synth.as_tensor(), target, slices)
 
-    pred = torch.where(brain, synth[target], torch.full_like(synth[target], -1.0))[None, None]
-    truth = image[target][None, None].as_tensor()
-    psnr = float(PSNRMetric(max_val=2.0)(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, truth).mean())
-    ssim = float(SSIMMetric(spatial_dims=3, data_range=2.0)(torch.as_tensor(pred), truth).mean())
+    pred = torch.where(brain, synth[target], torch.full_like(synth[target], -1.0)).as_tensor()[None, None]
+    truth = image[target].as_tensor()[None, None]
+    psnr = float(PSNRMetric(max_val=2.0)(pred, truth).mean())
+    ssim = float(SSIMMetric(spatial_dims=3, data_range=2.0)(pred, truth).mean())
 
-    # back to the subject's original geometry and write NIfTI
+    # back to the subject's original geometry (inverse of crop / pad / orientation) and written as NIfTI
+    subject = os.path.basename(os.path.normpath(test_items[0]["subject"]))
     test["flair_synth"] = synth[target : target + 1]
     test["flair_synth"].applied_operations = list(image.applied_operations)
     inverted = Invertd(keys="flair_synth", transform=preprocessing, orig_keys="image", nearest_interp=False)(test)
-    saver = SaveImage(output_dir=output_dir, output_postfix="flair_synth", separate_folder=False, print_log=False)
-    saver(
-        inverted["flair_synth"], meta_data={**inverted["flair_synth"].meta, "filename_or_obj": test_items[0]["subject"]}
+    volume = inverted["flair_synth"]
+    nifti_path = os.path.join(output_dir, f"{subject}_flair_synth.nii.gz")
+    tmp_nifti = os.path.join(output_dir, f".{subject}_flair_synth.tmp.nii.gz")
+    nib.save(
+        nib.Nifti1Image(volume[0].numpy().astype(np.float32), np.asarray(volume.affine, dtype=np.float64)), tmp_nifti
     )
+    os.replace(tmp_nifti, nifti_path)
 
     metrics = {
-        "subject": test_items[0]["subject"],
+        "subject": subject,
+        "synthesized_nifti": nifti_path,
         "target": "flair",
         "available": available,
         "ddim_steps": ddim_steps,
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="outputs/demo", help="output folder (default: outputs/demo)")
     parser.add_argument("--data-dir", default=None, help="BraTS-2020-layout folder; default: the built-in phantom")
     parser.add_argument("--num-subjects", type=int, default=4, help="phantom subjects (one is held out)")
-    parser.add_argument("--steps", type=int, nargs=3, default=(300, 200, 400), metavar=("AE", "STRUCT", "DIFF"))
+    parser.add_argument("--steps", type=int, nargs=3, default=(200, 100, 300), metavar=("AE", "STRUCT", "DIFF"))
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
