@@ -27,6 +27,7 @@ from torch.optim.optimizer import Optimizer
 from monai_msgldm.engines.utils import (
     PrepareMultiModalBatch,
     autocast_context,
+    backward_and_step,
     kl_divergence,
     resolve_amp,
     unwrap_module,
@@ -223,15 +224,7 @@ class AutoencoderTrainer(SupervisedTrainer):
             loss = _generator_loss()
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        backward_and_step(engine, loss)
 
         if engine.discriminator is not None:
             engine.discriminator.train()

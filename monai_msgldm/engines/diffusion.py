@@ -30,6 +30,7 @@ from monai_msgldm.engines.utils import (
     PrepareMultiModalBatch,
     attach_ema,
     autocast_context,
+    backward_and_step,
     reseed_mask_sampler_every_epoch,
     resolve_amp,
     unwrap_module,
@@ -194,15 +195,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        backward_and_step(engine, loss)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

@@ -27,6 +27,7 @@ from monai_msgldm.engines.utils import (
     ModalityMaskSampler,
     PrepareMultiModalBatch,
     autocast_context,
+    backward_and_step,
     reseed_mask_sampler_every_epoch,
     resolve_amp,
     unwrap_module,
@@ -241,15 +242,7 @@ class StructureStyleTrainer(SupervisedTrainer):
             loss, components = engine.compute_losses(outputs, images, data_available, seg)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        backward_and_step(engine, loss)
         for key in (StructureStyleKeys.SEGMENTATION, StructureStyleKeys.STYLE, StructureStyleKeys.STRUCTURE):
             engine.state.output[key] = float(components[key].detach()) if key in components else 0.0
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

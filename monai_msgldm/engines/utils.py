@@ -21,11 +21,13 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
+from monai.engines.utils import IterationEvents
 from monai.transforms import Randomizable
 
 from monai_msgldm.transforms import RandModalityDropout
 
 __all__ = [
+    "backward_and_step",
     "ModalityMaskSampler",
     "PrepareMultiModalBatch",
     "attach_ema",
@@ -56,6 +58,20 @@ def autocast_context(engine: Any) -> AbstractContextManager:
     if getattr(engine, "amp", False):
         return torch.autocast("cuda", **getattr(engine, "amp_kwargs", {}))
     return nullcontext()
+
+
+def backward_and_step(engine: Any, loss: torch.Tensor) -> None:
+    """Backward pass and optimizer step of a MONAI trainer, through its ``GradScaler`` when AMP is on, firing
+    MONAI's ``BACKWARD_COMPLETED`` event in between (as ``SupervisedTrainer`` does)."""
+    if engine.scaler is not None:
+        engine.scaler.scale(loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.scaler.step(engine.optimizer)
+        engine.scaler.update()
+    else:
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
 
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
