@@ -66,7 +66,8 @@ class MSGLDM(nn.Module):
         spatial_dims: 2 (axial slices, the paper's setting) or 3.
         num_modalities: number of contrasts M (4 for T1, T1CE, T2, FLAIR).
         autoencoder: a single-channel MONAI ``AutoencoderKL``; default: 4 levels (factor 8), 4 latent channels.
-        structure_net: a :py:class:`StructureStyleNet` with ``num_modalities`` modalities; default: the paper's.
+        structure_net: a :py:class:`StructureStyleNet` with ``num_modalities`` modalities; default: the paper's sizes
+            with 3 segmentation channels (TC, WT, ET, as ``brats_preprocessing_transforms`` gives).
         unet: a MONAI ``DiffusionModelUNet`` with ``M * latent_channels + structure_channels`` input channels and
             ``M * latent_channels`` output channels; default: channels (128, 128, 256), attention at the two lower
             levels, 32 channels per head, 1 residual block.
@@ -125,7 +126,10 @@ class MSGLDM(nn.Module):
         self.autoencoder = ModalityWiseAutoencoder(autoencoder, num_modalities=num_modalities)
 
         if structure_net is None:
-            structure_net = StructureStyleNet(spatial_dims=spatial_dims, num_modalities=num_modalities)
+            # 3 segmentation channels: tumour core, whole tumour, enhancing (what the BraTS preprocessing produces)
+            structure_net = StructureStyleNet(
+                spatial_dims=spatial_dims, num_modalities=num_modalities, seg_out_channels=3
+            )
         if structure_net.num_modalities != num_modalities:
             raise ValueError(
                 f"MSGLDM expects structure_net with num_modalities={num_modalities}, "
