@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from .autoencoder import AutoencoderEvaluator, AutoencoderKeys, AutoencoderTrainer, available_modality_slices
+from .checkpoints import load_stage_checkpoint
 from .diffusion import LatentDiffusionTrainer, SynthesisEvaluator, freeze_msgldm_conditioning
 from .structure import StructureStyleEvaluator, StructureStyleKeys, StructureStyleTrainer
 from .utils import (
@@ -27,6 +28,7 @@ from .utils import (
 )
 
 __all__ = [
+    "load_stage_checkpoint",
     "AutoencoderEvaluator",
     "AutoencoderKeys",
     "AutoencoderTrainer",
