@@ -11,6 +11,21 @@
 
 from __future__ import annotations
 
+from .case_io import (
+    SaveSynthesizedModalitiesd,
+    case_name_from_files,
+    check_case_files,
+    load_model_weights,
+    synthesis_datalist,
+)
 from .synthesis import ModalitySynthesisInferer, resolve_availability
 
-__all__ = ["ModalitySynthesisInferer", "resolve_availability"]
+__all__ = [
+    "ModalitySynthesisInferer",
+    "SaveSynthesizedModalitiesd",
+    "case_name_from_files",
+    "check_case_files",
+    "load_model_weights",
+    "resolve_availability",
+    "synthesis_datalist",
+]

@@ -1,0 +1,340 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from parameterized import parameterized
+from PIL import Image
+
+from monai_msgldm.constants import MODALITIES
+from monai_msgldm.data.phantom import generate_phantom_dataset
+from monai_msgldm.inferers import ModalitySynthesisInferer
+from monai_msgldm.inferers.case_io import (
+    SaveSynthesizedModalitiesd,
+    case_name_from_files,
+    check_case_files,
+    synthesis_datalist,
+)
+
+__all__: list[str] = []
+
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
+CONFIG = BUNDLE_DIR / "configs" / "inference.json"
+TRAIN_CONFIG = BUNDLE_DIR / "configs" / "train_diffusion.json"
+META = BUNDLE_DIR / "configs" / "metadata.json"
+LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
+
+# tiny networks (as in test_train_diffusion.py), 64 px slices, one DDIM step
+TINY = {
+    "autoencoder_def#channels": [8, 8, 8, 8],
+    "autoencoder_def#norm_num_groups": 4,
+    "structure_def#structure_channels": [8, 8, 8, 8],
+    "structure_def#style_channels": [4, 4, 4, 4, 4],
+    "structure_def#mlp_hidden": 16,
+    "unet_def#channels": [8, 8, 8],
+    "unet_def#norm_num_groups": 4,
+    "unet_def#num_head_channels": 8,
+    "spatial_size": 64,
+    "ddim_steps": 1,
+    "slice_batch_size": 64,
+}
+
+
+def setUpModule() -> None:
+    global _TMP, _CASE, _MODEL
+    _TMP = tempfile.mkdtemp()
+    _CASE = generate_phantom_dataset(os.path.join(_TMP, "data"), num_subjects=1, resolution=4.0, progress=False)[0]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update(TINY)
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    os.makedirs(os.path.join(_TMP, "bundle", "models"))
+    _MODEL = os.path.join(_TMP, "bundle", "models", "model.pt")
+    torch.save(network.state_dict(), _MODEL)
+
+
+def tearDownModule() -> None:
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def _file(modality: str) -> str:
+    return os.path.join(_CASE, f"Phantom_000_{modality}.nii.gz")
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def _all_files(folder: str) -> list[str]:
+    return sorted(os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs)
+
+
+class TestInferenceWorkflow(unittest.TestCase):
+    def setUp(self):
+        self.out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.out, True)
+
+    def _run(self, **overrides) -> ConfigWorkflow:
+        wf = ConfigWorkflow(
+            config_file=str(CONFIG),
+            meta_file=str(META),
+            logging_file=str(LOGGING),
+            workflow_type="infer",
+            bundle_root=os.path.join(_TMP, "bundle"),
+            output_dir=self.out,
+            **{**TINY, **overrides},
+        )
+        wf.initialize()
+        self.assertEqual(wf.check_properties(), [])
+        wf.run()
+        wf.finalize()
+        return wf
+
+    def _check_case(self, case: str, given: list[str]) -> None:
+        missing = [m for m in MODALITIES if m not in given]
+        case_dir = os.path.join(self.out, case)
+        expected = [f"{case}_{m}_synth.nii.gz" for m in missing] + [f"{case}_preview.png"]
+        self.assertEqual(sorted(os.listdir(case_dir)), sorted(expected))
+        ref = nib.load(_file(given[0]))
+        inputs = {m: nib.load(_file(m)).get_fdata() for m in MODALITIES}
+        for m in missing:
+            img = nib.load(os.path.join(case_dir, f"{case}_{m}_synth.nii.gz"))
+            self.assertEqual(img.shape, ref.shape)
+            np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+            self.assertEqual(img.get_data_dtype(), np.float32)
+            data = img.get_fdata()
+            self.assertTrue(np.isfinite(data).all())
+            self.assertGreaterEqual(data.min(), -1.0)
+            self.assertLessEqual(data.max(), 1.0)
+            self.assertGreater(data.std(), 0.01)
+            # outside the foreground crop the restored volume is background (-1), not the zero padding of Invertd
+            self.assertEqual(data[0, 0, 0], -1.0)
+            for x in inputs.values():  # not a copy of any input, raw or scaled to [-1, 1]
+                scaled = (x - x.min()) / (x.max() - x.min()) * 2 - 1
+                self.assertGreater(np.abs(data - scaled).max(), 0.1)
+                self.assertFalse(np.allclose(data, x))
+        with Image.open(os.path.join(case_dir, f"{case}_preview.png")) as png:
+            self.assertEqual(png.format, "PNG")
+            self.assertEqual(png.width % len(MODALITIES), 0)
+            self.assertGreater(png.height, png.width // len(MODALITIES) * 3)
+            pixels = np.asarray(png)
+        self.assertGreater(pixels.std(), 10)
+
+    @parameterized.expand([(["t1", "t2"],), (["flair"],)])
+    def test_single_case(self, given):
+        wf = self._run(**{m: _file(m) for m in given})
+        inferer = wf.parser.get_parsed_content("inferer")
+        self.assertIsInstance(inferer, ModalitySynthesisInferer)
+        self.assertEqual((inferer.num_inference_steps, inferer.slice_batch_size), (1, 64))
+        self.assertEqual(wf.evaluator.state.iteration, 1)
+        self._check_case("Phantom_000", given)
+
+    def test_datalist(self):
+        datalist = os.path.join(self.out, "list", "datalist.json")
+        os.makedirs(os.path.dirname(datalist))
+        items = [{"t1": _file("t1"), "seg": _file("seg"), "case": "caseA"}, {"t2": _file("t2"), "case": "caseB"}]
+        with open(datalist, "w") as f:
+            json.dump({"testing": items}, f)
+        self._run(datalist=datalist)
+        self._check_case("caseA", ["t1"])
+        self._check_case("caseB", ["t2"])
+
+    def test_missing_model(self):
+        with self.assertRaises(Exception) as cm:
+            self._run(t1=_file("t1"), model_path=os.path.join(self.out, "nowhere.pt"))
+        errors = [e for e in _cause_chain(cm.exception) if isinstance(e, FileNotFoundError)]
+        self.assertTrue(errors, repr(cm.exception))
+        self.assertIn(os.path.join(self.out, "nowhere.pt"), str(errors[0]))
+        self.assertIn("--model_path", str(errors[0]))
+        self.assertEqual(_all_files(self.out), [])
+
+    def _bad_inputs(self) -> dict:
+        bad = os.path.join(_TMP, "bad")
+        if not os.path.isdir(bad):
+            os.makedirs(bad)
+            ref = nib.load(_file("t2"))
+            data = ref.get_fdata().astype(np.float32)
+            nib.save(nib.Nifti1Image(data[:-1], ref.affine), os.path.join(bad, "shape.nii.gz"))
+            nib.save(nib.Nifti1Image(data, ref.affine @ np.diag([2.0, 1, 1, 1])), os.path.join(bad, "affine.nii.gz"))
+            nan = data.copy()
+            nan[3, 4, 5] = np.nan
+            nib.save(nib.Nifti1Image(nan, ref.affine), os.path.join(bad, "nan.nii.gz"))
+            with open(os.path.join(bad, "garbage.nii.gz"), "wb") as f:
+                f.write(b"not a nifti file at all")
+        return {"dir": bad}
+
+    @parameterized.expand(
+        [
+            (
+                "missing_file",
+                {"t2": "missing_t2.nii.gz"},
+                FileNotFoundError,
+                ["missing_t2.nii.gz", "'t2'", "does not exist"],
+            ),
+            ("unreadable", {"t2": "garbage.nii.gz"}, ValueError, ["garbage.nii.gz", "'t2'"]),
+            ("none_available", {}, ValueError, ["no available modality", "--t1"]),
+            ("unknown_modality", {"case_files#pd": "t1"}, ValueError, ["'pd'", "unknown modality"]),
+            ("shape", {"t2": "shape.nii.gz"}, ValueError, ["shape.nii.gz", "shape (48, 58, 47)"]),
+            ("affine", {"t2": "affine.nii.gz"}, ValueError, ["affine.nii.gz", "affine"]),
+            ("nan", {"t2": "nan.nii.gz"}, ValueError, ["nan.nii.gz", "1 NaN voxels"]),
+            ("bad_case_name", {"case_name": "../x"}, ValueError, ["case name", "'../x'"]),
+        ]
+    )
+    def test_bad_input(self, _, overrides, error, needles):
+        bad = self._bad_inputs()["dir"]
+        resolved = {}
+        for k, v in overrides.items():
+            if v == "t1":
+                resolved[k] = _file("t1")
+            elif k in MODALITIES:
+                resolved[k] = os.path.join(bad, v)
+            else:
+                resolved[k] = v
+        if _ != "none_available":
+            resolved.setdefault("t1", _file("t1"))
+        with self.assertRaises(Exception) as cm:
+            self._run(**resolved)
+        errors = [e for e in _cause_chain(cm.exception) if type(e) is error]
+        self.assertTrue(errors, repr(cm.exception))
+        for needle in needles:
+            self.assertIn(needle, str(errors[0]))
+        self.assertEqual(_all_files(self.out), [])
+
+    def test_default_config(self):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIG))
+        train = ConfigParser()
+        train.read_config(str(TRAIN_CONFIG))
+        for key in ("autoencoder_def", "structure_def", "unet_def", "network_def"):
+            self.assertEqual(parser.get(key), train.get(key), key)
+        self.assertEqual(parser.get_parsed_content("ddim_steps"), 50)
+        self.assertEqual(parser.get_parsed_content("slice_batch_size"), 16)
+        self.assertEqual(parser.get_parsed_content("model_path"), os.path.join(".", "models", "model.pt"))
+        self.assertEqual([parser.get(m) for m in MODALITIES], [None] * 4)
+        inferer = parser.get_parsed_content("inferer")
+        self.assertEqual((inferer.num_inference_steps, inferer.slice_batch_size), (50, 16))
+
+
+class TestCaseIO(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ({"t1": "/d/BraTS20_001/BraTS20_001_t1.nii.gz", "t2": "/e/BraTS20_001_t2.nii"}, "BraTS20_001"),
+            (
+                {"t1": "/d/B-00000-000/B-00000-000-t1n.nii.gz", "flair": "/d/B-00000-000/B-00000-000-t2f.nii.gz"},
+                "B-00000-000",
+            ),
+            ({"t1": "/d/subj7/a.nii.gz", "t2": "/d/subj7/b.nii.gz"}, "subj7"),
+            ({"t1": "/d/x/a.nii.gz", "t2": "/e/y/b.nii.gz"}, "a"),
+        ]
+    )
+    def test_case_name(self, files, expected):
+        self.assertEqual(case_name_from_files(files), expected)
+
+    def test_check_case_files(self):
+        item = check_case_files({"t1": _file("t1"), "t1ce": None, "t2": "", "flair": _file("flair"), "seg": "x"})
+        self.assertEqual(item, {"t1": _file("t1"), "flair": _file("flair"), "case": "Phantom_000"})
+        with self.assertRaisesRegex(ValueError, "either a case"):
+            synthesis_datalist({"t1": _file("t1")}, datalist=_file("t1"))
+        with self.assertRaisesRegex(FileNotFoundError, "nothing.json"):
+            synthesis_datalist(None, datalist="nothing.json")
+
+    def test_duplicate_case_names(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp, True)
+        path = os.path.join(tmp, "list.json")
+        with open(path, "w") as f:
+            json.dump({"testing": [{"t1": _file("t1")}, {"t2": _file("t2")}]}, f)
+        with self.assertRaisesRegex(ValueError, r"several cases named \['Phantom_000'\]"):
+            synthesis_datalist(datalist=path)
+
+    def test_saver_is_atomic(self):
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        from monai.data import MetaTensor
+
+        ref = nib.load(_file("t1"))
+        meta = {f"{m}_filename_or_obj": (_file(m) if m == "t1" else "") for m in MODALITIES}
+        pred = MetaTensor(torch.rand(4, *ref.shape) * 4 - 2, meta=meta)
+        saver = SaveSynthesizedModalitiesd("pred", output_dir=out)
+        with mock.patch.object(Image.Image, "save", side_effect=OSError("disk full")):
+            with self.assertRaisesRegex(OSError, "disk full"):
+                saver({"pred": pred, "case": "c"})
+        self.assertEqual(_all_files(out), [])
+        result = saver({"pred": pred, "case": "c"})
+        self.assertEqual(len(result["pred_files"]), 4)
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(out, "c"))), sorted(os.path.basename(p) for p in result["pred_files"])
+        )
+        t2 = nib.load(os.path.join(out, "c", "c_t2_synth.nii.gz")).get_fdata()
+        np.testing.assert_allclose(t2, np.clip(pred[2].numpy(), -1, 1), atol=1e-6)
+        with self.assertRaisesRegex(ValueError, "shape"):
+            saver({"pred": MetaTensor(torch.zeros(4, 8, 8, 8), meta=meta), "case": "d"})
+        self.assertFalse(os.path.exists(os.path.join(out, "d")))
+
+
+class TestInferenceCLI(unittest.TestCase):
+    def test_run(self):
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", str(META), "--config_file", str(CONFIG)]
+        cmd += ["--logging_file", str(LOGGING), "--bundle_root", os.path.join(_TMP, "bundle"), "--output_dir", out]
+        cmd += ["--t1ce", _file("t1ce"), "--t2", _file("t2"), "--flair", _file("flair")]
+        for key, value in TINY.items():
+            cmd += [f"--{key}", json.dumps(value)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(out, "Phantom_000"))),
+            ["Phantom_000_preview.png", "Phantom_000_t1_synth.nii.gz"],
+        )
+        img = nib.load(os.path.join(out, "Phantom_000", "Phantom_000_t1_synth.nii.gz"))
+        ref = nib.load(_file("t2"))
+        self.assertEqual(img.shape, ref.shape)
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+        # the same synthesis as an in-process run on the same served model.pt and seed
+        wf = ConfigWorkflow(
+            config_file=str(CONFIG),
+            workflow_type="infer",
+            bundle_root=os.path.join(_TMP, "bundle"),
+            output_dir=os.path.join(out, "inproc"),
+            t1ce=_file("t1ce"),
+            t2=_file("t2"),
+            flair=_file("flair"),
+            **TINY,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        inproc = nib.load(os.path.join(out, "inproc", "Phantom_000", "Phantom_000_t1_synth.nii.gz")).get_fdata()
+        np.testing.assert_allclose(img.get_fdata(), inproc, atol=1e-3)
+
+
+if __name__ == "__main__":
+    unittest.main()
