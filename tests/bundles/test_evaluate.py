@@ -1,0 +1,188 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from monai_msgldm.data import build_brats_datalist
+from monai_msgldm.data.phantom import generate_phantom_dataset
+
+__all__: list[str] = []
+
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
+CONFIG = BUNDLE_DIR / "configs" / "evaluate.json"
+INFERENCE = BUNDLE_DIR / "configs" / "inference.json"
+META = BUNDLE_DIR / "configs" / "metadata.json"
+LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
+
+# tiny networks (as in test_inference.py), 64 px slices, two DDIM steps
+TINY = {
+    "autoencoder_def#channels": [8, 8, 8, 8],
+    "autoencoder_def#norm_num_groups": 4,
+    "structure_def#structure_channels": [8, 8, 8, 8],
+    "structure_def#style_channels": [4, 4, 4, 4, 4],
+    "structure_def#mlp_hidden": 16,
+    "unet_def#channels": [8, 8, 8],
+    "unet_def#norm_num_groups": 4,
+    "unet_def#num_head_channels": 8,
+    "spatial_size": 64,
+    "ddim_steps": 2,
+    "slice_batch_size": 64,
+}
+METRICS = ("psnr", "ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy")
+
+
+def setUpModule() -> None:
+    global _TMP, _DATA, _BUNDLE
+    _TMP = tempfile.mkdtemp()
+    _DATA = os.path.join(_TMP, "data")
+    generate_phantom_dataset(_DATA, num_subjects=2, resolution=4.0, progress=False)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update(TINY)
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    _BUNDLE = os.path.join(_TMP, "bundle")
+    os.makedirs(os.path.join(_BUNDLE, "models"))
+    torch.save(network.state_dict(), os.path.join(_BUNDLE, "models", "model.pt"))
+
+
+def tearDownModule() -> None:
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+class TestEvaluateConfig(unittest.TestCase):
+    def setUp(self):
+        self.out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.out, True)
+
+    def _run(self, **overrides) -> None:
+        wf = ConfigWorkflow(
+            config_file=str(CONFIG),
+            meta_file=str(META),
+            logging_file=str(LOGGING),
+            workflow_type=None,
+            bundle_root=_BUNDLE,
+            output_dir=self.out,
+            **{**TINY, **overrides},
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+
+    def _read(self) -> tuple[list[dict], dict, str]:
+        self.assertEqual(
+            sorted(f for f in os.listdir(self.out) if f.startswith("metrics")),
+            [
+                "metrics.csv",
+                "metrics.json",
+                "metrics.md",
+            ],
+        )
+        self.assertFalse([f for f in os.listdir(self.out) if f.startswith(".tmp_")])
+        with open(os.path.join(self.out, "metrics.csv")) as f:
+            rows = list(csv.DictReader(f))
+        with open(os.path.join(self.out, "metrics.json")) as f:
+            doc = json.load(f)
+        with open(os.path.join(self.out, "metrics.md")) as f:
+            md = f.read()
+        return rows, doc, md
+
+    def test_network_matches_inference(self):
+        parsers = []
+        for config in (CONFIG, INFERENCE):
+            parser = ConfigParser()
+            parser.read_config(str(config))
+            parsers.append(parser)
+        for key in ("autoencoder_def", "structure_def", "unet_def", "network_def"):
+            self.assertEqual(parsers[0][key], parsers[1][key], key)
+
+    def test_test_split(self):
+        # 2 subjects, test_ratio 0.5: one test subject, the one of train_diffusion.json's split with the same ids
+        self._run(dataset_dir=_DATA, test_ratio=0.5, scenarios=["3->1", "t1"])
+        rows, doc, md = self._read()
+        expected = build_brats_datalist(_DATA, val_ratio=0.1, test_ratio=0.5, seed=0)["test"]
+        self.assertEqual(len(expected), 1)
+        self.assertEqual({r["case"] for r in rows}, {expected[0]["subject"]})
+        self.assertEqual(len(rows), 4 + 3)
+        self.assertEqual(sorted(r["group"] for r in rows), ["1->3"] * 3 + ["3->1"] * 4)
+        self.assertEqual({r["target"] for r in rows if r["group"] == "3->1"}, {"t1", "t1ce", "t2", "flair"})
+        for r in rows:
+            self.assertNotIn(r["target"], r["available"].split("+"))
+            self.assertGreater(int(r["num_slices"]), 5)
+            values = {m: float(r[m]) for m in METRICS}
+            self.assertTrue(all(math.isfinite(v) for v in values.values()), values)
+            self.assertTrue(5.0 < values["psnr"] < 60.0)
+            self.assertTrue(all(-1.0 <= values[m] < 1.0 for m in METRICS[1:]), values)
+        self.assertEqual(len(doc["rows"]), 7)
+        self.assertEqual(len(doc["aggregate"]["by_scenario_target"]), 7)
+        group = {(e["group"], e["target"]): e for e in doc["aggregate"]["by_group_target"]}
+        self.assertEqual(group[("3->1", "flair")]["psnr"]["n"], 1)
+        flair = [float(r["psnr"]) for r in rows if r["group"] == "3->1" and r["target"] == "flair"]
+        self.assertAlmostEqual(group[("3->1", "flair")]["psnr"]["mean"], flair[0], places=6)
+        self.assertIn("| 3->1 | t1 | 1 |", md)
+        self.assertIn("| 1->3 | flair | 1 |", md)
+        self.assertNotIn("2->2", md)
+
+    def test_datalist_without_seg(self):
+        cases = sorted(os.listdir(_DATA))
+        cases = [c for c in cases if os.path.isdir(os.path.join(_DATA, c))]
+        items = [{m: f"{c}/{c}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")} | {"case": c} for c in cases]
+        datalist = os.path.join(self.out, "my_list.json")
+        with open(datalist, "w") as f:
+            json.dump({"testing": items}, f)
+        self._run(datalist=datalist, data_list_key="testing", dataset_dir=_DATA, seg_key=None, scenarios=["t1+t2"])
+        rows, doc, _ = self._read()
+        self.assertEqual([(r["case"], r["target"]) for r in rows], [(c, t) for c in cases for t in ("t1ce", "flair")])
+        for r in rows:
+            self.assertEqual(r["ssim3d_tumour"], "nan")
+            self.assertEqual(r["ssim3d_healthy"], "nan")
+            self.assertTrue(math.isfinite(float(r["ssim"])) and math.isfinite(float(r["ssim3d_brain"])))
+        self.assertIsNone(doc["rows"][0]["ssim3d_tumour"])
+        self.assertFalse(os.path.exists(os.path.join(self.out, "datalist.json")))
+
+    def test_cli(self):
+        overrides = [f"--{k}={json.dumps(v)}" if isinstance(v, list) else f"--{k}={v}" for k, v in TINY.items()]
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--meta_file", str(META)]
+        cmd += ["--bundle_root", _BUNDLE, "--output_dir", self.out, "--dataset_dir", _DATA, "--test_ratio", "0.5"]
+        cmd += ["--scenarios", "['t1+t1ce+t2']", *overrides]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        rows, _, md = self._read()
+        self.assertEqual([(r["scenario"], r["target"]) for r in rows], [("t1+t1ce+t2->flair", "flair")])
+        self.assertTrue(all(math.isfinite(float(rows[0][m])) for m in METRICS))
+        self.assertIn("| 3->1 | flair | 1 |", md)
+
+    def test_empty_split(self):
+        with self.assertRaises(Exception) as ctx:  # the config parser wraps the ValueError in a RuntimeError
+            self._run(dataset_dir=_DATA, test_ratio=0.1, scenarios=["3->1"])
+        chain = [ctx.exception]
+        while chain[-1].__cause__ is not None:
+            chain.append(chain[-1].__cause__)
+        self.assertTrue(any(isinstance(e, ValueError) and "no case under 'test'" in str(e) for e in chain), chain)
+        self.assertFalse(os.path.exists(os.path.join(self.out, "metrics.csv")))
+
+
+if __name__ == "__main__":
+    unittest.main()
