@@ -29,6 +29,7 @@ from tests.bundles.test_train_autoencoder import TINY as AUTOENCODER_TINY
 from tests.bundles.test_train_diffusion import TINY as DIFFUSION_TINY
 from tests.bundles.test_train_diffusion import _write_stage_checkpoints
 from tests.bundles.test_train_structure import TINY as STRUCTURE_TINY
+from tests.bundles.utils import state_equal
 
 __all__: list[str] = []
 
@@ -60,10 +61,6 @@ def setUpModule() -> None:
 
 def tearDownModule() -> None:
     shutil.rmtree(_TMP, ignore_errors=True)
-
-
-def _state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def _load(path: str) -> dict:
@@ -111,8 +108,8 @@ class TestMultiGPUTraining(unittest.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(models, final.replace(".pt", "_best.pt"))))
         # gradients are averaged over the ranks: both ranks end with the same weights, the saved ones
         rank0, rank1 = (_load(os.path.join(self.root, f"rank{r}.pt")) for r in (0, 1))
-        self.assertTrue(_state_equal(rank0, rank1))
-        self.assertTrue(_state_equal(ckpt["model"], rank0))
+        self.assertTrue(state_equal(rank0, rank1))
+        self.assertTrue(state_equal(ckpt["model"], rank0))
         # TensorBoard only on rank 0: every event file (training and validation writers) comes from one process
         events = glob.glob(os.path.join(self.root, "eval", stage, "events.out.tfevents.*"))
         self.assertEqual(len(events), 2, events)
@@ -141,9 +138,9 @@ class TestMultiGPUTraining(unittest.TestCase):
         model = ckpt["model"]
         for prefix, stage in (("autoencoder.model.", "autoencoder"), ("structure_net.", "structure")):
             sub = {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
-            self.assertTrue(_state_equal(sub, stage_states[stage]), stage)
+            self.assertTrue(state_equal(sub, stage_states[stage]), stage)
         served = _load(os.path.join(self.root, "models", "model.pt"))
-        self.assertTrue(_state_equal({k[5:]: v for k, v in served.items() if k.startswith("unet.")}, ckpt["ema"]))
+        self.assertTrue(state_equal({k[5:]: v for k, v in served.items() if k.startswith("unet.")}, ckpt["ema"]))
         self.assertNotEqual(float(served["scale_factor"]), 1.0)
 
 

@@ -27,6 +27,7 @@ from monai.networks.nets import AutoencoderKL
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from monai_msgldm.networks.nets import MSGLDM
+from tests.bundles.utils import assert_stage_checkpoints, state_equal
 
 __all__: list[str] = []
 
@@ -64,10 +65,6 @@ def setUpModule() -> None:
 
 def tearDownModule() -> None:
     shutil.rmtree(_TMP, ignore_errors=True)
-
-
-def _state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 class TestTrainAutoencoderWorkflow(unittest.TestCase):
@@ -133,25 +130,8 @@ class TestTrainAutoencoderWorkflow(unittest.TestCase):
         self.assertAlmostEqual(evaluator.state.metrics["val_psnr"], psnr, places=5)
         wf.finalize()
 
-        final = os.path.join(self.root, "models", "autoencoder.pt")
-        best = os.path.join(self.root, "models", "autoencoder_best.pt")
-        self.assertTrue(os.path.isfile(final) and os.path.isfile(best))
-        ckpt = torch.load(final, map_location="cpu", weights_only=True)
-        self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer"})
-        self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["epoch_length"]), (2, 2))
         # StepLR halves the rate after max(1, max_epochs // 2) epochs
-        self.assertAlmostEqual(ckpt["optimizer"]["param_groups"][0]["lr"], 5e-5)
-        self.assertEqual(ckpt["optimizer"]["param_groups"][0]["betas"], (0.5, 0.9))
-
-        fresh = wf.parser.get_parsed_content("network_def", lazy=False)
-        self.assertIsNot(fresh, net)
-        self.assertFalse(_state_equal(fresh.state_dict(), net.state_dict()))
-        fresh.load_state_dict(ckpt["model"])
-        self.assertTrue(_state_equal(fresh.state_dict(), net.state_dict()))
-        self.assertFalse(_state_equal(before, net.state_dict()))  # it trained
-        # the best model (the only validation) is the final one
-        best_state = torch.load(best, map_location="cpu", weights_only=True)
-        self.assertTrue(_state_equal(best_state, ckpt["model"]))
+        assert_stage_checkpoints(self, os.path.join(self.root, "models"), "autoencoder", wf, net, before, lr=5e-5)
 
 
 class TestDefaultNetwork(unittest.TestCase):
@@ -170,7 +150,7 @@ class TestDefaultNetwork(unittest.TestCase):
         torch.manual_seed(0)
         model = MSGLDM(spatial_dims=2)
         model.autoencoder.model.load_state_dict(net.state_dict())
-        self.assertTrue(_state_equal(model.autoencoder.model.state_dict(), net.state_dict()))
+        self.assertTrue(state_equal(model.autoencoder.model.state_dict(), net.state_dict()))
 
 
 class TestTrainAutoencoderCLI(unittest.TestCase):

@@ -29,6 +29,7 @@ from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
+from tests.bundles.utils import state_equal
 
 __all__: list[str] = []
 
@@ -104,10 +105,6 @@ def _sub_state(state: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
-
-
 def _cause_chain(exc: BaseException) -> list[BaseException]:
     chain = [exc]
     while chain[-1].__cause__ is not None:
@@ -146,8 +143,8 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         net = wf.parser.get_parsed_content("network")
         self.assertIsInstance(net, MSGLDM)
         # the stage checkpoints are loaded in `initialize`, before training
-        self.assertTrue(_state_equal(net.autoencoder.model.state_dict(), stage_states["autoencoder"]))
-        self.assertTrue(_state_equal(net.structure_net.state_dict(), stage_states["structure"]))
+        self.assertTrue(state_equal(net.autoencoder.model.state_dict(), stage_states["autoencoder"]))
+        self.assertTrue(state_equal(net.structure_net.state_dict(), stage_states["structure"]))
         self.assertEqual(float(net.scale_factor), 1.0)
         # AdamW on the UNet only
         optimizer = wf.parser.get_parsed_content("optimizer")
@@ -185,25 +182,25 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         ckpt = torch.load(os.path.join(self.ckpt_dir, "diffusion.pt"), map_location="cpu", weights_only=True)
         self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
         self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["epoch_length"]), (2, 2))
-        self.assertTrue(_state_equal(ckpt["model"], net.state_dict()))
+        self.assertTrue(state_equal(ckpt["model"], net.state_dict()))
         self.assertTrue(os.path.isfile(os.path.join(self.ckpt_dir, "diffusion_best.pt")))
         # the periodic checkpoint carries the stage prefix (stage 0 writes checkpoint_epoch=N.pt in the same folder)
         periodic = torch.load(
             os.path.join(self.ckpt_dir, "diffusion_checkpoint_epoch=1.pt"), map_location="cpu", weights_only=True
         )
-        self.assertTrue(_state_equal(periodic["ema"], ckpt["ema"]))
+        self.assertTrue(state_equal(periodic["ema"], ckpt["ema"]))
 
         served = torch.load(os.path.join(self.ckpt_dir, "model.pt"), map_location="cpu", weights_only=True)
         # frozen stages: bit for bit the loaded checkpoints
-        self.assertTrue(_state_equal(_sub_state(served, "autoencoder.model."), stage_states["autoencoder"]))
-        self.assertTrue(_state_equal(_sub_state(served, "structure_net."), stage_states["structure"]))
+        self.assertTrue(state_equal(_sub_state(served, "autoencoder.model."), stage_states["autoencoder"]))
+        self.assertTrue(state_equal(_sub_state(served, "structure_net."), stage_states["structure"]))
         self.assertEqual(float(served["scale_factor"]), scale)
         # the UNet is the EMA one (decay 0.5 over 2 steps: init / 4 + w1 / 4 + w2 / 2), not the online one
         unet = _sub_state(served, "unet.")
         w1, w2 = seen["steps"]
-        self.assertFalse(_state_equal(w2, unet_init))
-        self.assertTrue(_state_equal(unet, ckpt["ema"]))
-        self.assertFalse(_state_equal(unet, net.unet.state_dict()))
+        self.assertFalse(state_equal(w2, unet_init))
+        self.assertTrue(state_equal(unet, ckpt["ema"]))
+        self.assertFalse(state_equal(unet, net.unet.state_dict()))
         for k, v in unet.items():
             expected = 0.25 * unet_init[k] + 0.25 * w1[k] + 0.5 * w2[k]
             torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-6, msg=k)
@@ -211,7 +208,7 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         fresh = wf.parser.get_parsed_content("network_def", lazy=False)
         self.assertIsNot(fresh, net)
         fresh.load_state_dict(served)
-        self.assertTrue(_state_equal(fresh.state_dict(), served))
+        self.assertTrue(state_equal(fresh.state_dict(), served))
 
     @parameterized.expand([("autoencoder", ("structure",)), ("structure", ("autoencoder",)), ("autoencoder", ())])
     def test_missing_stage_checkpoint(self, missing, present):
@@ -261,7 +258,7 @@ class TestDefaultNetworks(unittest.TestCase):
         # a stage-0 checkpoint loads strictly into the autoencoder of this network_def
         stage0_state = stage0.get_parsed_content("network_def").state_dict()
         net.autoencoder.model.load_state_dict(stage0_state)
-        self.assertTrue(_state_equal(net.autoencoder.model.state_dict(), stage0_state))
+        self.assertTrue(state_equal(net.autoencoder.model.state_dict(), stage0_state))
 
 
 class TestTrainDiffusionCLI(unittest.TestCase):
@@ -284,9 +281,9 @@ class TestTrainDiffusionCLI(unittest.TestCase):
         self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["max_epochs"]), (2, 1))
         served = torch.load(os.path.join(ckpt_dir, "model.pt"), map_location="cpu", weights_only=True)
         # without EMA the served model is the trained network itself
-        self.assertTrue(_state_equal(served, ckpt["model"]))
-        self.assertTrue(_state_equal(_sub_state(served, "autoencoder.model."), stage_states["autoencoder"]))
-        self.assertTrue(_state_equal(_sub_state(served, "structure_net."), stage_states["structure"]))
+        self.assertTrue(state_equal(served, ckpt["model"]))
+        self.assertTrue(state_equal(_sub_state(served, "autoencoder.model."), stage_states["autoencoder"]))
+        self.assertTrue(state_equal(_sub_state(served, "structure_net."), stage_states["structure"]))
         self.assertNotEqual(float(served["scale_factor"]), 1.0)
         unet = DiffusionModelUNet(
             spatial_dims=2,

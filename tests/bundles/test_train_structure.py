@@ -28,6 +28,7 @@ from monai_msgldm.engines import StructureStyleEvaluator, StructureStyleTrainer
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
 from tests.bundles.test_train_autoencoder import BUNDLE_DIR, LOGGING, META, PHANTOM
 from tests.bundles.test_train_autoencoder import TINY as AUTOENCODER_TINY
+from tests.bundles.utils import assert_stage_checkpoints, state_equal
 
 __all__: list[str] = []
 
@@ -99,10 +100,6 @@ def setUpModule() -> None:
 
 def tearDownModule() -> None:
     shutil.rmtree(_TMP, ignore_errors=True)
-
-
-def _state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def _tiny_net() -> StructureStyleNet:
@@ -199,23 +196,8 @@ class TestTrainStructureWorkflow(unittest.TestCase):
         self.assertAlmostEqual(evaluator.state.metrics["val_mean_dice"], dice, places=5)
         wf.finalize()
 
-        final = os.path.join(self.root, "models", "structure.pt")
-        best = os.path.join(self.root, "models", "structure_best.pt")
-        self.assertTrue(os.path.isfile(final) and os.path.isfile(best))
-        ckpt = torch.load(final, map_location="cpu", weights_only=True)
-        self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer"})
-        self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["epoch_length"]), (2, 2))
-        self.assertAlmostEqual(ckpt["optimizer"]["param_groups"][0]["lr"], 5e-5)
-        self.assertEqual(ckpt["optimizer"]["param_groups"][0]["betas"], (0.5, 0.9))
-
-        fresh = wf.parser.get_parsed_content("network_def", lazy=False)
-        self.assertIsNot(fresh, net)
-        self.assertFalse(_state_equal(fresh.state_dict(), net.state_dict()))
-        fresh.load_state_dict(ckpt["model"])
-        self.assertTrue(_state_equal(fresh.state_dict(), net.state_dict()))
-        self.assertFalse(_state_equal(before, net.state_dict()))  # it trained
-        best_state = torch.load(best, map_location="cpu", weights_only=True)
-        self.assertTrue(_state_equal(best_state, ckpt["model"]))
+        # StepLR halves the rate after max(1, max_epochs // 2) epochs
+        assert_stage_checkpoints(self, os.path.join(self.root, "models"), "structure", wf, net, before, lr=5e-5)
 
 
 class TestStructureConfig(unittest.TestCase):
@@ -240,7 +222,7 @@ class TestStructureConfig(unittest.TestCase):
         # the trained weights load (strict) into the structure network of an MSG-LDM model
         model = MSGLDM(spatial_dims=2, structure_net=reference)
         model.structure_net.load_state_dict(net.state_dict())
-        self.assertTrue(_state_equal(model.structure_net.state_dict(), net.state_dict()))
+        self.assertTrue(state_equal(model.structure_net.state_dict(), net.state_dict()))
 
     def test_merge_with_stage0(self):
         stage0, stage1 = ConfigParser.load_config_file(AUTOENCODER_CONFIG), ConfigParser.load_config_file(CONFIG)
