@@ -48,6 +48,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai.metrics.regression import compute_ssim_and_cs
 
 from .constants import MODALITIES
+from .visualize import representative_slices, save_synthesis_grid
 
 __all__ = [
     "METRIC_NAMES",
@@ -363,6 +364,7 @@ def evaluate_synthesis(
     min_brain_voxels: int = 1,
     lower: float = 0.5,
     upper: float = 99.5,
+    figures: bool = False,
 ) -> list[dict[str, Any]]:
     """Synthesize every scenario of every case and score each missing target; optionally write the results.
 
@@ -387,6 +389,8 @@ def evaluate_synthesis(
         min_brain_voxels: see :func:`masked_slice_psnr_ssim`.
         lower: lower percentile of the BraSyn rescaling.
         upper: upper percentile of the BraSyn rescaling.
+        figures: with ``output_dir``, also write one PNG grid per case and scenario (inputs / synthesis / truth /
+            error on three slices, :func:`monai_msgldm.visualize.save_synthesis_grid`) to ``output_dir/figures``.
 
     Returns:
         one row per case x scenario x target: ``case, scenario, group, available, target, num_slices`` and
@@ -433,6 +437,16 @@ def evaluate_synthesis(
             pred = torch.as_tensor(pred)[0].float().cpu()
             brain = brain_mask_from_available(truth, flags)
             scenario = "+".join(available) + "->" + "+".join(targets)
+            if figures and output_dir is not None:
+                save_synthesis_grid(
+                    os.path.join(output_dir, "figures", f"{case}_{'+'.join(available)}.png"),
+                    truth,
+                    pred,
+                    available,
+                    representative_slices(brain),
+                    modalities,
+                    title=f"{case}: {scenario}",
+                )
             for target in targets:
                 c = modalities.index(target)
                 psnr, ssim, n = masked_slice_psnr_ssim(pred[c], truth[c], brain, min_brain_voxels)

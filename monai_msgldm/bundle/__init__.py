@@ -8,10 +8,10 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Helpers for the MONAI bundle ``bundles/brats_mri_msgldm``: running its training stages from one config."""
+"""Helpers for the MONAI bundle ``bundles/brats_mri_msgldm``: running its training stages (and other configs) from one config."""
 
 from __future__ import annotations
 
-from .stages import applicable_overrides, run_training_stages, stage_is_finished
+from .stages import applicable_overrides, run_bundle_workflow, run_training_stages, stage_is_finished
 
-__all__ = ["applicable_overrides", "run_training_stages", "stage_is_finished"]
+__all__ = ["applicable_overrides", "run_bundle_workflow", "run_training_stages", "stage_is_finished"]

@@ -22,7 +22,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.reference_resolver import ReferenceResolver
 
-__all__ = ["run_training_stages", "stage_is_finished", "applicable_overrides"]
+__all__ = ["run_bundle_workflow", "run_training_stages", "stage_is_finished", "applicable_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,48 @@ def applicable_overrides(parser: ConfigParser, overrides: Mapping[str, Any]) -> 
         if ok:
             selected[key] = value
     return selected
+
+
+def run_bundle_workflow(
+    config_file: str | Sequence[str],
+    meta_file: str | Sequence[str] | None = None,
+    logging_file: str | bool | None = None,
+    run_id: str = "run",
+    workflow_type: str = "infer",
+    **override: Any,
+) -> None:
+    """
+    Run one bundle config as a ``ConfigWorkflow`` (initialize, ``run_id``, finalize) from inside another config,
+    e.g. the demo's evaluation after its training stages.
+
+    Args:
+        config_file: the config file(s).
+        meta_file: metadata file(s).
+        logging_file: logging config (see ``ConfigWorkflow``).
+        run_id: id of the run expression.
+        workflow_type: ``"train"``, ``"infer"`` (also for evaluation) or ``None``.
+        override: id-value pairs overriding the config.
+
+    Example::
+
+        run_bundle_workflow("configs/evaluate.json", "configs/metadata.json", ckpt_dir="models", scenarios=["3->1"])
+    """
+    for f in [config_file] if isinstance(config_file, str) else list(config_file):
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"run_bundle_workflow: config file not found: {f}.")
+    workflow = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=meta_file,
+        logging_file=logging_file,
+        run_id=run_id,
+        workflow_type=workflow_type,
+        **override,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    del workflow
+    gc.collect()
 
 
 def run_training_stages(
@@ -165,19 +207,7 @@ def run_training_stages(
             logger.info(f"stage '{name}': skipped, final checkpoint {final_ckpt} exists.")
             continue
         logger.info(f"stage '{name}': running {config}.")
-        workflow = ConfigWorkflow(
-            config_file=config,
-            meta_file=meta_file,
-            logging_file=logging_file,
-            run_id=run_id,
-            workflow_type="train",
-            **{**overrides, **extra, **own},
-        )
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-        del workflow
-        gc.collect()
+        run_bundle_workflow(config, meta_file, logging_file, run_id, "train", **{**overrides, **extra, **own})
         if not os.path.isfile(final_ckpt):
             raise RuntimeError(f"stage '{name}' finished without writing its final checkpoint {final_ckpt}.")
         logger.info(f"stage '{name}': done, wrote {final_ckpt}.")

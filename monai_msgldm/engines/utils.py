@@ -32,6 +32,7 @@ __all__ = [
     "PrepareMultiModalBatch",
     "attach_ema",
     "autocast_context",
+    "evaluate_with_ema_weights",
     "kl_divergence",
     "reseed_mask_sampler_every_epoch",
     "resolve_amp",
@@ -243,6 +244,46 @@ def attach_ema(
     handler = EMAHandler(model, momentum=1.0 - float(decay))
     handler.attach(engine, name=name, warn_if_exists=False, event=event)
     return handler
+
+
+def evaluate_with_ema_weights(evaluator: Engine, model: nn.Module, ema_model: nn.Module | None) -> None:
+    """Make ``evaluator`` run with the EMA weights of ``model`` and put the trained weights back afterwards.
+
+    When the evaluator starts, the state of ``model`` is copied aside and ``ema_model``'s state is loaded into it;
+    when it completes (or fails), the copy is loaded back, so training continues on its own weights. Call this after
+    the evaluator's own handlers are attached: a ``CheckpointSaver`` among them (e.g. the best-metric one) then
+    saves the EMA weights that were scored. ``ema_model=None`` (EMA disabled) leaves the evaluator unchanged.
+
+    Args:
+        evaluator: the validation engine (e.g. the one a ``ValidationHandler`` runs).
+        model: the module the evaluator's network uses (e.g. ``msgldm.unet``), possibly DDP-wrapped.
+        ema_model: the averaged copy (``LatentDiffusionTrainer.ema_model``) with the same state keys, or ``None``.
+    """
+    if ema_model is None:
+        return
+    target = unwrap_module(model)
+    source = unwrap_module(ema_model)
+    if set(target.state_dict()) != set(source.state_dict()):
+        raise ValueError("evaluate_with_ema_weights expects ema_model to have the same state keys as model.")
+    saved: dict[str, torch.Tensor] = {}
+
+    def _swap_in(_: Engine) -> None:
+        saved.update({k: v.detach().clone() for k, v in target.state_dict().items()})
+        target.load_state_dict(source.state_dict())
+
+    def _swap_back(_: Engine) -> None:
+        if saved:
+            target.load_state_dict(saved)
+            saved.clear()
+
+    def _swap_back_and_raise(engine: Engine, error: Exception) -> None:
+        # ignite re-raises only when no EXCEPTION_RAISED handler exists, so this one must re-raise itself
+        _swap_back(engine)
+        raise error
+
+    evaluator.add_event_handler(Events.STARTED, _swap_in)
+    evaluator.add_event_handler(Events.COMPLETED, _swap_back)
+    evaluator.add_event_handler(Events.EXCEPTION_RAISED, _swap_back_and_raise)
 
 
 def reseed_mask_sampler_every_epoch(engine: Engine, sampler: ModalityMaskSampler, seed: int) -> None:

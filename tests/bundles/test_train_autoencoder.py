@@ -27,7 +27,7 @@ from monai.networks.nets import AutoencoderKL
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from monai_msgldm.networks.nets import MSGLDM
-from tests.bundles.utils import assert_stage_checkpoints, state_equal
+from tests.bundles.utils import assert_stage_checkpoints, assert_tensorboard_images, state_equal
 
 __all__: list[str] = []
 
@@ -132,6 +132,7 @@ class TestTrainAutoencoderWorkflow(unittest.TestCase):
 
         # StepLR halves the rate after max(1, max_epochs // 2) epochs
         assert_stage_checkpoints(self, os.path.join(self.root, "models"), "autoencoder", wf, net, before, lr=5e-5)
+        assert_tensorboard_images(self, os.path.join(self.root, "eval", "autoencoder"))
 
 
 class TestDefaultNetwork(unittest.TestCase):

@@ -29,7 +29,7 @@ from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
-from tests.bundles.utils import state_equal
+from tests.bundles.utils import assert_tensorboard_images, state_equal
 
 __all__: list[str] = []
 
@@ -183,7 +183,11 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
         self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["epoch_length"]), (2, 2))
         self.assertTrue(state_equal(ckpt["model"], net.state_dict()))
-        self.assertTrue(os.path.isfile(os.path.join(self.ckpt_dir, "diffusion_best.pt")))
+        # validation scored the EMA UNet: the best checkpoint holds it, and training went on with its own weights
+        best = torch.load(os.path.join(self.ckpt_dir, "diffusion_best.pt"), map_location="cpu", weights_only=True)
+        self.assertTrue(state_equal(_sub_state(best, "unet."), ckpt["ema"]))
+        self.assertFalse(state_equal(ckpt["ema"], _sub_state(ckpt["model"], "unet.")))
+        assert_tensorboard_images(self, os.path.join(self.root, "eval", "diffusion"))
         # the periodic checkpoint carries the stage prefix (stage 0 writes checkpoint_epoch=N.pt in the same folder)
         periodic = torch.load(
             os.path.join(self.ckpt_dir, "diffusion_checkpoint_epoch=1.pt"), map_location="cpu", weights_only=True

@@ -28,7 +28,7 @@ from monai_msgldm.engines import StructureStyleEvaluator, StructureStyleTrainer
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
 from tests.bundles.test_train_autoencoder import BUNDLE_DIR, LOGGING, META, PHANTOM
 from tests.bundles.test_train_autoencoder import TINY as AUTOENCODER_TINY
-from tests.bundles.utils import assert_stage_checkpoints, state_equal
+from tests.bundles.utils import assert_stage_checkpoints, assert_tensorboard_images, state_equal
 
 __all__: list[str] = []
 
@@ -198,6 +198,7 @@ class TestTrainStructureWorkflow(unittest.TestCase):
 
         # StepLR halves the rate after max(1, max_epochs // 2) epochs
         assert_stage_checkpoints(self, os.path.join(self.root, "models"), "structure", wf, net, before, lr=5e-5)
+        assert_tensorboard_images(self, os.path.join(self.root, "eval", "structure"))
 
 
 class TestStructureConfig(unittest.TestCase):

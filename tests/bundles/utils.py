@@ -17,7 +17,7 @@ import unittest
 
 import torch
 
-__all__ = ["state_equal", "assert_stage_checkpoints"]
+__all__ = ["state_equal", "assert_stage_checkpoints", "assert_tensorboard_images"]
 
 
 def state_equal(a: dict, b: dict) -> bool:
@@ -49,3 +49,14 @@ def assert_stage_checkpoints(
     # the best model (the only validation) is the final one
     best_state = torch.load(best, map_location="cpu", weights_only=True)
     test.assertTrue(state_equal(best_state, ckpt["model"]))
+
+
+def assert_tensorboard_images(test: unittest.TestCase, log_dir: str) -> None:
+    """The stage's ``TensorBoardImageHandler`` wrote validation images (inputs and prediction) to ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags().get("images", [])
+    test.assertTrue(any(t.startswith("input_0") for t in tags), tags)
+    test.assertTrue(any(t.startswith("output") for t in tags), tags)

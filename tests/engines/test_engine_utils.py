@@ -21,6 +21,7 @@ from parameterized import parameterized
 from monai_msgldm.engines import (
     ModalityMaskSampler,
     PrepareMultiModalBatch,
+    evaluate_with_ema_weights,
     kl_divergence,
     resolve_amp,
 )
@@ -133,6 +134,50 @@ class TestPrepareAndKL(unittest.TestCase):
         self.assertFalse(resolve_amp(True, "cpu"))
         self.assertFalse(resolve_amp(False, "cuda"))
         self.assertTrue(resolve_amp(True, "cuda:0"))
+
+
+class TestEvaluateWithEmaWeights(unittest.TestCase):
+    def _setup(self):
+        from ignite.engine import Engine
+
+        torch.manual_seed(0)
+        model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        trained = {k: v.clone() for k, v in model.state_dict().items()}
+        seen = []
+        evaluator = Engine(lambda engine, batch: seen.append(model.weight.detach().clone()))
+        return model, ema, trained, seen, evaluator
+
+    def test_scores_ema_then_restores(self):
+        model, ema, trained, seen, evaluator = self._setup()
+        evaluate_with_ema_weights(evaluator, model, ema)
+        evaluator.run([0, 1], max_epochs=1)
+        self.assertEqual(len(seen), 2)
+        for w in seen:
+            torch.testing.assert_close(w, ema.weight.detach())
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(v, trained[k])
+
+    def test_restores_and_reraises_on_error(self):
+        from ignite.engine import Engine
+
+        model, ema, trained, _, _ = self._setup()
+
+        def fail(engine, batch):
+            raise RuntimeError("boom")
+
+        evaluator = Engine(fail)
+        evaluate_with_ema_weights(evaluator, model, ema)
+        with self.assertRaisesRegex(RuntimeError, "boom"):
+            evaluator.run([0], max_epochs=1)
+        torch.testing.assert_close(model.weight.detach(), trained["weight"])
+
+    def test_none_and_mismatch(self):
+        model, _, trained, seen, evaluator = self._setup()
+        evaluate_with_ema_weights(evaluator, model, None)
+        evaluator.run([0], max_epochs=1)
+        torch.testing.assert_close(seen[0], trained["weight"])
+        with self.assertRaisesRegex(ValueError, "same state keys"):
+            evaluate_with_ema_weights(evaluator, model, torch.nn.Linear(3, 2, bias=False))
 
 
 if __name__ == "__main__":

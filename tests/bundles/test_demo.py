@@ -1,0 +1,159 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The demo overlay (train.json + demo.json): three stages, inference on the held-out case, evaluation, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from monai_msgldm.bundle import stage_is_finished
+from monai_msgldm.data.phantom import ensure_phantom_dataset
+
+__all__: list[str] = []
+
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
+CONFIG_DIR = BUNDLE_DIR / "configs"
+CONFIGS = [str(CONFIG_DIR / "train.json"), str(CONFIG_DIR / "demo.json")]
+META = CONFIG_DIR / "metadata.json"
+LOGGING = CONFIG_DIR / "logging.conf"
+
+PHANTOM = {"phantom_subjects": 3, "phantom_resolution": 4.0, "phantom_seed": 0}
+TINY = {
+    "autoencoder": {
+        "channels": [8, 8, 8],
+        "num_res_blocks": 1,
+        "norm_num_groups": 4,
+        "with_encoder_nonlocal_attn": False,
+        "with_decoder_nonlocal_attn": False,
+    },
+    "structure": {"structure_channels": [8, 8, 8], "strides": [1, 2, 2], "style_channels": [4, 4, 4], "mlp_hidden": 16},
+    "unet": {
+        "channels": [8, 8, 8],
+        "attention_levels": [False, False, True],
+        "norm_num_groups": 4,
+        "num_head_channels": 8,
+    },
+    "network": {"prediction_type": "v_prediction"},
+}
+OVERRIDES = {
+    **PHANTOM,
+    "val_ratio": 0.34,
+    "test_ratio": 0.34,
+    "spatial_size": 32,
+    "batch_size": 1,
+    "val_num_samples": 2,
+    "demo_sizes": TINY,
+    "demo_epochs": {"autoencoder": 1, "structure": 1, "diffusion": 2},
+    "demo_num_samples": {"autoencoder": 2, "structure": 2, "diffusion": 2},
+    "demo_ddim_steps": 2,
+    "val_ddim_steps": 1,
+}
+
+
+def setUpModule() -> None:
+    global _TMP
+    _TMP = tempfile.mkdtemp()
+    ensure_phantom_dataset(cache_dir=_TMP, num_subjects=3, resolution=4.0, seed=0)
+
+
+def tearDownModule() -> None:
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+class TestDemoConfig(unittest.TestCase):
+    def test_demo_defaults(self):
+        """The shipped demo settings: small 64 px model, the stage budgets, served network with v-prediction."""
+        parser = ConfigParser()
+        parser.read_config(CONFIGS)
+        self.assertEqual(parser.get("spatial_size"), 64)
+        self.assertEqual(parser.get("phantom_resolution"), 3.0)
+        self.assertEqual(parser.get("demo_epochs"), {"autoencoder": 75, "structure": 50, "diffusion": 500})
+        # MONAI writes nested ids with "::" inside expressions; both spellings are valid override ids
+        stage2 = {k.replace("::", "#"): v for k, v in parser.get_parsed_content("stages#2#overrides").items()}
+        self.assertEqual(stage2["max_epochs"], 500)
+        self.assertEqual(stage2["network_def#prediction_type"], "v_prediction")
+        stage0 = {k.replace("::", "#"): v for k, v in parser.get_parsed_content("stages#0#overrides").items()}
+        self.assertEqual(stage0["network_def#channels"], [16, 32, 32])
+        self.assertFalse(any(k.startswith(("structure_def", "unet_def")) for k in stage0))
+
+
+class TestDemoWorkflow(unittest.TestCase):
+    def test_demo_end_to_end(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        demo_dir = os.path.join(root, "outputs", "demo")
+        wf = ConfigWorkflow(
+            config_file=CONFIGS,
+            meta_file=str(META),
+            logging_file=str(LOGGING),
+            workflow_type="train",
+            run_id="training",
+            bundle_root=root,
+            config_dir=str(CONFIG_DIR),
+            phantom_cache_dir=_TMP,
+            demo_dir=demo_dir,
+            **OVERRIDES,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+
+        models = os.path.join(demo_dir, "models")
+        for name in ("autoencoder.pt", "structure.pt", "model.pt"):
+            self.assertTrue(stage_is_finished(os.path.join(models, name)), name)
+        ae = torch.load(os.path.join(models, "autoencoder.pt"), map_location="cpu", weights_only=True)
+        self.assertEqual(tuple(ae["model"]["encoder.blocks.0.conv.weight"].shape), (8, 1, 3, 3))
+        diffusion = torch.load(os.path.join(models, "diffusion.pt"), map_location="cpu", weights_only=True)
+        self.assertEqual(diffusion["trainer"]["max_epochs"], 2)
+        self.assertFalse(os.path.exists(os.path.join(root, "models")), "the demo must not touch the bundle's models/")
+
+        # inference: the held-out case's FLAIR, in the input geometry, plus a preview
+        cases = os.listdir(os.path.join(demo_dir, "synthesis"))
+        self.assertEqual(len(cases), 1, cases)
+        case = cases[0]
+        synth = os.path.join(demo_dir, "synthesis", case)
+        written = sorted(os.listdir(synth))
+        niftis = [f for f in written if f.endswith("_flair_synth.nii.gz")]
+        self.assertEqual(len(niftis), 1, written)
+        source = os.path.join(_TMP, "phantom_n3_r4.0_s0", case, f"{case}_t1.nii.gz")
+        out, ref = nib.load(os.path.join(synth, niftis[0])), nib.load(source)
+        self.assertEqual(out.shape, ref.shape)
+        np.testing.assert_allclose(out.affine, ref.affine, atol=1e-4)
+        self.assertTrue(np.isfinite(out.get_fdata()).all())
+        self.assertTrue(any(f.endswith(".png") for f in written), written)
+
+        # evaluation: the four 3->1 scenarios, metrics files and one PNG grid per scenario
+        evaluation = os.path.join(demo_dir, "evaluation")
+        with open(os.path.join(evaluation, "metrics.json")) as f:
+            metrics = json.load(f)
+        rows = metrics["rows"] if isinstance(metrics, dict) else metrics
+        self.assertEqual(sorted(r["target"] for r in rows), ["flair", "t1", "t1ce", "t2"])
+        self.assertTrue(os.path.isfile(os.path.join(evaluation, "metrics.md")))
+        self.assertTrue(os.path.isfile(os.path.join(demo_dir, "loss_curves.png")))
+        figures = sorted(os.listdir(os.path.join(evaluation, "figures")))
+        self.assertEqual(len(figures), 4, figures)
+        with Image.open(os.path.join(evaluation, "figures", figures[0])) as im:
+            self.assertGreater(im.size[0], im.size[1])
+
+
+if __name__ == "__main__":
+    unittest.main()
