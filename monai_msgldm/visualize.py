@@ -131,15 +131,19 @@ def read_scalar_curves(log_dir: str | os.PathLike, tag: str) -> tuple[list[int],
 
 
 def save_loss_curves(
-    path: str | os.PathLike, log_dirs: Mapping[str, str | os.PathLike], tag: str = "train_loss", smooth: int = 20
+    path: str | os.PathLike,
+    log_dirs: Mapping[str, str | os.PathLike],
+    tag: str | Sequence[str] = ("train_loss", "loss"),
+    smooth: int = 20,
 ) -> str | None:
-    """Plot scalar ``tag`` of several TensorBoard folders side by side (one panel per entry, e.g. per training stage)
+    """Plot the training loss of several TensorBoard folders side by side (one panel per entry, e.g. per training stage)
     with a moving average of ``smooth`` points, into a PNG (written to a temporary name, then renamed).
 
     Args:
         path: output PNG.
         log_dirs: panel title -> TensorBoard folder.
-        tag: scalar tag (MONAI ``TensorBoardStatsHandler(tag_name=...)``).
+        tag: scalar tag (MONAI ``TensorBoardStatsHandler(tag_name=...)``), or several: per folder the first one it
+            holds is plotted (MONAI writes a dict-valued loss under its keys, e.g. ``loss``, ``loss_l1``).
         smooth: moving-average window (1 for none).
 
     Returns:
@@ -150,12 +154,18 @@ def save_loss_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {name: read_scalar_curves(d, tag) for name, d in log_dirs.items()}
-    curves = {name: c for name, c in curves.items() if c[0]}
+    tags = [tag] if isinstance(tag, str) else list(tag)
+    curves: dict[str, tuple[str, list[int], list[float]]] = {}
+    for name, folder in log_dirs.items():
+        for t in tags:
+            steps, values = read_scalar_curves(folder, t)
+            if steps:
+                curves[name] = (t, steps, values)
+                break
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
-    for ax, (name, (steps, values)) in zip(axes[0], curves.items()):
+    for ax, (name, (t, steps, values)) in zip(axes[0], curves.items()):
         ax.plot(steps, values, alpha=0.35, lw=0.8)
         window = max(1, min(int(smooth), len(values)))
         if window > 1:
@@ -163,7 +173,7 @@ def save_loss_curves(
             ax.plot(steps[window - 1 :], avg, lw=1.5)
         ax.set_title(name)
         ax.set_xlabel("iteration")
-        ax.set_ylabel(tag)
+        ax.set_ylabel(t)
         ax.set_yscale("log" if min(values) > 0 else "linear")
     fig.tight_layout()
     path = os.fspath(path)

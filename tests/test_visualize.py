@@ -70,21 +70,22 @@ class TestLossCurves(unittest.TestCase):
 
         tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, tmp, True)
-        for stage, scale in (("a", 1.0), ("b", 2.0)):
+        for stage, scale, tag in (("a", 1.0, "loss"), ("b", 2.0, "train_loss")):
             writer = SummaryWriter(os.path.join(tmp, stage))
             for step in range(1, 31):
-                writer.add_scalar("train_loss", scale / step, step)
+                writer.add_scalar(tag, scale / step, step)
             writer.close()
         steps, values = read_scalar_curves(os.path.join(tmp, "b"), "train_loss")
         self.assertEqual(steps, list(range(1, 31)))
         np.testing.assert_allclose(values, [2.0 / s for s in steps], rtol=1e-6)
         self.assertEqual(read_scalar_curves(os.path.join(tmp, "missing"), "train_loss"), ([], []))
-        self.assertEqual(read_scalar_curves(os.path.join(tmp, "a"), "other"), ([], []))
+        self.assertEqual(read_scalar_curves(os.path.join(tmp, "a"), "train_loss"), ([], []))
         dirs = {"A": os.path.join(tmp, "a"), "B": os.path.join(tmp, "b"), "none": os.path.join(tmp, "missing")}
         path = save_loss_curves(os.path.join(tmp, "curves.png"), dirs, smooth=5)
         with Image.open(path) as im:
             self.assertGreater(im.size[0], 1.5 * im.size[1])  # two panels side by side
         self.assertIsNone(save_loss_curves(os.path.join(tmp, "none.png"), {"none": os.path.join(tmp, "missing")}))
+        self.assertIsNone(save_loss_curves(os.path.join(tmp, "none.png"), {"A": os.path.join(tmp, "a")}, tag="other"))
         self.assertFalse(os.path.exists(os.path.join(tmp, "none.png")))
 
 
