@@ -100,8 +100,13 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> di
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def _start(_):
+    shapes: list[tuple] = []
+
+    def _start(engine):
         _sync()
+        batch = engine.state.batch  # still collated here: a dict of batched tensors
+        if isinstance(batch, dict) and "image" in batch:
+            shapes.append(tuple(batch["image"].shape))
         starts.append(time.perf_counter())
 
     def _end(_):
@@ -113,8 +118,7 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> di
     trainer.add_event_handler(Events.ITERATION_COMPLETED, _end)
     wf.run()
     wf.finalize()
-    batch = trainer.state.batch
-    slices = int(np.prod(batch["image"].shape[:1])) if isinstance(batch, dict) and "image" in batch else None
+    slices = shapes[-1][0] if shapes else None
     wall = np.diff(ends[1:]) if len(ends) > 2 else np.array([compute[-1]])
     return {
         "stage": stage,

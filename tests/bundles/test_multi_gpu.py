@@ -110,9 +110,10 @@ class TestMultiGPUTraining(unittest.TestCase):
         rank0, rank1 = (_load(os.path.join(self.root, f"rank{r}.pt")) for r in (0, 1))
         self.assertTrue(state_equal(rank0, rank1))
         self.assertTrue(state_equal(ckpt["model"], rank0))
-        # TensorBoard only on rank 0: every event file (training and validation writers) comes from one process
+        # TensorBoard only on rank 0: every event file (training stats, validation stats and validation images
+        # writers) comes from one process
         events = glob.glob(os.path.join(self.root, "eval", stage, "events.out.tfevents.*"))
-        self.assertEqual(len(events), 2, events)
+        self.assertEqual(len(events), 3, events)
         self.assertEqual(len({os.path.basename(e).split(".")[-2] for e in events}), 1, events)
         return ckpt
 
