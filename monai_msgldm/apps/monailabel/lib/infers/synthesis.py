@@ -1,0 +1,125 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The MONAI Label inference task: synthesize missing contrasts of a study with the brats_mri_msgldm bundle."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monai.transforms import SaveImaged
+
+from ..compat import define_torchvision_schemas
+
+define_torchvision_schemas()  # monailabel's task modules import torchvision
+
+from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402
+from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
+
+from monai_msgldm.constants import MODALITIES  # noqa: E402
+from monai_msgldm.inferers.case_io import SaveSynthesizedModalitiesd  # noqa: E402
+
+from ..studies import StudyError, resolve_targets  # noqa: E402
+
+__all__ = ["MSGLDMSynthesisTask"]
+
+logger = logging.getLogger(__name__)
+
+
+class MSGLDMSynthesisTask(BundleInferTask):
+    """Synthesize missing MRI contrasts of a study with the bundle's ``inference.json`` and ``models/model.pt``.
+
+    The stock ``BundleInferTask`` assumes segmentation; this one differs where image-to-image synthesis needs it:
+
+    - inputs: the request carries the study's contrast files (``study_files``: modality -> path, set by the app
+      from the datastore, see :mod:`..studies`); the bundle's preprocessing loads and stacks them;
+    - targets: the request parameter ``target`` (a modality name or a comma-separated list) selects what to
+      synthesize; by default every contrast the study lacks. A target the study has is left out of the inputs;
+    - restore: the bundle's own ``Invertd`` (linear) brings the synthesis back to the input grid; MONAI Label's
+      nearest-neighbour ``Restored`` is not added;
+    - output: float32 NIfTI with the affine and header of the study's first input file: 3D for one target,
+      4D (``X, Y, Z, K``) for several, in the order given by the result's ``synthesized`` list.
+
+    Args:
+        path: the bundle folder (with ``configs/inference.json`` and ``models/model.pt``).
+        conf: the app's configuration (``--conf`` pairs).
+        kwargs: further ``BundleInferTask`` arguments.
+    """
+
+    def __init__(self, path: str, conf: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(
+            path,
+            dict(conf),
+            type=InferType.OTHERS,
+            post_filter=[SaveImaged, SaveSynthesizedModalitiesd],
+            extend_load_image=False,
+            add_post_restore=False,
+            load_strict=True,
+            **kwargs,
+        )
+        self.description = "MSG-LDM: synthesize missing T1 / T1CE / T2 / FLAIR contrasts from the available ones"
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d["modalities"] = list(MODALITIES)
+        d["params"] = {"target": "modality name(s), comma-separated; default: every missing one"}
+        return d
+
+    def __call__(self, request: Mapping[str, Any], callbacks: Any = None):  # type: ignore[override]
+        files = request.get("study_files")
+        if not isinstance(files, Mapping) or not files:
+            raise StudyError("the request carries no study files (use the MSG-LDM app, which resolves them).", 400)
+        targets = resolve_targets(request.get("target"), list(files))
+        inputs = {m: os.fspath(p) for m, p in files.items() if m not in targets}
+        req = dict(request)
+        for m in MODALITIES:
+            req.pop(m, None)
+        req.update(inputs)
+        req["case"] = str(request.get("study", "study"))
+        req["synthesize"] = targets
+        req["synthesis_inputs"] = list(inputs)
+        req["image"] = next(iter(inputs.values()))
+        return super().__call__(req, callbacks)
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None):  # type: ignore[override]
+        targets: Sequence[str] = data["synthesize"]
+        folder = tempfile.mkdtemp(prefix="msgldm_label_")
+        try:
+            saver = SaveSynthesizedModalitiesd("pred", output_dir=folder, case_key="case", preview=False)
+            written = saver(data)["pred_files"]
+            by_modality = {m: p for p in written for m in MODALITIES if p.endswith(f"_{m}_synth.nii.gz")}
+            images = [nib.load(by_modality[m]) for m in targets]
+            reference = images[0]
+            if len(images) == 1:
+                volume = np.asarray(reference.dataobj, dtype=np.float32)
+            else:
+                volume = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in images], axis=-1)
+            out = nib.Nifti1Image(volume, reference.affine, header=reference.header)
+            out.set_data_dtype(np.float32)
+            fd, result = tempfile.mkstemp(prefix="msgldm_", suffix=".nii.gz")
+            os.close(fd)
+            nib.save(out, result)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        params = {
+            "study": data["case"],
+            "synthesized": list(targets),
+            "inputs": list(data["synthesis_inputs"]),
+            "shape": list(volume.shape),
+            "intensity_range": [-1.0, 1.0],
+        }
+        return result, params
