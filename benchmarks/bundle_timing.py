@@ -17,7 +17,8 @@ iteration (no validation, no checkpoints); stage 2 starts from randomly initiali
 not depend on the weights). Synthesis times the bundle's inference network and ``ModalitySynthesisInferer`` on a
 random ``(1, 4, S, S, --slices)`` volume with FLAIR missing, ``--ddim-steps`` steps. On CPU the default model is
 slow: ``--synthesis-slices`` synthesizes fewer slices and extrapolates the volume time (the printout says so).
-Prints a table and writes JSON with ``--output``; the device is recorded.
+Prints a table and writes JSON with ``--output``; the device is recorded, and the peak memory of the process (with
+``--stages`` and nothing after it, that is the synthesis alone).
 """
 
 from __future__ import annotations
@@ -129,6 +130,16 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> di
     }
 
 
+def _peak_rss_gb() -> float | None:
+    """Peak resident memory of this process so far (Linux/macOS), in GiB; None where unavailable."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform != "darwin" else peak / 2**30
+
+
 def time_synthesis(
     overrides: dict, ddim_steps: int, slice_batch_size: int, slices: int, volume_slices: int, device: str
 ) -> dict:
@@ -170,6 +181,7 @@ def time_synthesis(
         "seconds_per_volume": per_slice * volume_slices,
         "volume_extrapolated": slices < volume_slices,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        "peak_process_memory_gb": _peak_rss_gb(),
     }
 
 
@@ -177,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("default", "demo"), default="default")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per stage (after 1 warm-up)")
-    parser.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
+    parser.add_argument(
+        "--stages", nargs="*", default=list(STAGES), choices=STAGES, help="stages to time (none: synthesis only)"
+    )
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--slice-batch-size", type=int, default=16)
     parser.add_argument("--synthesis-slices", type=int, default=None, help="slices to synthesize (default: all)")
@@ -221,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"synthesis {row['spatial_size']} px, {row['ddim_steps']} DDIM steps, batch {row['slice_batch_size']}: "
                 f"{row['seconds_per_slice']:.3f} s/slice, {row['seconds_per_volume']:.1f} s per "
-                f"{row['volume_slices']}-slice volume{note}",
+                f"{row['volume_slices']}-slice volume{note}; peak process memory {row['peak_process_memory_gb']:.2f} GiB"
+                + (" (includes the stage runs: use --stages alone for synthesis only)" if args.stages else ""),
                 flush=True,
             )
     finally:

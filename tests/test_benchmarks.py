@@ -94,6 +94,7 @@ class TestBundleTiming(unittest.TestCase):
         self.assertEqual((row["spatial_size"], row["slices_timed"], row["volume_slices"]), (32, 6, 155))
         self.assertTrue(row["volume_extrapolated"])
         self.assertAlmostEqual(row["seconds_per_volume"], row["seconds_per_slice"] * 155)
+        self.assertGreater(row["peak_process_memory_gb"], 0.0)
 
     def test_presets_read_from_the_bundle(self):
         timing = _load("bundle_timing")
