@@ -12,6 +12,13 @@
 
 from __future__ import annotations
 
+from .served import write_served_bundle
 from .stages import applicable_overrides, run_bundle_workflow, run_training_stages, stage_is_finished
 
-__all__ = ["applicable_overrides", "run_bundle_workflow", "run_training_stages", "stage_is_finished"]
+__all__ = [
+    "applicable_overrides",
+    "run_bundle_workflow",
+    "run_training_stages",
+    "stage_is_finished",
+    "write_served_bundle",
+]

@@ -126,6 +126,17 @@ class TestDemoWorkflow(unittest.TestCase):
         self.assertEqual(diffusion["trainer"]["max_epochs"], 2)
         self.assertFalse(os.path.exists(os.path.join(root, "models")), "the demo must not touch the bundle's models/")
 
+        # a servable copy of the bundle: the demo's sizes baked into inference.json, which loads model.pt strictly
+        served = os.path.join(demo_dir, "bundle")
+        parser = ConfigParser()
+        parser.read_config(os.path.join(served, "configs", "inference.json"))
+        self.assertEqual((parser.get("spatial_size"), parser.get("ddim_steps")), (32, 2))
+        net = parser.get_parsed_content("network_def")
+        net.load_state_dict(torch.load(os.path.join(served, "models", "model.pt"), weights_only=True), strict=True)
+        self.assertEqual(net.prediction_type, "v_prediction")
+        for rel in ("configs/evaluate.json", "configs/metadata.json", "configs/logging.conf", "LICENSE"):
+            self.assertTrue(os.path.isfile(os.path.join(served, rel)), rel)
+
         # inference: the held-out case's FLAIR, in the input geometry, plus a preview
         cases = os.listdir(os.path.join(demo_dir, "synthesis"))
         self.assertEqual(len(cases), 1, cases)

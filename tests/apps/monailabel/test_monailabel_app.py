@@ -114,9 +114,10 @@ def _free_port() -> int:
 
 
 def _make_bundle_and_studies(root: str) -> tuple[str, str]:
-    """A tiny bundle trained by the demo overlay (1-2 epochs per stage) and a studies folder of two phantom
-    subjects in the flat ``<study>_<modality>.nii.gz`` layout; the first study lacks FLAIR."""
-    from monai.bundle import ConfigParser, ConfigWorkflow
+    """A tiny bundle trained by the demo overlay (1-2 epochs per stage; its servable copy ``demo/bundle``) and a
+    studies folder of two phantom subjects in the flat ``<study>_<modality>.nii.gz`` layout; the first study lacks
+    FLAIR."""
+    from monai.bundle import ConfigWorkflow
 
     from monai_msgldm.data.phantom import ensure_phantom_dataset
     from tests.bundles.test_demo import OVERRIDES
@@ -137,18 +138,8 @@ def _make_bundle_and_studies(root: str) -> tuple[str, str]:
     )
     wf.initialize()
     wf.run()
-    network_overrides = wf.parser.get_parsed_content("demo_network_overrides")
     wf.finalize()
-
-    bundle = os.path.join(root, "bundle")
-    shutil.copytree(BUNDLE_DIR / "configs", os.path.join(bundle, "configs"))
-    os.makedirs(os.path.join(bundle, "models"))
-    shutil.copy(os.path.join(demo_dir, "models", "model.pt"), os.path.join(bundle, "models", "model.pt"))
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
-    parser.update({**network_overrides, "spatial_size": OVERRIDES["spatial_size"], "ddim_steps": 2})
-    with open(os.path.join(bundle, "configs", "inference.json"), "w") as f:
-        json.dump(parser.get(), f, indent=4)
+    bundle = os.path.join(demo_dir, "bundle")  # the demo's servable copy: its sizes baked into inference.json
 
     studies = os.path.join(root, "studies")
     os.makedirs(studies)
