@@ -40,23 +40,16 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from tests.bundles.test_inference import TINY as INFERENCE_TINY
+
 __all__: list[str] = []
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
 CONFIG = BUNDLE_DIR / "configs" / "inference.json"
 META = BUNDLE_DIR / "configs" / "metadata.json"
 
-# tiny networks, as in test_inference.py
-TINY = {
-    "autoencoder_def#channels": [8, 8, 8, 8],
-    "autoencoder_def#norm_num_groups": 4,
-    "structure_def#structure_channels": [8, 8, 8, 8],
-    "structure_def#style_channels": [4, 4, 4, 4, 4],
-    "structure_def#mlp_hidden": 16,
-    "unet_def#channels": [8, 8, 8],
-    "unet_def#norm_num_groups": 4,
-    "unet_def#num_head_channels": 8,
-}
+# the tiny networks of test_inference.py (its network ids only)
+TINY = {k: v for k, v in INFERENCE_TINY.items() if k.split("#")[0].endswith("_def")}
 
 
 def setUpModule() -> None:
