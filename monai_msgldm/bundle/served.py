@@ -21,6 +21,8 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from monai_msgldm.bundle.stages import applicable_overrides
+
 __all__ = ["write_served_bundle"]
 
 _COPIED = ("configs/metadata.json", "configs/logging.conf", "LICENSE", "docs/README.md", "schema/meta_schema.json")
@@ -56,8 +58,6 @@ def write_served_bundle(
     Raises:
         FileNotFoundError: ``model_path`` or a config does not exist.
     """
-    from monai_msgldm.bundle.stages import applicable_overrides
-
     bundle_dir, output_dir, model_path = os.fspath(bundle_dir), os.fspath(output_dir), os.fspath(model_path)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(

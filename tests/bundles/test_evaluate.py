@@ -27,6 +27,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_msgldm.data import build_brats_datalist
 from monai_msgldm.data.phantom import generate_phantom_dataset
+from tests.bundles.test_inference import TINY as INFERENCE_TINY
 
 __all__: list[str] = []
 
@@ -36,20 +37,8 @@ INFERENCE = BUNDLE_DIR / "configs" / "inference.json"
 META = BUNDLE_DIR / "configs" / "metadata.json"
 LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
 
-# tiny networks (as in test_inference.py), 64 px slices, two DDIM steps
-TINY = {
-    "autoencoder_def#channels": [8, 8, 8, 8],
-    "autoencoder_def#norm_num_groups": 4,
-    "structure_def#structure_channels": [8, 8, 8, 8],
-    "structure_def#style_channels": [4, 4, 4, 4, 4],
-    "structure_def#mlp_hidden": 16,
-    "unet_def#channels": [8, 8, 8],
-    "unet_def#norm_num_groups": 4,
-    "unet_def#num_head_channels": 8,
-    "spatial_size": 64,
-    "ddim_steps": 2,
-    "slice_batch_size": 64,
-}
+# the tiny networks and 64 px slices of test_inference.py, with two DDIM steps
+TINY = {**INFERENCE_TINY, "ddim_steps": 2}
 METRICS = ("psnr", "ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy")
 
 

@@ -102,24 +102,25 @@ class MSGLDMSynthesisTask(BundleInferTask):
             saver = SaveSynthesizedModalitiesd("pred", output_dir=folder, case_key="case", preview=False)
             written = saver(data)["pred_files"]
             by_modality = {m: p for p in written for m in MODALITIES if p.endswith(f"_{m}_synth.nii.gz")}
-            images = [nib.load(by_modality[m]) for m in targets]
-            reference = images[0]
-            if len(images) == 1:
-                volume = np.asarray(reference.dataobj, dtype=np.float32)
-            else:
-                volume = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in images], axis=-1)
-            out = nib.Nifti1Image(volume, reference.affine, header=reference.header)
-            out.set_data_dtype(np.float32)
             fd, result = tempfile.mkstemp(prefix="msgldm_", suffix=".nii.gz")
             os.close(fd)
-            nib.save(out, result)
+            if len(targets) == 1:  # the saver's file (float32, the input's header) is the answer as it is
+                os.replace(by_modality[targets[0]], result)
+                shape = list(nib.load(result).shape)
+            else:  # several targets: one 4D volume, the targets along the last axis
+                images = [nib.load(by_modality[m]) for m in targets]
+                volume = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in images], axis=-1)
+                out = nib.Nifti1Image(volume, images[0].affine, header=images[0].header)
+                out.set_data_dtype(np.float32)
+                nib.save(out, result)
+                shape = list(volume.shape)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         params = {
             "study": data["case"],
             "synthesized": list(targets),
             "inputs": list(data["synthesis_inputs"]),
-            "shape": list(volume.shape),
+            "shape": shape,
             "intensity_range": [-1.0, 1.0],
         }
         return result, params
