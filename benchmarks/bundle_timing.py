@@ -38,27 +38,8 @@ import torch
 
 __all__ = ["main", "time_stage", "time_synthesis"]
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_msgldm"
-CONFIGS = BUNDLE / "configs"
-STAGES = ("autoencoder", "structure", "diffusion")
-
-
-def _preset_overrides(preset: str) -> tuple[dict, dict]:
-    """(shared overrides, per-stage overrides) of a preset, read from the bundle's own configs."""
-    from monai.bundle import ConfigParser
-
-    files = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "demo.json")] if preset == "demo" else [])
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser["bundle_root"] = str(BUNDLE)
-    shared = dict(parser.get_parsed_content("stage_overrides"))
-    per_stage = {}
-    for i, name in enumerate(STAGES):
-        own = dict(parser.get_parsed_content(f"stages#{i}#overrides"))
-        per_stage[name] = {k: v for k, v in own.items() if k != "output_dir"}
-    for key in ("bundle_root", "ckpt_dir"):
-        shared.pop(key, None)
-    return shared, per_stage
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CONFIGS, STAGES, peak_rss_gb, preset_overrides  # noqa: E402
 
 
 def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> dict:
@@ -130,16 +111,6 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> di
     }
 
 
-def _peak_rss_gb() -> float | None:
-    """Peak resident memory of this process so far (Linux/macOS), in GiB; None where unavailable."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform != "darwin" else peak / 2**30
-
-
 def time_synthesis(
     overrides: dict, ddim_steps: int, slice_batch_size: int, slices: int, volume_slices: int, device: str
 ) -> dict:
@@ -181,7 +152,7 @@ def time_synthesis(
         "seconds_per_volume": per_slice * volume_slices,
         "volume_extrapolated": slices < volume_slices,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
-        "peak_process_memory_gb": _peak_rss_gb(),
+        "peak_process_memory_gb": peak_rss_gb(),
     }
 
 
@@ -203,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shared, per_stage = _preset_overrides(args.preset)
+    shared, per_stage = preset_overrides(args.preset)
     shared["num_workers"] = 0
     results: dict = {
         "preset": args.preset,

@@ -98,10 +98,10 @@ class TestBundleTiming(unittest.TestCase):
 
     def test_presets_read_from_the_bundle(self):
         timing = _load("bundle_timing")
-        shared, per_stage = timing._preset_overrides("demo")
+        shared, per_stage = timing.preset_overrides("demo")
         self.assertEqual(shared["spatial_size"], 64)
         self.assertEqual(per_stage["diffusion"]["max_epochs"], 500)
-        default_shared, default_stage = timing._preset_overrides("default")
+        default_shared, default_stage = timing.preset_overrides("default")
         self.assertEqual(default_shared["spatial_size"], 192)
         self.assertEqual(default_stage["autoencoder"], {})
 

@@ -35,33 +35,44 @@ from monai_msgldm.engines.utils import (
     resolve_amp,
     unwrap_module,
 )
-from monai_msgldm.networks.nets.msgldm import MSGLDM
+from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM
 
 __all__ = ["LatentDiffusionTrainer", "SynthesisEvaluator", "freeze_msgldm_conditioning"]
 
 
-def _as_msgldm(network: nn.Module, name: str) -> MSGLDM:
+def _as_latent_diffusion(network: nn.Module, name: str) -> MultiContrastLDM:
     inner = unwrap_module(network)
-    if not isinstance(inner, MSGLDM):
+    if not isinstance(inner, MultiContrastLDM):
         raise ValueError(
-            f"{name} expects network to be an MSGLDM (possibly wrapped in DistributedDataParallel), "
+            f"{name} expects network to be an MSGLDM or another MultiContrastLDM such as PlainConditionalLDM "
+            f"(possibly wrapped in DistributedDataParallel), got {type(inner).__name__}."
+        )
+    return inner
+
+
+def _as_synthesizer(network: nn.Module, name: str) -> nn.Module:
+    inner = unwrap_module(network)
+    if not callable(getattr(inner, "synthesize", None)) or not hasattr(inner, "num_modalities"):
+        raise ValueError(
+            f"{name} expects network to be a synthesis model with synthesize() and num_modalities (MSGLDM, "
+            f"PlainConditionalLDM, RegressionSynthesisNet; possibly wrapped in DistributedDataParallel), "
             f"got {type(inner).__name__}."
         )
     return inner
 
 
-def freeze_msgldm_conditioning(network: nn.Module) -> MSGLDM:
-    """Freeze the stage-0 autoencoder and the stage-1 structure net of an MSG-LDM for stage-2 training.
+def freeze_msgldm_conditioning(network: nn.Module) -> MultiContrastLDM:
+    """Freeze what stage 2 does not train: the stage-0 autoencoder and, for MSG-LDM, the stage-1 structure net.
 
-    Sets ``requires_grad_(False)`` and eval mode on ``network.autoencoder`` and ``network.structure_net`` (after
-    unwrapping ``DistributedDataParallel``); the UNet is left as it is. Call it again after any ``network.train()``
-    (the :py:class:`LatentDiffusionTrainer` does, every iteration).
+    Sets ``requires_grad_(False)`` and eval mode on ``network.frozen_modules()`` (after unwrapping
+    ``DistributedDataParallel``); the UNet is left as it is. Call it again after any ``network.train()`` (the
+    :py:class:`LatentDiffusionTrainer` does, every iteration).
 
     Returns:
-        The unwrapped MSG-LDM.
+        The unwrapped model (an :py:class:`MSGLDM` or another ``MultiContrastLDM``).
     """
-    net = _as_msgldm(network, "freeze_msgldm_conditioning")
-    for module in (net.autoencoder, net.structure_net):
+    net = _as_latent_diffusion(network, "freeze_msgldm_conditioning")
+    for module in net.frozen_modules():
         module.requires_grad_(False)
         module.eval()
     return net
@@ -97,7 +108,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         device: device to train on.
         max_epochs: number of epochs.
         train_data_loader: batches of dicts with ``image`` ``(B, M, *S)`` and ``available`` ``(B, M)``.
-        network: an :py:class:`MSGLDM` with trained autoencoder and structure net (or a DDP wrapper around one).
+        network: an :py:class:`MSGLDM` with trained autoencoder and structure net, or a
+            :py:class:`~monai_msgldm.networks.nets.PlainConditionalLDM` with a trained autoencoder (or a DDP wrapper).
         optimizer: optimizer of ``network.unet.parameters()`` only (paper: AdamW, lr 1e-4).
         ema_decay: EMA decay of the UNet weights, or ``None`` (no EMA).
         calibrate_scale_factor: calibrate the latent scale factor on the first batch (see above).
@@ -134,7 +146,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     ) -> None:
         name = type(self).__name__
         net = freeze_msgldm_conditioning(network)
-        frozen = {id(p) for m in (net.autoencoder, net.structure_net) for p in m.parameters()}
+        frozen = {id(p) for m in net.frozen_modules() for p in m.parameters()}
         if any(id(p) in frozen for group in optimizer.param_groups for p in group["params"]):
             raise ValueError(
                 f"{name} expects an optimizer of network.unet.parameters() only, got one holding parameters of the "
@@ -217,7 +229,8 @@ class SynthesisEvaluator(SupervisedEvaluator):
     Args:
         device: device to evaluate on.
         val_data_loader: batches of dicts with ``image`` ``(B, M, *S)`` and ``available`` ``(B, M)``.
-        network: the :py:class:`MSGLDM` (or a DDP wrapper).
+        network: a model with ``synthesize(images, available, num_inference_steps=, generator=, amp=)``: MSGLDM,
+            PlainConditionalLDM or RegressionSynthesisNet (or a DDP wrapper).
         target: modality name (in ``modalities``) or index, or a sequence of them for a round robin.
         num_inference_steps: DDIM steps (small, e.g. 5-10, during training; 100 in the paper).
         seed: base seed of the sampling noise.
@@ -250,7 +263,7 @@ class SynthesisEvaluator(SupervisedEvaluator):
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
-        net = _as_msgldm(network, name)
+        net = _as_synthesizer(network, name)
         names = [str(m) for m in modalities]
         if len(names) != net.num_modalities:
             raise ValueError(
@@ -270,14 +283,14 @@ class SynthesisEvaluator(SupervisedEvaluator):
                     f"{name} expects target to be a modality name in {names} or an index in "
                     f"[0, {net.num_modalities}), got {t!r}."
                 )
+        max_steps = int(getattr(net, "num_train_timesteps", 10**9))
         if (
             isinstance(num_inference_steps, bool)
             or not isinstance(num_inference_steps, int)
-            or not 1 <= num_inference_steps <= net.num_train_timesteps
+            or not 1 <= num_inference_steps <= max_steps
         ):
             raise ValueError(
-                f"{name} expects num_inference_steps to be an int in [1, {net.num_train_timesteps}], "
-                f"got {num_inference_steps!r}."
+                f"{name} expects num_inference_steps to be an int in [1, {max_steps}], got {num_inference_steps!r}."
             )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{name} expects seed to be an int >= 0, got {seed!r}.")

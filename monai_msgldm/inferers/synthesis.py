@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import torch
@@ -160,7 +159,7 @@ class ModalitySynthesisInferer(Inferer):
         self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         """Synthesize ``(B, M, *S)`` with padding to the autoencoder's factor and cropping back."""
-        factor = math.lcm(model.autoencoder.downsample_factor, int(model.structure_net.total_stride))
+        factor = int(getattr(model, "size_divisor", 1))
         spatial = tuple(images.shape[2:])
         crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
         padded_shape = tuple(s + (-s) % factor for s in spatial)

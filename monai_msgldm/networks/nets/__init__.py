@@ -15,19 +15,27 @@ from __future__ import annotations
 __all__ = [
     "MSGLDM",
     "AdaptiveInstanceNorm",
+    "MultiContrastLDM",
+    "PlainConditionalLDM",
     "ModalityWiseAutoencoder",
     "ReconstructionDecoder",
+    "RegressionSynthesisNet",
     "SegmentationDecoder",
     "StructureEncoder",
     "StructureStyleNet",
     "StyleEncoder",
     "autoencoder_downsample_factor",
+    "autoencoder_latent_channels",
+    "default_contrast_autoencoder",
     "resize_to_grid",
 ]
 
 from .decoders import AdaptiveInstanceNorm, ReconstructionDecoder, SegmentationDecoder
-from .modality_autoencoder import ModalityWiseAutoencoder, autoencoder_downsample_factor
+from .latent_diffusion import MultiContrastLDM, default_contrast_autoencoder
+from .modality_autoencoder import ModalityWiseAutoencoder, autoencoder_downsample_factor, autoencoder_latent_channels
 from .msgldm import MSGLDM, resize_to_grid
+from .plain_ldm import PlainConditionalLDM
+from .regression import RegressionSynthesisNet
 from .structure_encoder import StructureEncoder
 from .structure_style_net import StructureStyleNet
 from .style_encoder import StyleEncoder

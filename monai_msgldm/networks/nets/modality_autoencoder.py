@@ -19,7 +19,7 @@ import torch.nn as nn
 from monai.networks.nets import VQVAE, AutoencoderKL
 from monai.networks.nets.autoencoderkl import AEKLDownsample
 
-__all__ = ["ModalityWiseAutoencoder", "autoencoder_downsample_factor"]
+__all__ = ["ModalityWiseAutoencoder", "autoencoder_downsample_factor", "autoencoder_latent_channels"]
 
 
 def autoencoder_downsample_factor(autoencoder: nn.Module) -> int:
@@ -37,6 +37,17 @@ def autoencoder_downsample_factor(autoencoder: nn.Module) -> int:
         return 2 ** len(autoencoder.downsample_parameters)
     raise TypeError(
         f"autoencoder_downsample_factor expects a MONAI AutoencoderKL or VQVAE, got {type(autoencoder).__name__}."
+    )
+
+
+def autoencoder_latent_channels(autoencoder: nn.Module) -> int:
+    """Latent channels of a MONAI ``AutoencoderKL`` (``latent_channels``) or ``VQVAE`` (``embedding_dim``)."""
+    if isinstance(autoencoder, AutoencoderKL):
+        return int(autoencoder.latent_channels)
+    if isinstance(autoencoder, VQVAE):
+        return int(autoencoder.embedding_dim)
+    raise TypeError(
+        f"autoencoder_latent_channels expects a MONAI AutoencoderKL or VQVAE, got {type(autoencoder).__name__}."
     )
 
 
@@ -80,9 +91,7 @@ class ModalityWiseAutoencoder(nn.Module):
             )
         self.model = autoencoder
         self.num_modalities = num_modalities
-        self.latent_channels = int(
-            autoencoder.latent_channels if isinstance(autoencoder, AutoencoderKL) else autoencoder.embedding_dim
-        )
+        self.latent_channels = autoencoder_latent_channels(autoencoder)
         self.downsample_factor = autoencoder_downsample_factor(autoencoder)
 
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:

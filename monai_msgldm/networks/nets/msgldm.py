@@ -12,17 +12,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.inferers import DiffusionInferer
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.nets import DiffusionModelUNet
 
-from monai_msgldm.networks.nets.modality_autoencoder import ModalityWiseAutoencoder
+from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM, default_contrast_autoencoder
+from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
 from monai_msgldm.networks.nets.structure_style_net import StructureStyleNet
 
 __all__ = ["MSGLDM", "resize_to_grid"]
@@ -44,7 +43,7 @@ def resize_to_grid(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
-class MSGLDM(nn.Module):
+class MSGLDM(MultiContrastLDM):
     """Multiscale Structure-Guided Latent Diffusion (MSG-LDM, CVPR 2026) for missing MRI contrast synthesis.
 
     One module holds the three trained parts, so that it is one checkpoint and one bundle ``network_def``:
@@ -56,7 +55,8 @@ class MSGLDM(nn.Module):
     - ``unet``: a MONAI ``DiffusionModelUNet`` (stage 2) that denoises the joint latent with ``F_s`` (resized to
       the latent grid when needed) concatenated on the channel axis.
 
-    ``forward(x, timesteps, context=None)`` is the diffusion network call (``x`` already holds the concatenated
+    The joint latent, the stage-2 loss and DDIM sampling come from :py:class:`MultiContrastLDM`; the condition is
+    ``F_s`` (:py:meth:`encode_structure`). ``forward(x, timesteps, context=None)`` is the diffusion network call (``x`` already holds the concatenated
     ``[noisy latent, F_s]``) so this module can be handed as ``diffusion_model`` to MONAI's diffusion inferers
     with ``mode="concat"`` (``self.autoencoder`` is a valid ``autoencoder_model`` for ``LatentDiffusionInferer``)
     — for training (:py:meth:`diffusion_loss`), for sampling (:py:meth:`synthesize`) and under
@@ -98,33 +98,6 @@ class MSGLDM(nn.Module):
         beta_end: float = 0.0195,
         prediction_type: str = "epsilon",
     ) -> None:
-        super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"MSGLDM expects spatial_dims 2 or 3, got {spatial_dims}.")
-        if num_modalities < 2:
-            raise ValueError(f"MSGLDM expects num_modalities >= 2, got {num_modalities}.")
-        if scale_factor <= 0:
-            raise ValueError(f"MSGLDM expects scale_factor > 0, got {scale_factor}.")
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"MSGLDM expects prediction_type 'epsilon' or 'v_prediction', got {prediction_type!r}.")
-        self.spatial_dims = spatial_dims
-        self.num_modalities = num_modalities
-
-        if autoencoder is None:
-            autoencoder = AutoencoderKL(
-                spatial_dims=spatial_dims,
-                in_channels=1,
-                out_channels=1,
-                channels=(64, 128, 128, 256),
-                latent_channels=4,
-                num_res_blocks=2,
-                attention_levels=(False, False, False, False),
-                norm_num_groups=32,
-                with_encoder_nonlocal_attn=True,
-                with_decoder_nonlocal_attn=True,
-            )
-        self.autoencoder = ModalityWiseAutoencoder(autoencoder, num_modalities=num_modalities)
-
         if structure_net is None:
             # 3 segmentation channels: tumour core, whole tumour, enhancing (what the BraTS preprocessing produces)
             structure_net = StructureStyleNet(
@@ -135,64 +108,44 @@ class MSGLDM(nn.Module):
                 f"MSGLDM expects structure_net with num_modalities={num_modalities}, "
                 f"got {structure_net.num_modalities}."
             )
-        self.structure_net = structure_net
-        self.structure_channels = int(structure_net.structure_channels[-1])
-
-        latent_ch = num_modalities * self.autoencoder.latent_channels
+        structure_channels = int(structure_net.structure_channels[-1])
+        if autoencoder is None:
+            autoencoder = default_contrast_autoencoder(spatial_dims)
         if unet is None:
+            latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
             unet = DiffusionModelUNet(
                 spatial_dims=spatial_dims,
-                in_channels=latent_ch + self.structure_channels,
+                in_channels=latent_ch + structure_channels,
                 out_channels=latent_ch,
                 channels=(128, 128, 256),
                 attention_levels=(False, True, True),
                 num_res_blocks=1,
                 num_head_channels=32,
             )
-        if unet.in_channels != latent_ch + self.structure_channels or unet.out_channels != latent_ch:
-            raise ValueError(
-                f"MSGLDM expects unet with in_channels={latent_ch + self.structure_channels} "
-                f"(M * latent_channels + structure channels) and out_channels={latent_ch}, "
-                f"got in_channels={unet.in_channels}, out_channels={unet.out_channels}."
-            )
-        self.unet = unet
-
-        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
-        self.num_train_timesteps = num_train_timesteps
-        self.schedule = schedule
-        self.beta_start = beta_start
-        self.beta_end = beta_end
-        self.prediction_type = prediction_type
-        self.scheduler = DDPMScheduler(
+        super().__init__(
+            spatial_dims=spatial_dims,
+            num_modalities=num_modalities,
+            autoencoder=autoencoder,
+            unet=unet,
+            condition_channels=structure_channels,
+            scale_factor=scale_factor,
             num_train_timesteps=num_train_timesteps,
             schedule=schedule,
             beta_start=beta_start,
             beta_end=beta_end,
             prediction_type=prediction_type,
-            clip_sample=False,
         )
+        self.structure_net = structure_net
+        self.structure_channels = structure_channels
 
-    # ------------------------------------------------------------------ checks
-    def _check_inputs(self, images: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        if images.ndim != self.spatial_dims + 2 or images.shape[1] != self.num_modalities:
-            raise ValueError(
-                f"MSGLDM expects images of shape (B, {self.num_modalities}, *{self.spatial_dims}D spatial), "
-                f"got {tuple(images.shape)}."
-            )
-        if available.shape != images.shape[:2]:
-            raise ValueError(
-                f"MSGLDM expects available of shape {tuple(images.shape[:2])} (B, M), got {tuple(available.shape)}."
-            )
-        available = available.to(device=images.device, dtype=torch.bool)
-        if not bool(available.any(dim=1).all()):
-            raise ValueError("MSGLDM expects available to have at least one True (available modality) per row.")
-        self.autoencoder.latent_shape(images.shape[2:])
-        return available
+    @property
+    def size_divisor(self) -> int:
+        """Every spatial size must be divisible by the autoencoder factor and the structure encoder stride."""
+        return math.lcm(int(self.autoencoder.downsample_factor), int(self.structure_net.total_stride))
 
-    # ----------------------------------------------------------- components
-    def latent_channels(self) -> int:
-        """Channels of the joint latent: ``M * latent_channels`` of the autoencoder."""
-        return self.num_modalities * self.autoencoder.latent_channels
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stage-0 autoencoder and the stage-1 structure net, frozen in stage 2."""
+        return [self.autoencoder, self.structure_net]
 
     def encode_structure(self, images: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """The structure condition ``F_s`` on the latent grid: ``(B, M, *S) -> (B, structure_channels, *S/f)``.
@@ -204,161 +157,8 @@ class MSGLDM(nn.Module):
         structure = self.structure_net.encode_structure(images * mask, available)
         return resize_to_grid(structure, self.autoencoder.latent_shape(images.shape[2:]))
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Scaled joint latent of all modalities: ``(B, M, *S) -> (B, M * latent_channels, *S / f)``."""
-        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
-
-    def decode(self, latents: torch.Tensor, modalities: Sequence[int] | None = None) -> torch.Tensor:
-        """Images from a scaled joint latent: ``(B, M * latent_channels, *L) -> (B, M or len(modalities), *S)``."""
-        return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor, modalities=modalities)
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Diffusion network call on ``x = cat([noisy joint latent, F_s], dim=1)``.
-
-        Args:
-            x: ``(B, M * latent_channels + structure_channels, *L)``.
-            timesteps: ``(B,)`` or ``(1,)`` diffusion timesteps.
-            context: unused (conditioning is by concatenation); kept for MONAI inferer compatibility.
-
-        Returns:
-            The UNet prediction ``(B, M * latent_channels, *L)`` (noise for ``prediction_type="epsilon"``).
-        """
-        return self.unet(x, timesteps=timesteps, context=context)
-
-    def ddim_scheduler(self, num_inference_steps: int = 50) -> DDIMScheduler:
-        """A DDIM scheduler on this model's noise schedule, set to ``num_inference_steps``."""
-        if num_inference_steps < 1 or num_inference_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"MSGLDM expects num_inference_steps in [1, {self.num_train_timesteps}], got {num_inference_steps}."
-            )
-        scheduler = DDIMScheduler(
-            num_train_timesteps=self.num_train_timesteps,
-            schedule=self.schedule,
-            beta_start=self.beta_start,
-            beta_end=self.beta_end,
-            prediction_type=self.prediction_type,
-            clip_sample=False,
-        )
-        scheduler.set_timesteps(num_inference_steps)
-        return scheduler
-
-    # ------------------------------------------------------------ training
-    def diffusion_loss(
-        self,
-        images: torch.Tensor,
-        available: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
-        diffusion_model: nn.Module | None = None,
+    def condition(
+        self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Stage-2 training loss: MSE between the UNet prediction and its target on the joint latent.
-
-        The autoencoder and the structure branch run without gradients (they are frozen in stage 2); ``F_s`` is
-        computed once per call.
-
-        Args:
-            images: all M modalities ``(B, M, *S)`` in [-1, 1] (ground truth for every modality).
-            available: ``(B, M)`` bool, the modalities the structure condition may use (drawn per sample).
-            noise: optional ``(B, M * latent_channels, *L)`` noise; drawn when ``None``.
-            timesteps: optional ``(B,)`` long timesteps; drawn uniformly when ``None``.
-            diffusion_model: the module to call for the prediction, e.g. this model wrapped in
-                ``DistributedDataParallel``; default ``self``.
-
-        Returns:
-            The scalar MSE loss.
-        """
-        available = self._check_inputs(images, available)
-        with torch.no_grad():
-            structure = self.encode_structure(images, available)
-        latent_shape = (images.shape[0], self.latent_channels(), *self.autoencoder.latent_shape(images.shape[2:]))
-        if noise is None:
-            noise = torch.randn(latent_shape, device=images.device, dtype=images.dtype)
-        elif tuple(noise.shape) != latent_shape:
-            raise ValueError(f"MSGLDM expects noise of shape {latent_shape}, got {tuple(noise.shape)}.")
-        if timesteps is None:
-            timesteps = torch.randint(0, self.num_train_timesteps, (images.shape[0],), device=images.device).long()
-        with torch.no_grad():
-            latents = self.encode(images)
-        prediction = DiffusionInferer(self.scheduler)(
-            inputs=latents,
-            diffusion_model=diffusion_model or self,
-            noise=noise,
-            timesteps=timesteps,
-            condition=structure,
-            mode="concat",
-        )
-        if self.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = self.scheduler.get_velocity(latents, noise, timesteps)
-        return F.mse_loss(prediction.float(), target.float())
-
-    @torch.no_grad()
-    def calibrate_scale_factor(self, images: torch.Tensor) -> float:
-        """Set ``scale_factor`` to ``1 / std`` of the joint latent of ``images`` (the usual LDM recipe); returns it."""
-        self.autoencoder.latent_shape(images.shape[2:])
-        z = self.autoencoder.encode_stage_2_inputs(images)
-        value = 1.0 / float(torch.std(z).clamp_min(1e-8))
-        self.scale_factor.fill_(value)
-        return value
-
-    # ------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def synthesize(
-        self,
-        images: torch.Tensor,
-        available: torch.Tensor,
-        num_inference_steps: int = 50,
-        scheduler: Scheduler | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        amp: bool = True,
-        verbose: bool = False,
-    ) -> torch.Tensor:
-        """Synthesize the missing modalities from the available ones.
-
-        ``F_s`` is computed once per sample; the DDIM loop (MONAI ``DiffusionInferer.sample`` in ``concat`` mode)
-        then only runs the UNet. Only the modalities missing in at least one sample of the batch are decoded.
-
-        Args:
-            images: ``(B, M, *S)`` in [-1, 1]; channels of absent modalities are ignored (any value).
-            available: ``(B, M)`` bool availability mask, at least one True per row.
-            num_inference_steps: DDIM steps when ``scheduler`` is not given.
-            scheduler: a MONAI scheduler with its timesteps already set (overrides ``num_inference_steps``).
-            noise: optional initial latent noise ``(B, M * latent_channels, *S / f)``.
-            generator: optional ``torch.Generator`` for the initial noise (reproducible sampling).
-            amp: use autocast (bfloat16) on CUDA; ignored on CPU.
-            verbose: show MONAI's progress bar over the denoising steps.
-
-        Returns:
-            ``(B, M, *S)``: every modality; available ones exactly as given, missing ones synthesized.
-        """
-        available = self._check_inputs(images, available)
-        if scheduler is None:
-            scheduler = self.ddim_scheduler(num_inference_steps)
-        latent_shape = (images.shape[0], self.latent_channels(), *self.autoencoder.latent_shape(images.shape[2:]))
-        if noise is None:
-            noise = torch.randn(latent_shape, generator=generator, device="cpu", dtype=torch.float32)
-            noise = noise.to(images.device)
-        elif tuple(noise.shape) != latent_shape:
-            raise ValueError(f"MSGLDM expects noise of shape {latent_shape}, got {tuple(noise.shape)}.")
-        output = images.clone()
-        missing = [m for m in range(self.num_modalities) if not bool(available[:, m].all())]
-        if not missing:
-            return output
-        use_amp = amp and images.device.type == "cuda"
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-        with ctx:
-            structure = self.encode_structure(images, available)
-            latents = DiffusionInferer(scheduler).sample(
-                input_noise=noise,
-                diffusion_model=self,
-                scheduler=scheduler,
-                conditioning=structure.to(noise.dtype),
-                mode="concat",
-                verbose=verbose,
-            )
-            decoded = self.decode(latents, modalities=missing).to(images.dtype)
-        keep = available[:, missing].view(images.shape[0], len(missing), *([1] * self.spatial_dims))
-        output[:, missing] = torch.where(keep, images[:, missing], decoded)
-        return output
+        """``F_s`` (:py:meth:`encode_structure`); ``latents`` is not needed."""
+        return self.encode_structure(images, available)

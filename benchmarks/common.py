@@ -1,0 +1,86 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""What the benchmark scripts share: the bundle's paths and presets, the machine description, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["BUNDLE", "CONFIGS", "STAGES", "preset_overrides", "device_description", "peak_rss_gb", "write_json"]
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_msgldm"
+CONFIGS = BUNDLE / "configs"
+STAGES = ("autoencoder", "structure", "diffusion")
+
+
+def preset_overrides(preset: str) -> tuple[dict, dict]:
+    """(shared overrides, per-stage overrides) of a preset (``"default"`` or ``"demo"``), read from the bundle's own
+    ``train.json`` (+ ``demo.json``)."""
+    from monai.bundle import ConfigParser
+
+    if preset not in ("default", "demo"):
+        raise ValueError(f"preset must be 'default' or 'demo', got {preset!r}.")
+    files = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "demo.json")] if preset == "demo" else [])
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(BUNDLE)
+    shared = dict(parser.get_parsed_content("stage_overrides"))
+    per_stage = {}
+    for i, name in enumerate(STAGES):
+        own = dict(parser.get_parsed_content(f"stages#{i}#overrides"))
+        per_stage[name] = {k: v for k, v in own.items() if k != "output_dir"}
+    for key in ("bundle_root", "ckpt_dir"):
+        shared.pop(key, None)
+    return shared, per_stage
+
+
+def device_description() -> dict[str, Any]:
+    """The machine the figures come from: device name, torch threads, CPU count, torch version."""
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def peak_rss_gb() -> float | None:
+    """Peak resident memory of this process so far (Linux/macOS), in GiB; None where unavailable."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform != "darwin" else peak / 2**30
+
+
+def write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file and a rename (no half-written file); returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> str:
+    """:func:`write_text` of ``data`` as indented JSON."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,111 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The plain conditional latent diffusion baseline: MSG-LDM without the structure branch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import DiffusionModelUNet
+
+from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM, default_contrast_autoencoder
+from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
+
+__all__ = ["PlainConditionalLDM"]
+
+
+class PlainConditionalLDM(MultiContrastLDM):
+    """Conditional latent diffusion on the joint latent of M contrasts, conditioned only on the latents of the
+    available contrasts (the MONAI model-zoo style of conditioning, no structure branch): the baseline that MSG-LDM's
+    structure guidance is measured against.
+
+    The condition is ``cat([z * a, a])``: the scaled joint latent ``z`` ``(B, M * latent_channels, *L)`` with the
+    channels of absent contrasts set to zero, and the availability mask ``a`` broadcast to ``(B, M, *L)`` (so that a
+    zero latent and an absent contrast can be told apart). The UNet therefore has ``2 * M * latent_channels + M``
+    input channels. Same autoencoder, schedule, loss and sampler as :py:class:`~monai_msgldm.networks.nets.MSGLDM`
+    (:py:class:`MultiContrastLDM`); in stage 2 only the UNet is trained.
+
+    Args:
+        spatial_dims: 2 (slices) or 3.
+        num_modalities: number of contrasts M.
+        autoencoder: a single-channel MONAI ``AutoencoderKL`` (or ``VQVAE``); default: factor 8, 4 latent channels.
+        unet: a ``DiffusionModelUNet`` with ``2 * M * latent_channels + M`` input and ``M * latent_channels`` output
+            channels; default: the MSG-LDM UNet sizes (128, 128, 256), attention at the two lower levels.
+        scale_factor, num_train_timesteps, schedule, beta_start, beta_end, prediction_type: see
+            :py:class:`MultiContrastLDM`.
+
+    Example::
+
+        net = PlainConditionalLDM(spatial_dims=2)
+        images = torch.randn(1, 4, 192, 192)
+        out = net.synthesize(images, torch.tensor([[True, True, True, False]]), num_inference_steps=50)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        num_modalities: int = 4,
+        autoencoder: nn.Module | None = None,
+        unet: DiffusionModelUNet | None = None,
+        scale_factor: float = 1.0,
+        num_train_timesteps: int = 1000,
+        schedule: str = "scaled_linear_beta",
+        beta_start: float = 0.0015,
+        beta_end: float = 0.0195,
+        prediction_type: str = "epsilon",
+    ) -> None:
+        if autoencoder is None:
+            autoencoder = default_contrast_autoencoder(spatial_dims)
+        latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
+        if unet is None:
+            unet = DiffusionModelUNet(
+                spatial_dims=spatial_dims,
+                in_channels=2 * latent_ch + num_modalities,
+                out_channels=latent_ch,
+                channels=(128, 128, 256),
+                attention_levels=(False, True, True),
+                num_res_blocks=1,
+                num_head_channels=32,
+            )
+        super().__init__(
+            spatial_dims=spatial_dims,
+            num_modalities=num_modalities,
+            autoencoder=autoencoder,
+            unet=unet,
+            condition_channels=latent_ch + num_modalities,
+            scale_factor=scale_factor,
+            num_train_timesteps=num_train_timesteps,
+            schedule=schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            prediction_type=prediction_type,
+        )
+
+    def condition(
+        self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``cat([latents * mask, mask])`` on the latent grid: ``(B, M, *S) -> (B, M * latent_channels + M, *L)``.
+
+        Args:
+            images: ``(B, M, *S)``; channels of absent modalities are ignored.
+            available: ``(B, M)`` bool.
+            latents: the scaled joint latent of ``images`` (training passes the sampled one it diffuses); None:
+                the posterior mean of the available contrasts (deterministic, as at inference).
+        """
+        available = self._check_inputs(images, available)
+        grid = self.autoencoder.latent_shape(images.shape[2:])
+        if latents is None:
+            keep = available.view(*available.shape, *([1] * self.spatial_dims)).to(images.dtype)
+            latents = self.autoencoder.encode_mean(images * keep) * self.scale_factor
+        b, m, c = images.shape[0], self.num_modalities, self.autoencoder.latent_channels
+        mask = available.to(latents.dtype).view(b, m, *([1] * self.spatial_dims))
+        masked = (latents.reshape(b, m, c, *grid) * mask.unsqueeze(2)).reshape(b, m * c, *grid)
+        return torch.cat([masked, mask.expand(b, m, *grid)], dim=1)

@@ -1,0 +1,73 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The plain conditional LDM baseline trains through the bundle: ``train_diffusion.json`` + ``baseline_ldm.json``."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import unittest
+
+import torch
+from monai.bundle import ConfigWorkflow
+
+from monai_msgldm.networks.nets import PlainConditionalLDM
+from tests.bundles import test_train_diffusion as stage2
+from tests.bundles.utils import state_equal
+
+__all__: list[str] = []
+
+OVERLAY = stage2.BUNDLE_DIR / "configs" / "baseline_ldm.json"
+
+
+def setUpModule() -> None:
+    stage2.setUpModule()
+
+
+def tearDownModule() -> None:
+    stage2.tearDownModule()
+
+
+class TestBaselineLDMBundle(unittest.TestCase):
+    def test_trains_without_a_structure_checkpoint(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        ckpt_dir = os.path.join(root, "models")
+        states = stage2._write_stage_checkpoints(ckpt_dir, stages=("autoencoder",))
+        wf = ConfigWorkflow(
+            config_file=[str(stage2.CONFIG), str(OVERLAY)],
+            meta_file=str(stage2.META),
+            logging_file=str(stage2.LOGGING),
+            workflow_type="train",
+            bundle_root=root,
+            phantom_cache_dir=stage2._TMP,
+            **stage2.PHANTOM,
+            **{**stage2.TINY, "ema_decay": 0.5, "train#handlers#4#_disabled_": True},
+        )
+        wf.initialize()
+        net = wf.parser.get_parsed_content("network")
+        self.assertIsInstance(net, PlainConditionalLDM)
+        self.assertEqual(net.unet.in_channels, 2 * 16 + 4)
+        self.assertTrue(state_equal(net.autoencoder.model.state_dict(), states["autoencoder"]))
+        wf.run()
+        self.assertTrue(math.isfinite(wf.evaluator.state.metrics["val_psnr"]))
+        wf.finalize()
+        served = torch.load(os.path.join(ckpt_dir, "model.pt"), map_location="cpu", weights_only=True)
+        loaded = wf.parser.get_parsed_content("network_def", instantiate=True)
+        loaded.load_state_dict(served)
+        self.assertNotEqual(float(loaded.scale_factor), 1.0)
+        self.assertFalse(any(k.startswith("structure_net.") for k in served))
+
+
+if __name__ == "__main__":
+    unittest.main()
