@@ -8,13 +8,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MONAI/Ignite engines for the three MSG-LDM training stages and their evaluators."""
+"""MONAI/Ignite engines for the three MSG-LDM training stages, the regression baseline, and their evaluators."""
 
 from __future__ import annotations
 
 from .autoencoder import AutoencoderEvaluator, AutoencoderKeys, AutoencoderTrainer, available_modality_slices
 from .checkpoints import load_stage_checkpoint
 from .diffusion import LatentDiffusionTrainer, SynthesisEvaluator, freeze_msgldm_conditioning
+from .regression import RegressionSynthesisTrainer
 from .structure import StructureStyleEvaluator, StructureStyleKeys, StructureStyleTrainer
 from .utils import (
     ModalityMaskSampler,
@@ -36,6 +37,7 @@ __all__ = [
     "LatentDiffusionTrainer",
     "ModalityMaskSampler",
     "PrepareMultiModalBatch",
+    "RegressionSynthesisTrainer",
     "StructureStyleEvaluator",
     "StructureStyleKeys",
     "StructureStyleTrainer",

@@ -40,7 +40,8 @@ class RegressionSynthesisNet(nn.Module):
 
     Shapes:
         - ``images``: ``(B, M, *S)`` in [-1, 1], ``S`` of ``spatial_dims`` sizes, each divisible by
-          :py:attr:`size_divisor` (16).
+          :py:attr:`size_divisor` (16). With an instance norm (the default) the bottleneck must hold more than one
+          voxel, i.e. ``S`` must not be all 16 (e.g. 32 x 32 or 16 x 32 are fine, 16 x 16 is not).
         - ``available``: ``(B, M)`` bool, at least one True per row.
         - output: ``(B, M, *S)``.
 
