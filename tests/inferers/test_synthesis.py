@@ -70,6 +70,37 @@ class TestModalitySynthesisInferer(unittest.TestCase):
         direct = single(vol[..., 0], net, available=["t1", "t1ce", "t2"])
         torch.testing.assert_close(first[..., 0], direct)
 
+    def test_empty_slices_are_background_and_not_sampled(self):
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        vol = torch.rand(1, 4, 16, 16, 6) * 2 - 1
+        vol[..., :2] = -1.0  # two empty slices below the head
+        vol[..., 5] = -0.5  # and one constant slice above it
+        seen = []
+        synthesize = net.synthesize
+        net.synthesize = lambda images, *a, **k: seen.append(images.shape[0]) or synthesize(images, *a, **k)
+        inferer = ModalitySynthesisInferer(num_inference_steps=2, slice_batch_size=2, seed=0, progress=False)
+        out = inferer(vol, net, available=["t1", "t1ce", "t2"])
+        self.assertEqual(sum(seen), 3)  # only the slices with content were sampled
+        self.assertTrue(torch.all(out[0, 3, :, :, :2] == -1.0) and torch.all(out[0, 3, :, :, 5] == -0.5))
+        torch.testing.assert_close(out[:, :3], vol[:, :3], rtol=0, atol=0)
+        seen.clear()
+        full = ModalitySynthesisInferer(2, 2, seed=0, progress=False, skip_empty_slices=False)
+        full(vol, net, available=["t1", "t1ce", "t2"])
+        self.assertEqual(sum(seen), 6)
+
+    def test_channels_last_gives_the_same_synthesis(self):
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        vol = torch.rand(1, 4, 16, 16, 3) * 2 - 1
+        plain = ModalitySynthesisInferer(2, 3, seed=1, progress=False, channels_last=False)
+        reference = plain(vol, net, available=["t1", "t2"])
+        conv = next(m for m in net.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+        self.assertFalse(conv.weight.is_contiguous(memory_format=torch.channels_last))
+        fast = ModalitySynthesisInferer(2, 3, seed=1, progress=False)(vol, net, available=["t1", "t2"])
+        self.assertTrue(conv.weight.is_contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
     def test_2d_input_and_metatensor(self):
         net = tiny_msgldm().eval()
         x = MetaTensor(torch.rand(2, 4, 16, 16) * 2 - 1, meta={"available": [True, False, True, True]})
