@@ -42,12 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CONFIGS, STAGES, peak_rss_gb, preset_overrides  # noqa: E402
 
 
-def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> dict:
-    """Run ``iterations + 1`` training iterations of one stage config; the first is a warm-up and not timed."""
+def time_stage(stage: str, overrides: dict, iterations: int, workdir: str, overlay: str | None = None) -> dict:
+    """Run ``iterations + 1`` training iterations of one stage config; the first is a warm-up and not timed.
+
+    ``overlay``: a config file name in the bundle's ``configs/`` read after the stage config (e.g.
+    ``"baseline_ldm.json"`` on the diffusion stage times the plain LDM baseline).
+    """
     from ignite.engine import Events
     from monai.bundle import ConfigParser, ConfigWorkflow
 
-    config = str(CONFIGS / f"train_{stage}.json")
+    config = [str(CONFIGS / f"train_{stage}.json")] + ([str(CONFIGS / overlay)] if overlay else [])
     ckpt_dir = os.path.join(workdir, "models")
     os.makedirs(ckpt_dir, exist_ok=True)
     args = {
@@ -70,7 +74,8 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> di
         parser.update({k: v for k, v in args.items() if not k.startswith("train#")})
         net = parser.get_parsed_content("network_def")
         torch.save({"model": net.autoencoder.model.state_dict()}, os.path.join(ckpt_dir, "autoencoder.pt"))
-        torch.save({"model": net.structure_net.state_dict()}, os.path.join(ckpt_dir, "structure.pt"))
+        if hasattr(net, "structure_net"):
+            torch.save({"model": net.structure_net.state_dict()}, os.path.join(ckpt_dir, "structure.pt"))
     wf = ConfigWorkflow(config_file=config, meta_file=str(CONFIGS / "metadata.json"), workflow_type="train", **args)
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
@@ -103,7 +108,7 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str) -> di
     slices = shapes[-1][0] if shapes else None
     wall = np.diff(ends[1:]) if len(ends) > 2 else np.array([compute[-1]])
     return {
-        "stage": stage,
+        "stage": stage if overlay is None else f"{stage}+{overlay}",
         "iterations": iterations,
         "slices_per_batch": slices,
         "seconds_per_iteration": float(np.mean(compute[1:])),

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
 import shutil
 import tempfile
 import unittest
@@ -78,13 +80,16 @@ def tearDownModule() -> None:
 
 
 class TestBundleTiming(unittest.TestCase):
-    @parameterized.expand([("autoencoder",), ("structure",), ("diffusion",)])
-    def test_time_stage(self, stage):
+    @parameterized.expand(
+        [("autoencoder", None), ("structure", None), ("diffusion", None), ("diffusion", "baseline_ldm.json")]
+    )
+    def test_time_stage(self, stage, overlay):
         timing = _load("bundle_timing")
         workdir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, workdir, True)
-        row = timing.time_stage(stage, {**SHARED, "phantom_cache_dir": _TMP, **STAGE_NETS[stage]}, 2, workdir)
-        self.assertEqual(row["stage"], stage)
+        overrides = {**SHARED, "phantom_cache_dir": _TMP, **STAGE_NETS[stage]}
+        row = timing.time_stage(stage, overrides, 2, workdir, overlay)
+        self.assertEqual(row["stage"], stage if overlay is None else f"{stage}+{overlay}")
         self.assertEqual(row["slices_per_batch"], 2)
         self.assertTrue(row["seconds_per_iteration"] > 0 and math.isfinite(row["seconds_per_iteration"]))
 
@@ -104,6 +109,78 @@ class TestBundleTiming(unittest.TestCase):
         default_shared, default_stage = timing.preset_overrides("default")
         self.assertEqual(default_shared["spatial_size"], 192)
         self.assertEqual(default_stage["autoencoder"], {})
+
+
+class TestSpeedBenchmark(unittest.TestCase):
+    def test_main_tiny(self):
+        speed = _load("speed")
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        args = [
+            "--no-training",
+            "--steps",
+            "1",
+            "2",
+            "--batch-sizes",
+            "2",
+            "--sweep-slices",
+            "2",
+            "--volume-batch",
+            "4",
+        ]
+        args += ["--volume-size", "32", "--volume-depth", "6", "--phantom-resolution", "4", "--phantom-cache-dir", _TMP]
+        args += ["--volume-steps", "2", "--output-dir", out, "--overrides", json.dumps(TINY_NETS)]
+        self.assertEqual(speed.main(args), 0)
+        with open(os.path.join(out, "speed.json")) as f:
+            result = json.load(f)
+        self.assertEqual(
+            [(r["model"], r["ddim_steps"]) for r in result["steps_sweep"]],
+            [("msgldm", 1), ("msgldm", 2), ("plain_ldm", 1), ("plain_ldm", 2)],
+        )
+        self.assertEqual(set(result["synthesis_ratios"]), {"1", "2"})
+        self.assertEqual(
+            [(r["model"], r["optimised"]) for r in result["volumes"]],
+            [("msgldm", True), ("plain_ldm", True), ("msgldm", False)],
+        )
+        for row in result["volumes"]:
+            self.assertGreater(row["peak_process_memory_gb"], 0.0)
+            self.assertEqual(row["slices_sampled_per_volume"], 6 if not row["optimised"] else row["slices_timed"])
+        self.assertEqual(len(result["checks"]), 1)
+        for name in ("speed.md", "time_vs_steps.png"):
+            self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
+
+
+class TestQualityBenchmark(unittest.TestCase):
+    def test_main_tiny(self):
+        quality = _load("quality")
+        quality.BUDGET = {
+            "phantom_subjects": 4,
+            "phantom_resolution": 4.0,
+            "phantom_seed": 0,
+            "phantom_cache_dir": _TMP,
+            "val_ratio": 0.25,
+            "test_ratio": 0.25,
+            "split_seed": 0,
+            "epochs": {"autoencoder": 1, "structure": 1, "diffusion": 1},
+        }
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        models = ["msgldm", "msgldm_no_msse", "plain_ldm", "regression"]
+        args = ["--work-dir", os.path.join(out, "models"), "--output-dir", out, "--models", *models]
+        self.assertEqual(quality.main(args + ["--ddim-steps", "2", "--curve-steps", "1", "2"]), 0)
+        with open(os.path.join(out, "quality.json")) as f:
+            result = json.load(f)
+        self.assertEqual(list(result["summary"]), models)
+        for model in models:
+            self.assertEqual(set(result["summary"][model]), {"3->1", "1->3"})
+            self.assertEqual(set(result["summary"][model]["3->1"]["targets"]), {"t1", "t1ce", "t2", "flair"})
+        self.assertEqual(set(result["steps_curve"]), {"msgldm", "plain_ldm"})
+        self.assertEqual(set(result["steps_curve"]["msgldm"]), {"1", "2"})
+        self.assertEqual(len(result["checks"]), 2)  # ahead of the two baselines (no 20/100-step pair here)
+        for name in ("quality.md", "quality_bars.png", "steps_vs_quality.png", "comparison_flair.png"):
+            self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
+        # a second run trains nothing again
+        self.assertEqual(quality.train_model("plain_ldm", os.path.join(out, "models")), 0.0)
 
 
 if __name__ == "__main__":
