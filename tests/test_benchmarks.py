@@ -183,5 +183,38 @@ class TestQualityBenchmark(unittest.TestCase):
         self.assertEqual(quality.train_model("plain_ldm", os.path.join(out, "models")), 0.0)
 
 
+class TestRunAll(unittest.TestCase):
+    def test_runs_quality_then_speed_and_joins_the_reports(self):
+        run_all = _load("run_all")
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        calls = []
+
+        def fake(name):
+            def main(argv):
+                calls.append((name, list(argv)))
+                folder = argv[argv.index("--output-dir") + 1]
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, f"{name}.md"), "w") as f:
+                    f.write(f"# {name} report\n")
+                return 0
+
+            return main
+
+        originals = run_all.quality.main, run_all.speed.main
+        self.addCleanup(
+            lambda: (setattr(run_all.quality, "main", originals[0]), setattr(run_all.speed, "main", originals[1]))
+        )
+        run_all.quality.main, run_all.speed.main = fake("quality"), fake("speed")
+        self.assertEqual(run_all.main(["--output-dir", out]), 0)
+        self.assertEqual([c[0] for c in calls], ["quality", "speed"])
+        self.assertIn(os.path.join(out, "quality", "models"), calls[0][1])
+        with open(os.path.join(out, "summary.md")) as f:
+            self.assertEqual(f.read(), "# quality report\n\n# speed report\n\n")
+        calls.clear()
+        run_all.main(["--output-dir", out, "--skip", "quality"])
+        self.assertEqual([c[0] for c in calls], ["speed"])
+
+
 if __name__ == "__main__":
     unittest.main()
