@@ -132,6 +132,16 @@ class ModalityWiseAutoencoder(nn.Module):
         self._check_images(images, None)
         return self._encode(images, sample=False)
 
+    def encode_mean_of(self, images: torch.Tensor) -> torch.Tensor:
+        """Posterior means of any number of contrasts: ``(B, K, *S) -> (B, K * latent_channels, *S / factor)``
+        (e.g. only the available ones, ``images[:, present]``)."""
+        if images.ndim < 3 or images.shape[1] < 1:
+            raise ValueError(
+                f"ModalityWiseAutoencoder expects images of shape (B, K, *spatial) with K >= 1, got {tuple(images.shape)}."
+            )
+        self.latent_shape(images.shape[2:])
+        return self._encode(images, sample=False)
+
     def decode_stage_2_outputs(self, latents: torch.Tensor, modalities: Sequence[int] | None = None) -> torch.Tensor:
         """Decode a joint latent back to images.
 

@@ -102,10 +102,13 @@ class PlainConditionalLDM(MultiContrastLDM):
         """
         available = self._check_inputs(images, available)
         grid = self.autoencoder.latent_shape(images.shape[2:])
-        if latents is None:
-            keep = available.view(*available.shape, *([1] * self.spatial_dims)).to(images.dtype)
-            latents = self.autoencoder.encode_mean(images * keep) * self.scale_factor
         b, m, c = images.shape[0], self.num_modalities, self.autoencoder.latent_channels
+        if latents is None:  # encode only the contrasts available in some sample of the batch
+            present = torch.nonzero(available.any(dim=0)).flatten().tolist()
+            per_modality = images.new_zeros((b, m, c, *grid))
+            z = self.autoencoder.encode_mean_of(images[:, present]) * self.scale_factor
+            per_modality[:, present] = z.reshape(b, len(present), c, *grid)
+            latents = per_modality.reshape(b, m * c, *grid)
         mask = available.to(latents.dtype).view(b, m, *([1] * self.spatial_dims))
         masked = (latents.reshape(b, m, c, *grid) * mask.unsqueeze(2)).reshape(b, m * c, *grid)
         return torch.cat([masked, mask.expand(b, m, *grid)], dim=1)

@@ -75,6 +75,15 @@ class TestPlainConditionalLDM(unittest.TestCase):
         other[1, 0] = -1
         self.assertTrue(torch.allclose(net.condition(other, available), cond))
 
+    def test_condition_encodes_only_the_present_contrasts(self):
+        net = _tiny().eval()
+        seen = []
+        encode = net.autoencoder.model.encode
+        net.autoencoder.model.encode = lambda x: seen.append(x.shape[0]) or encode(x)
+        available = torch.tensor([[True, False, True, False], [True, False, False, False]])
+        net.condition(torch.rand(2, 4, 16, 16), available)
+        self.assertEqual(seen, [2 * 2])  # t1 and t2 of both samples; t1ce and flair are absent everywhere
+
     def test_training_step_reaches_unet_only(self):
         net = _tiny()
         for p in net.autoencoder.parameters():
