@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages", nargs="*", default=list(STAGES), choices=STAGES, help="stages to time (none: synthesis only)"
     )
-    parser.add_argument("--ddim-steps", type=int, default=50)
-    parser.add_argument("--slice-batch-size", type=int, default=16)
+    parser.add_argument("--ddim-steps", type=int, default=20)
+    parser.add_argument("--slice-batch-size", type=int, default=4)
     parser.add_argument("--synthesis-slices", type=int, default=None, help="slices to synthesize (default: all)")
     parser.add_argument("--volume-slices", type=int, default=155, help="slices of one volume (BraTS: 155)")
     parser.add_argument("--no-synthesis", action="store_true")

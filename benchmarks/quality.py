@@ -227,6 +227,34 @@ def evaluate_model(
     return rows
 
 
+def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict]) -> list[dict]:
+    """What the shared stage-0 autoencoder loses alone: every contrast of every test case encoded and decoded
+    (posterior mean), scored like a 3 -> 1 synthesis of that contrast. No latent model can do better than this on
+    average, whatever its condition."""
+    import torch
+
+    from monai_msgldm.constants import MODALITIES
+    from monai_msgldm.evaluation import brain_mask_from_available, masked_slice_psnr_ssim
+
+    net = load_model("msgldm", work_dir)
+    rows = []
+    for index, case in enumerate(cases):
+        truth = torch.as_tensor(case["image"]).float()  # (1, M, H, W, D)
+        slices = truth[0].permute(3, 0, 1, 2)  # (D, M, H, W)
+        with torch.no_grad():
+            recon = net.autoencoder.decode_stage_2_outputs(net.autoencoder.encode_mean(slices)).clamp(-1, 1)
+        recon = recon.permute(1, 2, 3, 0)  # (M, H, W, D)
+        for c, target in enumerate(MODALITIES):
+            flags = torch.tensor([m != c for m in range(len(MODALITIES))])
+            brain = brain_mask_from_available(truth[0], flags)
+            psnr, ssim, _ = masked_slice_psnr_ssim(recon[c], truth[0, c], brain)
+            rows.append(
+                {"model": "autoencoder_ceiling", "group": "3->1", "target": target, "case": _subject_name(case, index)}
+                | {"psnr": psnr, "ssim": ssim, "ssim3d_tumour": None, "ddim_steps": None}
+            )
+    return rows
+
+
 def _mean(rows: Sequence[Mapping[str, Any]], metric: str) -> float | None:
     import math
 
@@ -443,9 +471,27 @@ def plot_comparison(models: Sequence[str], work_dir: str, case: Mapping[str, Any
             axes[1, i].set_title("|error|", fontsize=8)
         for ax in axes[:, i]:
             ax.axis("off")
-    fig.suptitle(f"{case.get('subject', 'test case')}: FLAIR from T1 + T1CE + T2, slice {z}, {ddim_steps} DDIM steps")
+    fig.suptitle(f"{_subject_name(case, 0)}: FLAIR from T1 + T1CE + T2, slice {z}, {ddim_steps} DDIM steps")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _subject_name(case: Mapping[str, Any], index: int) -> str:
+    """The subject folder name of a collated test case (batch of one)."""
+    subject = case.get("subject", f"case_{index}")
+    subject = subject[0] if isinstance(subject, (list, tuple)) else subject
+    return os.path.basename(str(subject).rstrip("/"))
+
+
+def render(result: Mapping[str, Any], output_dir: str) -> str:
+    """Write ``quality.json``, ``quality.md``, ``quality_bars.png`` and ``steps_vs_quality.png``; returns the report."""
+    write_json(os.path.join(output_dir, "quality.json"), result)
+    report = markdown_report(result)
+    write_text(os.path.join(output_dir, "quality.md"), report)
+    plot_quality_bars(result["summary"], os.path.join(output_dir, "quality_bars.png"))
+    if result["steps_curve"]:
+        plot_steps_curve(result["steps_curve"], os.path.join(output_dir, "steps_vs_quality.png"))
+    return report
 
 
 def _iterations_text(work_dir: str) -> str:
@@ -496,12 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         rows += evaluate_model(name, args.work_dir, cases, ["3->1", "1->3"], args.ddim_steps)
         logger.info(f"{name}: evaluated in {time.perf_counter() - start:.0f} s")
+    rows += autoencoder_ceiling(args.work_dir, cases)
     summary = summarize(rows)
     curve: dict[str, dict[str, dict]] = {}
     for name in [m for m in ("msgldm", "plain_ldm") if m in args.models]:
         for steps in args.curve_steps:
             if steps == args.ddim_steps:
-                chosen = [r for r in rows if r["model"] == name and r["group"] == "3->1"]
+                chosen = [r for r in rows if r["model"] == name and r["group"] == "3->1" and r["ddim_steps"] == steps]
             else:
                 chosen = evaluate_model(name, args.work_dir, cases, ["3->1"], steps)
                 rows += chosen
@@ -512,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget": BUDGET,
         "iterations": _iterations_text(args.work_dir),
         "ddim_steps": args.ddim_steps,
-        "test_cases": [str(c.get("subject", i)) for i, c in enumerate(cases)],
+        "test_cases": [_subject_name(c, i) for i, c in enumerate(cases)],
         "train_seconds": train_seconds,
         "summary": summary,
         "steps_curve": curve,
@@ -520,12 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
     }
     out = args.output_dir
-    write_json(os.path.join(out, "quality.json"), result)
-    report = markdown_report(result)
-    write_text(os.path.join(out, "quality.md"), report)
-    plot_quality_bars(summary, os.path.join(out, "quality_bars.png"))
-    if curve:
-        plot_steps_curve(curve, os.path.join(out, "steps_vs_quality.png"))
+    report = render(result, out)
     plot_comparison(
         [m for m in ("msgldm", "plain_ldm", "regression") if m in args.models] or args.models[:1],
         args.work_dir,

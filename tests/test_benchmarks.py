@@ -171,7 +171,7 @@ class TestQualityBenchmark(unittest.TestCase):
         self.assertEqual(quality.main(args + ["--ddim-steps", "2", "--curve-steps", "1", "2"]), 0)
         with open(os.path.join(out, "quality.json")) as f:
             result = json.load(f)
-        self.assertEqual(list(result["summary"]), models)
+        self.assertEqual(list(result["summary"]), models + ["autoencoder_ceiling"])
         for model in models:
             self.assertEqual(set(result["summary"][model]), {"3->1", "1->3"})
             self.assertEqual(set(result["summary"][model]["3->1"]["targets"]), {"t1", "t1ce", "t2", "flair"})

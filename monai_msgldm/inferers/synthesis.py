@@ -75,9 +75,10 @@ class ModalitySynthesisInferer(Inferer):
     The condition (``F_s`` for MSG-LDM) is computed once per slice batch, without gradient tracking; inputs whose
     in-plane size is not divisible by the model's ``size_divisor`` are padded and cropped back. Slices in which
     every available contrast is constant (the empty slices above and below the head) are not sampled: their
-    missing contrasts get that slice's background value (the least value of its available contrasts). A 2D model
-    runs in ``channels_last`` memory format (faster convolutions on CPU; the model is converted in place, its
-    weights are unchanged). This is the ``inferer`` of the bundle's ``inference.json`` (MONAI Label calls
+    missing contrasts get that slice's background value (the least value of its available contrasts). With
+    ``channels_last=True`` a 2D model runs in ``channels_last`` memory format (converted in place, weights unchanged);
+    it is off by default: on the 2-core development CPU it gave no gain for the default model (docs/benchmarks.md).
+    This is the ``inferer`` of the bundle's ``inference.json`` (MONAI Label calls
     ``inferer(inputs, network)``).
 
     Args:
@@ -110,7 +111,7 @@ class ModalitySynthesisInferer(Inferer):
         seed: int | None = 0,
         progress: bool = True,
         skip_empty_slices: bool = True,
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if num_inference_steps < 1:

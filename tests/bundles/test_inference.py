@@ -233,12 +233,12 @@ class TestInferenceWorkflow(unittest.TestCase):
         train.read_config(str(TRAIN_CONFIG))
         for key in ("autoencoder_def", "structure_def", "unet_def", "network_def"):
             self.assertEqual(parser.get(key), train.get(key), key)
-        self.assertEqual(parser.get_parsed_content("ddim_steps"), 50)
-        self.assertEqual(parser.get_parsed_content("slice_batch_size"), 16)
+        self.assertEqual(parser.get_parsed_content("ddim_steps"), 20)
+        self.assertEqual(parser.get_parsed_content("slice_batch_size"), 4)
         self.assertEqual(parser.get_parsed_content("model_path"), os.path.join(".", "models", "model.pt"))
         self.assertEqual([parser.get(m) for m in MODALITIES], [None] * 4)
         inferer = parser.get_parsed_content("inferer")
-        self.assertEqual((inferer.num_inference_steps, inferer.slice_batch_size), (50, 16))
+        self.assertEqual((inferer.num_inference_steps, inferer.slice_batch_size), (20, 4))
 
 
 class TestCaseIO(unittest.TestCase):

@@ -97,7 +97,9 @@ class TestModalitySynthesisInferer(unittest.TestCase):
         reference = plain(vol, net, available=["t1", "t2"])
         conv = next(m for m in net.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
         self.assertFalse(conv.weight.is_contiguous(memory_format=torch.channels_last))
-        fast = ModalitySynthesisInferer(2, 3, seed=1, progress=False)(vol, net, available=["t1", "t2"])
+        fast = ModalitySynthesisInferer(2, 3, seed=1, progress=False, channels_last=True)(
+            vol, net, available=["t1", "t2"]
+        )
         self.assertTrue(conv.weight.is_contiguous(memory_format=torch.channels_last))
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 
