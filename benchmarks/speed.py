@@ -218,6 +218,18 @@ def plot_time_vs_steps(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     return path
 
 
+def volume_ratios(volumes: Sequence[Mapping[str, Any]]) -> dict | None:
+    """MSG-LDM / plain LDM time and peak memory of the last whole volume of each (None without both)."""
+    last = {r["model"]: r for r in volumes if r["optimised"]}
+    if "msgldm" not in last or "plain_ldm" not in last:
+        return None
+    mine, plain = last["msgldm"], last["plain_ldm"]
+    return {
+        "seconds": mine["seconds"] / plain["seconds"],
+        "peak_memory": mine["peak_process_memory_gb"] / plain["peak_process_memory_gb"],
+    }
+
+
 def target_checks(result: Mapping[str, Any]) -> list[dict]:
     """The issue's speed targets, each with the figures it was judged on (the last optimised MSG-LDM volume)."""
     checks = []
@@ -289,6 +301,12 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             f"| {row['model']} | {row['ddim_steps']} | {row['slice_batch_size']} | "
             f"{row['slices_sampled_per_volume']} | {row['seconds']:.0f} | {row['peak_process_memory_gb']:.2f} |"
         )
+    if result.get("volume_ratios"):
+        r = result["volume_ratios"]
+        lines += [
+            "",
+            f"Whole volume MSG-LDM / plain LDM: time {r['seconds']:.2f}x, peak memory {r['peak_memory']:.2f}x.",
+        ]
     lines += ["", "## Targets", ""]
     for check in result["checks"]:
         lines.append(f"- {'met' if check['met'] else 'NOT met'}: {check['target']} ({check['figures']})")
@@ -383,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     steps = volume_steps
     result["volumes"] = []
-    for model, optimised in (("msgldm", True),):
+    for model, optimised in (("msgldm", True), ("plain_ldm", True)):
         row = whole_volume(
             model,
             steps,
@@ -399,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"whole volume {model} optimised={optimised}: {row['seconds']:.0f} s, {row['peak_process_memory_gb']:.2f} GiB"
         )
         result["volumes"].append(row)
+    result["volume_ratios"] = volume_ratios(result["volumes"])
     checks = target_checks(result)
     result["checks"] = checks
     write_json(os.path.join(args.output_dir, "speed.json"), result)

@@ -141,7 +141,10 @@ class TestSpeedBenchmark(unittest.TestCase):
         self.assertEqual(
             [(r["slice_batch_size"], r["optimised"]) for r in result["batch_sweep"]], [(2, True), (4, False)]
         )
-        self.assertEqual([(r["model"], r["optimised"]) for r in result["volumes"]], [("msgldm", True)])
+        self.assertEqual(
+            [(r["model"], r["optimised"]) for r in result["volumes"]], [("msgldm", True), ("plain_ldm", True)]
+        )
+        self.assertEqual(set(result["volume_ratios"]), {"seconds", "peak_memory"})
         row = result["volumes"][0]
         self.assertGreater(row["peak_process_memory_gb"], 0.0)
         self.assertEqual(row["slices_timed"], row["slices_sampled_per_volume"])
