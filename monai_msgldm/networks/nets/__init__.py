@@ -27,11 +27,12 @@ __all__ = [
     "autoencoder_downsample_factor",
     "autoencoder_latent_channels",
     "default_contrast_autoencoder",
+    "default_diffusion_unet",
     "resize_to_grid",
 ]
 
 from .decoders import AdaptiveInstanceNorm, ReconstructionDecoder, SegmentationDecoder
-from .latent_diffusion import MultiContrastLDM, default_contrast_autoencoder
+from .latent_diffusion import MultiContrastLDM, default_contrast_autoencoder, default_diffusion_unet
 from .modality_autoencoder import ModalityWiseAutoencoder, autoencoder_downsample_factor, autoencoder_latent_channels
 from .msgldm import MSGLDM, resize_to_grid
 from .plain_ldm import PlainConditionalLDM

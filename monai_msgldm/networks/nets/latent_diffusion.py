@@ -25,7 +25,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from monai_msgldm.networks.nets.modality_autoencoder import ModalityWiseAutoencoder
 
-__all__ = ["MultiContrastLDM", "default_contrast_autoencoder"]
+__all__ = ["MultiContrastLDM", "default_contrast_autoencoder", "default_diffusion_unet"]
 
 
 def default_contrast_autoencoder(spatial_dims: int) -> AutoencoderKL:
@@ -41,6 +41,20 @@ def default_contrast_autoencoder(spatial_dims: int) -> AutoencoderKL:
         norm_num_groups=32,
         with_encoder_nonlocal_attn=True,
         with_decoder_nonlocal_attn=True,
+    )
+
+
+def default_diffusion_unet(spatial_dims: int, in_channels: int, out_channels: int) -> DiffusionModelUNet:
+    """The paper's diffusion UNet: channels (128, 128, 256), attention at the two lower levels, 32 channels per head,
+    1 residual block."""
+    return DiffusionModelUNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=(128, 128, 256),
+        attention_levels=(False, True, True),
+        num_res_blocks=1,
+        num_head_channels=32,
     )
 
 

@@ -20,7 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
-from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM, default_contrast_autoencoder
+from monai_msgldm.networks.nets.latent_diffusion import (
+    MultiContrastLDM,
+    default_contrast_autoencoder,
+    default_diffusion_unet,
+)
 from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
 from monai_msgldm.networks.nets.structure_style_net import StructureStyleNet
 
@@ -113,15 +117,7 @@ class MSGLDM(MultiContrastLDM):
             autoencoder = default_contrast_autoencoder(spatial_dims)
         if unet is None:
             latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
-            unet = DiffusionModelUNet(
-                spatial_dims=spatial_dims,
-                in_channels=latent_ch + structure_channels,
-                out_channels=latent_ch,
-                channels=(128, 128, 256),
-                attention_levels=(False, True, True),
-                num_res_blocks=1,
-                num_head_channels=32,
-            )
+            unet = default_diffusion_unet(spatial_dims, latent_ch + structure_channels, latent_ch)
         super().__init__(
             spatial_dims=spatial_dims,
             num_modalities=num_modalities,

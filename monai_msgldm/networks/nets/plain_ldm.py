@@ -16,7 +16,11 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import DiffusionModelUNet
 
-from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM, default_contrast_autoencoder
+from monai_msgldm.networks.nets.latent_diffusion import (
+    MultiContrastLDM,
+    default_contrast_autoencoder,
+    default_diffusion_unet,
+)
 from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
 
 __all__ = ["PlainConditionalLDM"]
@@ -66,15 +70,7 @@ class PlainConditionalLDM(MultiContrastLDM):
             autoencoder = default_contrast_autoencoder(spatial_dims)
         latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
         if unet is None:
-            unet = DiffusionModelUNet(
-                spatial_dims=spatial_dims,
-                in_channels=2 * latent_ch + num_modalities,
-                out_channels=latent_ch,
-                channels=(128, 128, 256),
-                attention_levels=(False, True, True),
-                num_res_blocks=1,
-                num_head_channels=32,
-            )
+            unet = default_diffusion_unet(spatial_dims, 2 * latent_ch + num_modalities, latent_ch)
         super().__init__(
             spatial_dims=spatial_dims,
             num_modalities=num_modalities,
