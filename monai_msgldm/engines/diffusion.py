@@ -26,12 +26,12 @@ from torch.optim.optimizer import Optimizer
 
 from monai_msgldm.constants import MODALITIES
 from monai_msgldm.engines.utils import (
-    ModalityMaskSampler,
     PrepareMultiModalBatch,
     attach_ema,
+    attach_mask_sampler,
     autocast_context,
     backward_and_step,
-    reseed_mask_sampler_every_epoch,
+    check_engine_seed,
     resolve_amp,
     unwrap_module,
 )
@@ -152,8 +152,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
                 f"{name} expects an optimizer of network.unet.parameters() only, got one holding parameters of the "
                 "frozen autoencoder or structure net."
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 2**16:
-            raise ValueError(f"{name} expects seed to be an int in [0, 2**32 - 2**16), got {seed!r}.")
+        check_engine_seed(name, seed)
         kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
         super().__init__(
             device=device,
@@ -168,10 +167,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         self.msgldm = net
         self.calibrate_scale_factor = bool(calibrate_scale_factor)
         self._scale_checked = False
-        self.seed = seed
-        self.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
-        self.mask_sampler.set_random_state(seed)
-        reseed_mask_sampler_every_epoch(self, self.mask_sampler, seed)
+        attach_mask_sampler(self, min_available, max_missing, seed)
         # evaluators' eval_mode restores train mode on the whole network when they finish: freeze again after them
         self.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: freeze_msgldm_conditioning(engine.network))
         self.ema_handler: EMAHandler | None = None

@@ -23,11 +23,11 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
 from monai_msgldm.engines.utils import (
-    ModalityMaskSampler,
     PrepareMultiModalBatch,
+    attach_mask_sampler,
     autocast_context,
     backward_and_step,
-    reseed_mask_sampler_every_epoch,
+    check_engine_seed,
     resolve_amp,
     unwrap_module,
 )
@@ -95,8 +95,7 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
                 f"{name} expects network to be a RegressionSynthesisNet (an nn.Module with num_modalities, possibly "
                 f"wrapped in DistributedDataParallel), got {type(inner).__name__}."
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 2**16:
-            raise ValueError(f"{name} expects seed to be an int in [0, 2**32 - 2**16), got {seed!r}.")
+        check_engine_seed(name, seed)
         if loss_function is not None and not callable(loss_function):
             raise ValueError(
                 f"{name} expects loss_function to be callable or None, got {type(loss_function).__name__}."
@@ -112,10 +111,7 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
             amp=resolve_amp(amp, device),
             **kwargs,
         )
-        self.seed = seed
-        self.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
-        self.mask_sampler.set_random_state(seed)
-        reseed_mask_sampler_every_epoch(self, self.mask_sampler, seed)
+        attach_mask_sampler(self, min_available, max_missing, seed)
 
     @property
     def ema_model(self) -> nn.Module | None:

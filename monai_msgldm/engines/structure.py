@@ -24,11 +24,11 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
 from monai_msgldm.engines.utils import (
-    ModalityMaskSampler,
     PrepareMultiModalBatch,
+    attach_mask_sampler,
     autocast_context,
     backward_and_step,
-    reseed_mask_sampler_every_epoch,
+    check_engine_seed,
     resolve_amp,
     unwrap_module,
 )
@@ -64,12 +64,6 @@ def _check_weight(name: str, key: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) < float("inf"):
         raise ValueError(f"{name} expects {key} to be a finite float >= 0, got {value!r}.")
     return float(value)
-
-
-def _check_seed(name: str, seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 2**16:
-        raise ValueError(f"{name} expects seed to be an int in [0, 2**32 - 2**16), got {seed!r}.")
-    return seed
 
 
 def _check_seg(name: str, seg: torch.Tensor | None, logits: torch.Tensor, seg_key: str) -> torch.Tensor:
@@ -161,7 +155,7 @@ class StructureStyleTrainer(SupervisedTrainer):
         }
         if not any(weights.values()):
             raise ValueError(f"{name} expects at least one positive loss weight, got {weights}.")
-        seed = _check_seed(name, seed)
+        seed = check_engine_seed(name, seed)
         kwargs.setdefault(
             "prepare_batch",
             PrepareMultiModalBatch(image_key=image_key, available_key=available_key, seg_key=seg_key),
@@ -186,10 +180,7 @@ class StructureStyleTrainer(SupervisedTrainer):
         if isinstance(self.style_loss, nn.Module):
             self.style_loss.to(self.state.device)
         self.seg_key = seg_key
-        self.seed = seed
-        self.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
-        self.mask_sampler.set_random_state(seed)
-        reseed_mask_sampler_every_epoch(self, self.mask_sampler, seed)
+        attach_mask_sampler(self, min_available, max_missing, seed)
 
     def compute_losses(
         self, outputs: dict, images: torch.Tensor, data_available: torch.Tensor, seg: torch.Tensor | None

@@ -286,6 +286,24 @@ def evaluate_with_ema_weights(evaluator: Engine, model: nn.Module, ema_model: nn
     evaluator.add_event_handler(Events.EXCEPTION_RAISED, _swap_back_and_raise)
 
 
+def check_engine_seed(name: str, seed: Any) -> int:
+    """``seed`` if it is an int in ``[0, 2**32 - 2**16)`` (room for ``seed + epoch``), else a ``ValueError`` naming
+    ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 2**16:
+        raise ValueError(f"{name} expects seed to be an int in [0, 2**32 - 2**16), got {seed!r}.")
+    return seed
+
+
+def attach_mask_sampler(engine: Engine, min_available: int, max_missing: int | None, seed: int) -> ModalityMaskSampler:
+    """Give a trainer its input-mask sampler: ``engine.mask_sampler`` seeded with ``seed`` and re-seeded with
+    ``seed + epoch`` at every epoch (:py:func:`reseed_mask_sampler_every_epoch`); also sets ``engine.seed``."""
+    engine.seed = seed
+    engine.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
+    engine.mask_sampler.set_random_state(seed)
+    reseed_mask_sampler_every_epoch(engine, engine.mask_sampler, seed)
+    return engine.mask_sampler
+
+
 def reseed_mask_sampler_every_epoch(engine: Engine, sampler: ModalityMaskSampler, seed: int) -> None:
     """Re-seed ``sampler`` with ``seed + epoch`` when each epoch starts.
 
