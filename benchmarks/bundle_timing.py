@@ -24,7 +24,6 @@ Prints a table and writes JSON with ``--output``; the device is recorded, and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -39,7 +38,9 @@ import torch
 __all__ = ["main", "time_stage", "time_synthesis"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONFIGS, STAGES, peak_rss_gb, preset_overrides  # noqa: E402
+from common import CONFIGS, STAGES, peak_rss_gb, preset_overrides, write_json  # noqa: E402
+
+from monai_msgldm.constants import MODALITIES  # noqa: E402
 
 
 def time_stage(stage: str, overrides: dict, iterations: int, workdir: str, overlay: str | None = None) -> dict:
@@ -129,12 +130,12 @@ def time_synthesis(
     parser.update({k: v for k, v in overrides.items() if k in parser or "#" in k or "::" in k})
     net = parser.get_parsed_content("network_def").to(device).eval()
     size = int(parser.get_parsed_content("spatial_size"))
-    inferer = ModalitySynthesisInferer(
-        num_inference_steps=ddim_steps, slice_batch_size=slice_batch_size, seed=0, progress=False
-    )
-    volume = (torch.rand(1, 4, size, size, slices, device=device) * 2 - 1).clamp(-1, 1)
-    volume[:, 3] = -1
-    available = ["t1", "t1ce", "t2"]
+    parser["ddim_steps"] = ddim_steps
+    sampler = parser.get_parsed_content("sampler")  # the bundle's sampling scheduler and inferer
+    inferer = ModalitySynthesisInferer(sampler, slice_batch_size=slice_batch_size, seed=0, progress=False)
+    volume = (torch.rand(1, len(MODALITIES), size, size, slices, device=device) * 2 - 1).clamp(-1, 1)
+    volume[:, MODALITIES.index("flair")] = -1
+    available = [m for m in MODALITIES if m != "flair"]
     with torch.no_grad():
         inferer(volume[..., : min(slices, slice_batch_size)], net, available=available)  # warm-up
         if device.startswith("cuda"):
@@ -219,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"device: {results['device']}, torch threads: {results['torch_threads']}")
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.output)
+        write_json(args.output, results)
     return 0
 
 

@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""What the benchmark scripts share: the bundle's paths and presets, the machine description, atomic writes."""
+"""What the benchmark scripts share: the bundle's paths and presets, the machine description, JSON results."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from monai_msgldm.utils.files import atomic_write_text
 
 __all__ = ["BUNDLE", "CONFIGS", "STAGES", "preset_overrides", "device_description", "peak_rss_gb", "write_json"]
 
@@ -70,17 +72,6 @@ def peak_rss_gb() -> float | None:
     return peak / 2**20 if sys.platform != "darwin" else peak / 2**30
 
 
-def write_text(path: str | os.PathLike, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file and a rename (no half-written file); returns the path."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(path: str | os.PathLike, data: Any) -> str:
-    """:func:`write_text` of ``data`` as indented JSON."""
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+    """Write ``data`` to ``path`` as indented JSON, atomically (``atomic_write_text``); returns the absolute path."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")

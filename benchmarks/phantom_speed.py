@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    from monai_msgldm.data import phantom
+    from monai_msgldm.data import phantom, phantom_anatomy
 
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
-    phantom._load_template()
-    phantom._template_grid(float(args.resolution))
+    phantom_anatomy.load_phantom_template()
+    phantom_anatomy.phantom_grid(float(args.resolution))
     t_template = time.perf_counter() - t0
 
     tmp = None

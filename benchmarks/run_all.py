@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 import speed  # noqa: E402
-from common import write_text  # noqa: E402
+
+from monai_msgldm.utils.files import atomic_write_text  # noqa: E402
 
 __all__ = ["main"]
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in reports:
         with open(path) as f:
             text += f.read() + "\n"
-    write_text(os.path.join(args.output_dir, "summary.md"), text)
+    atomic_write_text(os.path.join(args.output_dir, "summary.md"), text)
     print(f"wrote {os.path.join(args.output_dir, 'summary.md')}")
     return 0
 

@@ -41,7 +41,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONFIGS, device_description, peak_rss_gb, write_json, write_text  # noqa: E402
+from common import CONFIGS, device_description, peak_rss_gb, write_json  # noqa: E402
+
+from monai_msgldm.constants import MODALITIES  # noqa: E402
+from monai_msgldm.utils.files import atomic_write_text  # noqa: E402
+from monai_msgldm.visualize import save_figure  # noqa: E402
 
 __all__ = ["main", "build_network", "phantom_volume", "time_synthesis_run"]
 
@@ -63,6 +67,17 @@ def build_network(model: str, overrides: Mapping[str, Any] | None = None, device
     parser.update(dict(overrides or {}))
     torch.manual_seed(0)
     return parser.get_parsed_content("network_def", instantiate=True).to(device).eval()
+
+
+def sampler(ddim_steps: int) -> Any:
+    """The bundle's sampling inferer (``inference.json``'s ``sampler``: DDIM on the paper's schedule) at
+    ``ddim_steps`` steps."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["ddim_steps"] = int(ddim_steps)
+    return parser.get_parsed_content("sampler")
 
 
 def inference_default(key: str) -> int:
@@ -112,16 +127,17 @@ def time_synthesis_run(
     """
     from monai_msgldm.inferers import ModalitySynthesisInferer
 
-    available = ["t1", "t1ce", "t2"]
+    available = [m for m in MODALITIES if m != "flair"]
+    channels = [MODALITIES.index(m) for m in available]
     inputs = volume.clone()
-    inputs[:, 3] = -1.0
-    content = _content_slices(volume, [0, 1, 2])
-    flat = volume[0, :3].flatten(1, 2)
+    inputs[:, MODALITIES.index("flair")] = -1.0
+    content = _content_slices(volume, channels)
+    flat = volume[0, channels].flatten(1, 2)
     with_content = torch.nonzero((flat.amax(dim=1) > flat.amin(dim=1)).any(dim=0)).flatten()
     chosen = inputs if slices is None else inputs[..., with_content[: min(slices, content)]]
     n = chosen.shape[-1] if slices is not None else content
     inferer = ModalitySynthesisInferer(
-        num_inference_steps=ddim_steps,
+        sampler(ddim_steps),
         slice_batch_size=slice_batch_size,
         seed=0,
         progress=False,
@@ -133,7 +149,9 @@ def time_synthesis_run(
         n = chosen.shape[-1]
     with torch.inference_mode():
         if not getattr(net, "_speed_warmed_up", False):
-            warm = ModalitySynthesisInferer(2, slice_batch_size, seed=0, progress=False, channels_last=optimised)
+            warm = ModalitySynthesisInferer(
+                sampler(2), slice_batch_size, seed=0, progress=False, channels_last=optimised
+            )
             warm(chosen[..., : min(slice_batch_size, chosen.shape[-1])], net, available=available)
             net._speed_warmed_up = True
         if torch.cuda.is_available():
@@ -210,12 +228,7 @@ def plot_time_vs_steps(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def volume_ratios(volumes: Sequence[Mapping[str, Any]]) -> dict | None:
@@ -422,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["checks"] = checks
     write_json(os.path.join(args.output_dir, "speed.json"), result)
     report = markdown_report(result)
-    write_text(os.path.join(args.output_dir, "speed.md"), report)
+    atomic_write_text(os.path.join(args.output_dir, "speed.md"), report)
     plot_time_vs_steps(result["steps_sweep"], os.path.join(args.output_dir, "time_vs_steps.png"))
     print(report)
     return 0

@@ -14,13 +14,42 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from monai_msgldm.constants import MODALITIES
+from monai_msgldm.utils.files import atomic_path
 
-__all__ = ["read_scalar_curves", "representative_slices", "save_loss_curves", "save_synthesis_grid"]
+__all__ = ["read_scalar_curves", "representative_slices", "save_figure", "save_loss_curves", "save_synthesis_grid"]
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> str:
+    """Save a matplotlib figure atomically (:func:`~monai_msgldm.utils.files.atomic_path`: a temporary name with the
+    same extension, then a rename) and close it, also when saving fails.
+
+    Args:
+        fig: a ``matplotlib.figure.Figure``.
+        path: output file (``.png``: the extension chooses the format); missing parent folders are created.
+        dpi: resolution in dots per inch.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> fig, ax = plt.subplots()
+        >>> save_figure(fig, "out/plot.png", dpi=110)
+        'out/plot.png'
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
 
 
 def representative_slices(brain: torch.Tensor | np.ndarray, num: int = 3) -> list[int]:
@@ -54,7 +83,7 @@ def save_synthesis_grid(
     synthesis, the truth and the absolute error.
 
     Args:
-        path: output PNG (written to a temporary name, then renamed).
+        path: output PNG (written atomically, :func:`save_figure`).
         truth: ``(M, H, W, D)`` all modalities in [-1, 1] (the ground truth; inputs are its available channels).
         synthesized: ``(M, H, W, D)`` the inferer output (missing channels synthesized).
         available: names of the available modalities.
@@ -106,13 +135,7 @@ def save_synthesis_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def read_scalar_curves(log_dir: str | os.PathLike, tag: str) -> tuple[list[int], list[float]]:
@@ -137,7 +160,7 @@ def save_loss_curves(
     smooth: int = 20,
 ) -> str | None:
     """Plot the training loss of several TensorBoard folders side by side (one panel per entry, e.g. per training stage)
-    with a moving average of ``smooth`` points, into a PNG (written to a temporary name, then renamed).
+    with a moving average of ``smooth`` points, into a PNG (written atomically, :func:`save_figure`).
 
     Args:
         path: output PNG.
@@ -176,11 +199,4 @@ def save_loss_curves(
         ax.set_ylabel(t)
         ax.set_yscale("log" if min(values) > 0 else "linear")
     fig.tight_layout()
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

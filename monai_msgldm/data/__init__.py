@@ -26,20 +26,30 @@ from .datalist import (
     split_subjects,
     write_datalist,
 )
-from .validation import InvalidCaseError, spatial_shape, validate_case
+from .validation import (
+    InvalidCaseError,
+    MissingCaseFileError,
+    check_voxel_values,
+    grid_mismatch,
+    spatial_shape,
+    validate_case,
+)
 
 __all__ = [
     "DATALIST_FORMATS",
     "InvalidCaseError",
+    "MissingCaseFileError",
     "build_brats_datalist",
     "build_datalist",
     "build_wmh_datalist",
+    "check_voxel_values",
     "detect_datalist_format",
     "ensure_phantom_dataset",
     "find_brats_cases",
     "find_wmh_subjects",
     "generate_phantom_dataset",
     "generate_phantom_subject",
+    "grid_mismatch",
     "spatial_shape",
     "split_subjects",
     "validate_case",

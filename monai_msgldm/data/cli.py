@@ -14,7 +14,9 @@ Sub-commands:
 
 * ``phantom``: write a synthetic BraTS-2020-layout phantom dataset;
 * ``datalist``: scan a BraTS / WMH folder, validate every case and write a JSON datalist with a
-  subject-level train/validation/test split.
+  subject-level train/validation/test split. As a one-off validation tool it reads every voxel by default
+  (NaN/Inf, empty modality, label values); ``--no-content-check`` reads the NIfTI headers only, as the bundle
+  configs do (their preprocessing checks the voxels when it loads them).
 
 Expected errors (bad argument, missing or invalid file) print one line on stderr and exit with code 2.
 
@@ -111,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--seed", type=_non_negative_int, default=0, help="split seed (default 0)")
     dl.add_argument("--skip-invalid", action="store_true", help="skip invalid cases with a warning")
     dl.add_argument("--no-seg", action="store_true", help="inference-only list: no segmentation key")
-    dl.add_argument("--no-content-check", action="store_true", help="check the NIfTI headers only")
+    dl.add_argument(
+        "--no-content-check", action="store_true", help="check the NIfTI headers only (default: read every voxel too)"
+    )
     return parser
 
 

@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -51,6 +50,7 @@ import numpy as np
 
 from monai_msgldm.constants import BRATS2020_SUFFIXES, BRATS2023_SUFFIXES, MODALITIES, WMH_MODALITIES
 from monai_msgldm.data.validation import InvalidCaseError, validate_case
+from monai_msgldm.utils.files import atomic_write_text
 
 __all__ = [
     "DATALIST_FORMATS",
@@ -357,7 +357,7 @@ def build_brats_datalist(
     test_ratio: float = 0.1,
     seed: int = 0,
     require_seg: bool = True,
-    check_content: bool = True,
+    check_content: bool = False,
     skip_invalid: bool = False,
 ) -> dict[str, Any]:
     """Datalist of a BraTS folder ``data_root/<case>/<case>_<suffix>.nii[.gz]`` (2020/2021) or
@@ -365,7 +365,8 @@ def build_brats_datalist(
 
     Every case folder directly under ``data_root`` that holds at least one file of the naming is a case; it
     must have exactly one file per modality (and one ``seg`` when ``require_seg``); other files and folders are
-    ignored. Each case is checked with :func:`~monai_msgldm.data.validation.validate_case`.
+    ignored. Each case is checked with :func:`~monai_msgldm.data.validation.validate_case` (headers only unless
+    ``check_content``).
 
     Args:
         data_root: the dataset folder.
@@ -376,7 +377,12 @@ def build_brats_datalist(
         seed: seed of the split, see :func:`split_subjects`.
         require_seg: when ``False`` (inference-only lists) segmentations are neither looked for nor listed:
             items have no ``seg`` key.
-        check_content: also read the voxels (NaN/Inf, empty modality, label values); slower.
+        check_content: also read every voxel now (NaN/Inf, empty modality, label values, see
+            :func:`~monai_msgldm.data.validation.check_voxel_values`): a one-off full validation, as the data
+            command line does by default. Off by default: the list is then built from the NIfTI headers only
+            (files exist and are readable, 3D, one grid per case), and the voxels are checked where they are
+            loaded anyway, by ``brats_preprocessing_transforms`` (``CheckImageValuesd``, ``CheckLabelValuesd``), so
+            that a training or inference run reads each file once.
         skip_invalid: skip invalid cases with a warning (listed under ``"skipped"``) instead of raising.
 
     Returns:
@@ -426,7 +432,7 @@ def build_wmh_datalist(
     test_ratio: float = 0.1,
     seed: int = 0,
     require_seg: bool = True,
-    check_content: bool = True,
+    check_content: bool = False,
     skip_invalid: bool = False,
 ) -> dict[str, Any]:
     """Datalist of a WMH 2017 challenge folder, split at subject level (across sites).
@@ -481,7 +487,7 @@ def build_datalist(
     test_ratio: float = 0.1,
     seed: int = 0,
     require_seg: bool = True,
-    check_content: bool = True,
+    check_content: bool = False,
     skip_invalid: bool = False,
 ) -> dict[str, Any]:
     """Datalist of a BraTS or WMH folder; ``format`` is one of :data:`DATALIST_FORMATS` or ``"auto"``.
@@ -510,7 +516,7 @@ def build_datalist(
 
 
 def write_datalist(datalist: Mapping[str, Any], path: str | os.PathLike) -> str:
-    """Write a datalist as JSON, atomically (temporary file in the same folder, then ``os.replace``).
+    """Write a datalist as JSON, atomically (:func:`~monai_msgldm.utils.files.atomic_write_text`).
 
     Args:
         datalist: the dictionary, with at least a ``"training"`` list.
@@ -527,19 +533,4 @@ def write_datalist(datalist: Mapping[str, Any], path: str | os.PathLike) -> str:
     out = os.path.abspath(os.fspath(path))
     if os.path.isdir(out):
         raise IsADirectoryError(f"write_datalist expects path to be a file, got the folder '{out}'.")
-    folder = os.path.dirname(out)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(datalist, f, indent=4)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return out
+    return atomic_write_text(out, json.dumps(datalist, indent=4) + "\n")

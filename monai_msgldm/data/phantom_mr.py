@@ -8,17 +8,21 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MR physics of the phantom: tissue relaxation values, sequence parameters and signal equations.
+"""MR physics of the phantom: tissue relaxation values, sequence parameters, signal equations and the images.
 
-All times are in milliseconds, proton density (PD) is relative to pure water, contrast-agent concentrations are in
+:func:`phantom_images` turns the tissue fractions of a subject into its four contrasts (bias field, gains and Rician
+noise included). All times are in milliseconds, proton density (PD) is relative to pure water, contrast-agent concentrations are in
 mmol/L and relaxivities in L/(mmol*s). The values and their sources are listed in ``docs/data.md``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
+
+from monai_msgldm.constants import MODALITIES
 
 __all__ = [
     "PHANTOM_TISSUES",
@@ -29,6 +33,8 @@ __all__ = [
     "csf_nulling_inversion_time",
     "gadolinium_t1",
     "phantom_sequence_signal",
+    "jitter_tissues",
+    "phantom_images",
 ]
 
 #: Relaxation values per tissue at 1.5 T: ``{"t1": ms, "t2": ms, "pd": relative}``. CSF, grey matter (GM) and white
@@ -42,6 +48,9 @@ PHANTOM_TISSUES: dict[str, dict[str, float]] = {
     "edema": {"t1": 1100.0, "t2": 160.0, "pd": 0.90},
     "enhancing": {"t1": 1000.0, "t2": 110.0, "pd": 0.88},
 }
+
+_NORMAL_TISSUES = ("csf", "gm", "wm")
+_GAIN = 1000.0  # signal scale (arbitrary units, like a scanner's receiver gain)
 
 #: T1 relaxivity of gadobutrol in human plasma at 1.5 T, 37 degC, L/(mmol*s) (Szomolanyi et al. 2019).
 GADOLINIUM_R1: float = 4.78
@@ -158,3 +167,79 @@ def phantom_sequence_signal(name: str, pd, t1, t2):
     if seq["kind"] == "ir":
         return inversion_recovery_signal(pd, t1, t2, tr=seq["tr"], te=seq["te"], ti=seq["ti"])
     return spin_echo_signal(pd, t1, t2, tr=seq["tr"], te=seq["te"])
+
+
+def jitter_tissues(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Per-subject relaxation values: small variations around :data:`PHANTOM_TISSUES` (3 % normal tissue, 8 % tumour).
+
+    Example:
+        >>> sorted(jitter_tissues(np.random.default_rng(0))["wm"])
+        ['pd', 't1', 't2']
+    """
+    out = {}
+    for name, vals in PHANTOM_TISSUES.items():
+        s = 0.03 if name in _NORMAL_TISSUES else 0.08
+        out[name] = {
+            "t1": vals["t1"] * float(np.exp(rng.normal(0.0, s))),
+            "t2": vals["t2"] * float(np.exp(rng.normal(0.0, s))),
+            "pd": min(vals["pd"] * float(np.exp(rng.normal(0.0, s / 3))), 1.0),
+        }
+    return out
+
+
+def phantom_images(
+    fractions: Mapping[str, np.ndarray],
+    tissues: Mapping[str, Mapping[str, float]],
+    concentration: float,
+    texture: np.ndarray,
+    bias: np.ndarray,
+    gains: np.ndarray,
+    snr: float,
+    brain_mask: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """The four contrasts of a subject from its partial-volume tissue fractions.
+
+    Each voxel's signal is the fraction-weighted sum of its tissues' signals (:func:`phantom_sequence_signal`), with
+    smooth heterogeneity inside the tumour tissues (contrast uptake, edema and necrosis relaxation times), a bias field
+    (a receive field shared by all contrasts plus a small per-contrast part), a per-contrast gain, Rician noise and 0
+    outside the brain (skull-stripped, as BraTS).
+
+    Args:
+        fractions: tissue name (keys of :data:`PHANTOM_TISSUES`) -> fraction, float32 ``(X, Y, Z)``.
+        tissues: the subject's relaxation values (:func:`jitter_tissues`).
+        concentration: mean gadolinium concentration in the enhancing tissue (mmol/L).
+        texture: ``(3, X, Y, Z)`` smooth fields of unit variance: enhancement, edema and necrosis heterogeneity.
+        bias: ``(1 + len(MODALITIES), X, Y, Z)`` smooth fields of unit variance: shared, then per-contrast bias.
+        gains: ``(len(MODALITIES),)`` relative gain of each contrast.
+        snr: mean brain signal / noise level of each contrast; ``inf`` for no noise.
+        brain_mask: bool ``(X, Y, Z)``.
+        rng: draws the noise (two normal fields per contrast, in :data:`~monai_msgldm.constants.MODALITIES` order).
+
+    Returns:
+        modality name -> float32 ``(X, Y, Z)``, in :data:`~monai_msgldm.constants.MODALITIES` order.
+    """
+    conc = concentration * np.exp(0.35 * np.tanh(texture[0]))
+    params = {k: dict(v) for k, v in tissues.items()}
+    params["edema"]["t2"] = tissues["edema"]["t2"] * np.exp(0.1 * np.tanh(texture[1]))
+    params["edema"]["t1"] = tissues["edema"]["t1"] * np.exp(0.06 * np.tanh(texture[1]))
+    params["necrosis"]["t2"] = tissues["necrosis"]["t2"] * np.exp(0.1 * np.tanh(texture[2]))
+    shape = brain_mask.shape
+    out: dict[str, np.ndarray] = {}
+    for i, name in enumerate(MODALITIES):
+        signal = np.zeros(shape, np.float32)
+        for tissue, frac in fractions.items():
+            p = params[tissue]
+            t1 = p["t1"]
+            if PHANTOM_SEQUENCES[name]["contrast"] and tissue == "enhancing":
+                t1 = gadolinium_t1(t1, conc, GADOLINIUM_R1)
+            signal += frac * np.asarray(phantom_sequence_signal(name, p["pd"], t1, p["t2"]), dtype=np.float32)
+        signal *= np.exp(0.12 * bias[0] + 0.04 * bias[1 + i]) * (_GAIN * gains[i])
+        if math.isfinite(snr):
+            sigma = float(signal[brain_mask].mean()) / snr
+            real = signal + rng.normal(0.0, sigma, size=shape).astype(np.float32)
+            imag = rng.normal(0.0, sigma, size=shape).astype(np.float32)
+            signal = np.sqrt(real * real + imag * imag)
+        signal[~brain_mask] = 0.0  # skull-stripped, as BraTS
+        out[name] = signal.astype(np.float32, copy=False)
+    return out

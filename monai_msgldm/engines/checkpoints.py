@@ -8,7 +8,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Loading one training stage's final checkpoint into the part of the model it trained."""
+"""Loading one training stage's final checkpoint into the part of the model it trained.
+
+The bundle's later stages call :func:`load_stage_checkpoint` in ``initialize`` rather than attaching MONAI's
+``CheckpointLoader`` to their trainer: the handler runs when the trainer starts, but a trainer is only built
+after its ``CacheDataset`` has read and preprocessed the whole training set, which is too late to report a
+missing or wrong stage checkpoint; and for a checkpoint lacking ``key`` the handler's single-key fallback would
+load the whole dict as a state dict, failing with a list of unexpected keys instead of naming the missing one.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ import os
 
 import torch
 import torch.nn as nn
+
+from monai_msgldm.inferers.model_loading import require_checkpoint
 
 __all__ = ["load_stage_checkpoint"]
 
@@ -36,15 +45,11 @@ def load_stage_checkpoint(module: nn.Module, path: str | os.PathLike, stage: str
         ``module``, with the weights loaded.
 
     Raises:
-        FileNotFoundError: the checkpoint does not exist (names the file and how to fix it).
+        FileNotFoundError: the checkpoint does not exist (names the file and the ``--<stage>_ckpt`` option), see
+            :func:`monai_msgldm.inferers.require_checkpoint`.
         KeyError: the checkpoint has no ``key``.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"the {stage} checkpoint {path} (a dict with key '{key}') does not exist: train that stage first or "
-            f"point --{stage}_ckpt to its final checkpoint."
-        )
+    path = require_checkpoint(path, option=f"{stage}_ckpt", written_by=f"the {stage} training stage")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or key not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -35,6 +35,7 @@ from monai_msgldm.engines.utils import (
     resolve_amp,
     unwrap_module,
 )
+from monai_msgldm.inferers.diffusion import MultiContrastDiffusionInferer, paper_noise_scheduler
 from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM
 
 __all__ = ["LatentDiffusionTrainer", "SynthesisEvaluator", "freeze_msgldm_conditioning"]
@@ -52,11 +53,10 @@ def _as_latent_diffusion(network: nn.Module, name: str) -> MultiContrastLDM:
 
 def _as_synthesizer(network: nn.Module, name: str) -> nn.Module:
     inner = unwrap_module(network)
-    if not callable(getattr(inner, "synthesize", None)) or not hasattr(inner, "num_modalities"):
+    if not hasattr(inner, "num_modalities"):
         raise ValueError(
-            f"{name} expects network to be a synthesis model with synthesize() and num_modalities (MSGLDM, "
-            f"PlainConditionalLDM, RegressionSynthesisNet; possibly wrapped in DistributedDataParallel), "
-            f"got {type(inner).__name__}."
+            f"{name} expects network to be a synthesis network with num_modalities (MSGLDM, PlainConditionalLDM, "
+            f"RegressionSynthesisNet; possibly wrapped in DistributedDataParallel), got {type(inner).__name__}."
         )
     return inner
 
@@ -84,10 +84,11 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     The autoencoder and the structure net are frozen in the constructor (:py:func:`freeze_msgldm_conditioning`) and
     kept in eval mode; the optimizer must see only the UNet parameters: build it on ``network.unet.parameters()``
     (a ``ValueError`` is raised if it holds a frozen parameter). Per iteration, an input mask of 1..M modalities is
-    drawn per sample among those the data has (:py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``) and
-    the loss is ``MSGLDM.diffusion_loss(image, mask, diffusion_model=network)`` (epsilon MSE on the whole joint
-    latent). Passing ``network`` itself as ``diffusion_model`` keeps a ``DistributedDataParallel`` wrapper in the
-    forward pass, so gradients are synchronised.
+    drawn per sample among those the data has (:py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``),
+    ``prediction, target = inferer(image, network, mask)`` (the training path of
+    :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`, whose scheduler says what is predicted) and the
+    loss is ``loss_function(prediction, target)`` (MSE by default, as in the paper). ``network`` itself goes to the
+    inferer, so a ``DistributedDataParallel`` wrapper stays in the forward pass and gradients are synchronised.
 
     Latent scale: with ``calibrate_scale_factor=True`` the first iteration sets ``scale_factor = 1 / std`` of the
     first batch's joint latent (``MSGLDM.calibrate_scale_factor``), unless ``scale_factor`` is already != 1.0, which
@@ -111,6 +112,9 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         network: an :py:class:`MSGLDM` with trained autoencoder and structure net, or a
             :py:class:`~monai_msgldm.networks.nets.PlainConditionalLDM` with a trained autoencoder (or a DDP wrapper).
         optimizer: optimizer of ``network.unet.parameters()`` only (paper: AdamW, lr 1e-4).
+        inferer: the :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer` with the training scheduler;
+            default: DDPM on the paper's schedule (1000 steps, scaled linear betas 0.0015 -> 0.0195, epsilon).
+        loss_function: ``(prediction, target) -> scalar``; default ``torch.nn.MSELoss()``.
         ema_decay: EMA decay of the UNet weights, or ``None`` (no EMA).
         calibrate_scale_factor: calibrate the latent scale factor on the first batch (see above).
         min_available: the least number of modalities kept in the input mask (>= 1).
@@ -134,6 +138,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         train_data_loader: Iterable,
         network: nn.Module,
         optimizer: Optimizer,
+        inferer: MultiContrastDiffusionInferer | None = None,
+        loss_function: Any = None,
         ema_decay: float | None = None,
         calibrate_scale_factor: bool = True,
         min_available: int = 1,
@@ -153,6 +159,15 @@ class LatentDiffusionTrainer(SupervisedTrainer):
                 "frozen autoencoder or structure net."
             )
         check_engine_seed(name, seed)
+        if inferer is None:
+            inferer = MultiContrastDiffusionInferer(paper_noise_scheduler("ddpm"))
+        if not isinstance(inferer, MultiContrastDiffusionInferer):
+            raise ValueError(
+                f"{name} expects inferer to be a monai_msgldm.inferers.MultiContrastDiffusionInferer (the training "
+                f"scheduler lives there), got {type(inferer).__name__}."
+            )
+        if loss_function is not None and not callable(loss_function):
+            raise ValueError(f"{name} expects loss_function to be callable or None, got {loss_function!r}.")
         kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
         super().__init__(
             device=device,
@@ -160,7 +175,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
-            loss_function=nn.MSELoss(),
+            loss_function=nn.MSELoss() if loss_function is None else loss_function,
+            inferer=inferer,
             amp=resolve_amp(amp, device),
             **kwargs,
         )
@@ -199,7 +215,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         freeze_msgldm_conditioning(engine.network)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(engine):
-            loss = engine.msgldm.diffusion_loss(images, mask, diffusion_model=engine.network)
+            prediction, target = engine.inferer(images, engine.network, mask)
+            loss = engine.loss_function(prediction.float(), target.float())
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
@@ -209,13 +226,15 @@ class LatentDiffusionTrainer(SupervisedTrainer):
 
 
 class SynthesisEvaluator(SupervisedEvaluator):
-    """Stage-2 evaluator: synthesize a target modality from the others with DDIM and compare with the real one.
+    """Stage-2 evaluator: synthesize a target modality from the others and compare it with the real one.
 
     For each batch the scenario is fixed and deterministic: the target is ``target`` (one modality), or, for a
     sequence of targets, ``target[i % len(target)]`` for the i-th batch of the run (round robin). The input mask is
     the data mask without the target; every sample must have the target and at least one other modality in its
-    data. Sampling runs ``num_inference_steps`` DDIM steps from noise drawn with a generator seeded by ``seed + i``,
-    so results are reproducible. ``engine.state.output``: ``pred`` / ``label`` are the synthesized and the real
+    data. The synthesis is ``inferer.sample(images, network, mask, generator=...)`` (a sampling inferer:
+    :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer` with the sampling scheduler and its number of
+    steps, or :py:class:`~monai_msgldm.inferers.RegressionSynthesisInferer`), from noise drawn with a generator
+    seeded by ``seed + i``, so results are reproducible. ``engine.state.output``: ``pred`` / ``label`` are the synthesized and the real
     target channel ``(B, 1, *S)`` (key metric: ``PeakSignalToNoiseRatio(max_val=2.0, output_transform=
     from_engine(["pred", "label"]))`` for images in [-1, 1]); also ``image`` (input), ``available`` (input mask) and
     ``target`` (the modality index).
@@ -225,21 +244,21 @@ class SynthesisEvaluator(SupervisedEvaluator):
     Args:
         device: device to evaluate on.
         val_data_loader: batches of dicts with ``image`` ``(B, M, *S)`` and ``available`` ``(B, M)``.
-        network: a model with ``synthesize(images, available, num_inference_steps=, generator=, amp=)``: MSGLDM,
-            PlainConditionalLDM or RegressionSynthesisNet (or a DDP wrapper).
+        network: MSGLDM, PlainConditionalLDM or RegressionSynthesisNet (or a DDP wrapper).
+        inferer: the sampling inferer of ``network`` (it holds the sampling scheduler, the number of steps, e.g.
+            5-10 during training, 100 in the paper, and autocast).
         target: modality name (in ``modalities``) or index, or a sequence of them for a round robin.
-        num_inference_steps: DDIM steps (small, e.g. 5-10, during training; 100 in the paper).
         seed: base seed of the sampling noise.
         clip_range: ``(low, high)`` to clip the synthesized images to, or ``None``; default ``(-1, 1)``.
         modalities: names of the M channels, to resolve ``target`` names; default ``MODALITIES``.
         image_key, available_key: batch keys.
-        amp: mixed precision (bfloat16 autocast in ``MSGLDM.synthesize``); only on CUDA.
         kwargs: further ``SupervisedEvaluator`` arguments.
 
     Example::
 
-        evaluator = SynthesisEvaluator(device="cuda", val_data_loader=val_loader, network=net, target="flair",
-                                       num_inference_steps=10, key_val_metric={"val_psnr": PeakSignalToNoiseRatio(
+        sampler = MultiContrastDiffusionInferer(DDIMScheduler(...), num_inference_steps=10)
+        evaluator = SynthesisEvaluator(device="cuda", val_data_loader=val_loader, network=net, inferer=sampler,
+                                       target="flair", key_val_metric={"val_psnr": PeakSignalToNoiseRatio(
                                            max_val=2.0, output_transform=from_engine(["pred", "label"]))})
     """
 
@@ -248,14 +267,13 @@ class SynthesisEvaluator(SupervisedEvaluator):
         device: str | torch.device,
         val_data_loader: Iterable,
         network: nn.Module,
+        inferer: Any,
         target: str | int | Sequence[str | int] = "flair",
-        num_inference_steps: int = 10,
         seed: int = 0,
         clip_range: Sequence[float] | None = (-1.0, 1.0),
         modalities: Sequence[str] = MODALITIES,
         image_key: str = "image",
         available_key: str = "available",
-        amp: bool = False,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -279,27 +297,20 @@ class SynthesisEvaluator(SupervisedEvaluator):
                     f"{name} expects target to be a modality name in {names} or an index in "
                     f"[0, {net.num_modalities}), got {t!r}."
                 )
-        max_steps = int(getattr(net, "num_train_timesteps", 10**9))
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or not 1 <= num_inference_steps <= max_steps
-        ):
+        if not callable(getattr(inferer, "sample", None)):
             raise ValueError(
-                f"{name} expects num_inference_steps to be an int in [1, {max_steps}], got {num_inference_steps!r}."
+                f"{name} expects inferer to be a sampling inferer with a sample() method (MultiContrastDiffusionInferer, "
+                f"RegressionSynthesisInferer), got {type(inferer).__name__}."
             )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{name} expects seed to be an int >= 0, got {seed!r}.")
         if clip_range is not None and (len(clip_range) != 2 or float(clip_range[0]) >= float(clip_range[1])):
             raise ValueError(f"{name} expects clip_range None or (low, high) with low < high, got {clip_range!r}.")
         kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
-        super().__init__(
-            device=device, val_data_loader=val_data_loader, network=network, amp=resolve_amp(amp, device), **kwargs
-        )
+        super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer, **kwargs)
         self.msgldm = net
         self.targets = self_targets
         self.modalities = names
-        self.num_inference_steps = num_inference_steps
         self.seed = seed
         self.clip_range = None if clip_range is None else (float(clip_range[0]), float(clip_range[1]))
 
@@ -321,9 +332,7 @@ class SynthesisEvaluator(SupervisedEvaluator):
             )
         generator = torch.Generator().manual_seed(engine.seed + index)
         with engine.mode(engine.network):
-            synthesis = engine.msgldm.synthesize(
-                images, mask, num_inference_steps=engine.num_inference_steps, generator=generator, amp=engine.amp
-            )
+            synthesis = engine.inferer.sample(images, engine.network, mask, generator=generator, checked=True)
         pred = synthesis[:, target : target + 1].float()
         if engine.clip_range is not None:
             pred = pred.clamp(*engine.clip_range)

@@ -21,10 +21,11 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
-from monai.engines.utils import IterationEvents
+from monai.engines.utils import IterationEvents, PrepareBatchExtraInput
 from monai.transforms import Randomizable
 
 from monai_msgldm.transforms import RandModalityDropout
+from monai_msgldm.utils.availability import validate_availability
 
 __all__ = [
     "backward_and_step",
@@ -97,13 +98,16 @@ def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(dim=1).mean()
 
 
-class PrepareMultiModalBatch:
-    """``prepare_batch`` for the MSG-LDM batch format, in MONAI's 4-tuple convention ``(inputs, targets, args, kwargs)``.
+class PrepareMultiModalBatch(PrepareBatchExtraInput):
+    """``prepare_batch`` for the MSG-LDM batch format: MONAI's ``PrepareBatchExtraInput`` with the availability mask
+    as the extra input, in MONAI's 4-tuple convention ``(inputs, targets, args, kwargs)``.
 
     The batch is a dict with the stacked modalities ``image`` ``(B, M, *S)`` in [-1, 1], the availability mask
-    ``available`` ``(B, M)`` (which modalities the DATA has; all True when the key is absent) and, optionally, the
-    segmentation ``seg`` ``(B, C, *S)``. Returns ``(image, seg or None, (available,), {})`` on ``device``, the mask
-    as a bool tensor.
+    ``available`` ``(B, M)`` (which modalities the DATA has) and, optionally, the segmentation ``seg``
+    ``(B, C, *S)``. Returns ``(image, seg or None, (available,), {})`` on ``device``. What it adds to MONAI's class:
+    the image and segmentation keys are configurable (MONAI's reads ``image`` / ``label``), a batch without the mask
+    means every modality is present, and the mask is validated here, where it enters the engine
+    (:py:func:`monai_msgldm.utils.validate_availability`: shape, 0/1 values, one modality per row).
 
     Args:
         image_key: key of the stacked images.
@@ -118,6 +122,7 @@ class PrepareMultiModalBatch:
     """
 
     def __init__(self, image_key: str = "image", available_key: str = "available", seg_key: str = "seg") -> None:
+        super().__init__(extra_keys=(image_key, available_key, seg_key))
         self.image_key = image_key
         self.available_key = available_key
         self.seg_key = seg_key
@@ -137,26 +142,18 @@ class PrepareMultiModalBatch:
             raise ValueError(
                 f"PrepareMultiModalBatch expects '{self.image_key}' of shape (B, M, *spatial), got {tuple(images.shape)}."
             )
-        images = images.to(device=device, non_blocking=non_blocking, **kwargs)
-        if self.available_key in batchdata and batchdata[self.available_key] is not None:
-            available = torch.as_tensor(batchdata[self.available_key])
-            if tuple(available.shape) != tuple(images.shape[:2]):
-                raise ValueError(
-                    f"PrepareMultiModalBatch expects '{self.available_key}' of shape {tuple(images.shape[:2])} (B, M), "
-                    f"got {tuple(available.shape)}."
-                )
-            if available.dtype != torch.bool:
-                if not bool(((available == 0) | (available == 1)).all()):
-                    raise ValueError(
-                        f"PrepareMultiModalBatch expects '{self.available_key}' to hold booleans or 0/1, got other values."
-                    )
-                available = available != 0
-            available = available.to(device=images.device)
-        else:
-            available = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        seg = batchdata.get(self.seg_key)
-        if seg is not None:
-            seg = torch.as_tensor(seg).to(device=device, non_blocking=non_blocking, **kwargs)
+        batch = {
+            "image": images,  # where MONAI's default_prepare_batch looks
+            self.image_key: images,
+            self.available_key: batchdata.get(self.available_key),
+            self.seg_key: batchdata.get(self.seg_key),
+        }
+        if batch[self.available_key] is None:
+            batch[self.available_key] = torch.ones(images.shape[:2], dtype=torch.bool)
+        _, _, (images, available, seg), _ = super().__call__(batch, device, non_blocking, **kwargs)
+        available = validate_availability(
+            available, images.shape[0], images.shape[1], images.device, f"PrepareMultiModalBatch '{self.available_key}'"
+        )
         return images, seg, (available,), {}
 
 
@@ -211,8 +208,7 @@ class ModalityMaskSampler(Randomizable):
                 f"ModalityMaskSampler expects at least one available modality per sample in available, "
                 f"got none in rows {empty.tolist()}."
             )
-        placeholder = np.zeros((rows.shape[1], 1), dtype=np.float32)
-        out = np.stack([np.asarray(self.dropout(placeholder, row)[1], dtype=bool) for row in rows])
+        out = np.stack([self.dropout.draw_mask(row) for row in rows])
         return torch.as_tensor(out, dtype=torch.bool, device=available.device)
 
 

@@ -11,21 +11,27 @@
 
 from __future__ import annotations
 
-from .case_io import (
-    SaveSynthesizedModalitiesd,
-    case_name_from_files,
-    check_case_files,
-    load_model_weights,
-    synthesis_datalist,
-)
+from .diffusion import MultiContrastDiffusionInferer, paper_noise_scheduler
+from .inputs import check_case_files, synthesis_datalist
+from .model_loading import load_model_weights, require_checkpoint
+from .naming import case_name_from_files
+from .outputs import SaveSynthesizedModalitiesd
+from .regression import RegressionSynthesisInferer
+from .sampler import SynthesisSampler, unwrap_network
 from .synthesis import ModalitySynthesisInferer, resolve_availability
 
 __all__ = [
     "ModalitySynthesisInferer",
+    "MultiContrastDiffusionInferer",
+    "RegressionSynthesisInferer",
+    "SynthesisSampler",
     "SaveSynthesizedModalitiesd",
     "case_name_from_files",
     "check_case_files",
     "load_model_weights",
+    "require_checkpoint",
     "resolve_availability",
     "synthesis_datalist",
+    "paper_noise_scheduler",
+    "unwrap_network",
 ]

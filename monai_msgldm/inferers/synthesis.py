@@ -8,7 +8,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Inferer that runs the whole MSG-LDM sampling on a batch of 2D slices or 3D volumes."""
+"""Whole-input synthesis: runs a sampling inferer (diffusion or regression) on 2D slices, on 3D volumes slice by
+slice with a 2D model, or on 3D volumes with a 3D model."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from monai.inferers import Inferer
 from monai.utils import optional_import
 
 from monai_msgldm.constants import MODALITIES
+from monai_msgldm.inferers.diffusion import MultiContrastDiffusionInferer, paper_noise_scheduler
+from monai_msgldm.inferers.sampler import unwrap_network
+from monai_msgldm.utils.availability import validate_availability
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -31,64 +35,57 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_availability(
-    inputs: torch.Tensor,
-    available: torch.Tensor | Sequence[bool] | Sequence[str] | None = None,
+    available: torch.Tensor | Sequence[bool] | Sequence[str],
+    batch_size: int,
     modalities: Sequence[str] = MODALITIES,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The ``(B, M)`` bool availability mask for ``inputs`` ``(B, M, *S)``.
-
-    Taken, in order of precedence, from ``available`` (a ``(B, M)`` / ``(M,)`` bool tensor or sequence, or a sequence
-    of modality names), from ``inputs.meta["available"]`` when ``inputs`` is a MetaTensor carrying it, or else
-    detected: a channel that is constant over the whole sample (e.g. the zero- or -1-filled channel of a missing
-    modality) is taken as missing.
+    """The validated ``(B, M)`` bool availability mask from what a caller gives: a ``(B, M)`` / ``(M,)`` bool or 0/1
+    tensor or sequence, or a sequence of modality names.
 
     Raises:
-        ValueError: unknown modality names, a wrong mask shape, or a sample with no available modality.
+        ValueError: unknown modality names, a wrong mask shape, values other than booleans / 0 / 1, or a sample
+            with no available modality.
     """
-    b, m = inputs.shape[:2]
-    if available is None and isinstance(inputs, MetaTensor) and "available" in inputs.meta:
-        available = inputs.meta["available"]
-    if available is None:
-        flat = inputs.detach().reshape(b, m, -1)
-        mask = flat.amax(dim=-1) > flat.amin(dim=-1)
-    elif isinstance(available, (list, tuple)) and available and all(isinstance(a, str) for a in available):
+    m = len(modalities)
+    if isinstance(available, (list, tuple)) and available and all(isinstance(a, str) for a in available):
         unknown = [a for a in available if a not in modalities]
         if unknown:
             raise ValueError(f"available names unknown modalities {unknown}; expected names among {list(modalities)}.")
-        mask = torch.tensor([name in available for name in modalities], dtype=torch.bool).expand(b, m)
+        mask = torch.tensor([name in available for name in modalities], dtype=torch.bool)
     else:
-        mask = torch.as_tensor(available, dtype=torch.bool)
-        if mask.ndim == 1:
-            mask = mask.unsqueeze(0).expand(b, -1)
-        if tuple(mask.shape) != (b, m):
-            raise ValueError(f"available must have shape ({b}, {m}) or ({m},), got {tuple(mask.shape)}.")
-    mask = mask.to(inputs.device)
-    if not bool(mask.any(dim=1).all()):
-        raise ValueError("available: every sample needs at least one available modality, got a sample with none.")
-    return mask
+        mask = torch.as_tensor(available)
+    if mask.ndim == 1 and mask.shape[0] == m:
+        mask = mask.unsqueeze(0).expand(batch_size, m)
+    return validate_availability(mask, batch_size, m, device, "available")
+
+
+def _default_sampler() -> MultiContrastDiffusionInferer:
+    """DDIM on the paper's noise schedule (1000 steps, scaled linear betas 0.0015 -> 0.0195, epsilon), 20 steps."""
+    return MultiContrastDiffusionInferer(paper_noise_scheduler("ddim"), num_inference_steps=20)
 
 
 class ModalitySynthesisInferer(Inferer):
-    """Runs :py:meth:`MSGLDM.synthesize` on whole inputs: 2D slices, 3D volumes with a 2D model (slice-wise, in
-    batches of ``slice_batch_size`` slices), or 3D volumes with a 3D model.
+    """Synthesizes the missing contrasts of whole inputs with a sampling inferer: 2D slices, 3D volumes with a 2D
+    model (slice-wise, in batches of ``slice_batch_size`` slices), or 3D volumes with a 3D model.
 
-    The condition (``F_s`` for MSG-LDM) is computed once per slice batch, without gradient tracking; inputs whose
-    in-plane size is not divisible by the model's ``size_divisor`` are padded and cropped back. Slices in which
-    every available contrast is constant (the empty slices above and below the head) are not sampled: their
-    missing contrasts get that slice's background value (the least value of its available contrasts). With
-    ``channels_last=True`` a 2D model runs in ``channels_last`` memory format (converted in place, weights unchanged);
-    it is off by default: on the 2-core development CPU it gave no gain for the default model (docs/benchmarks.md).
-    This is the ``inferer`` of the bundle's ``inference.json`` (MONAI Label calls
-    ``inferer(inputs, network)``).
+    ``sampler`` does the synthesis of one batch (:py:meth:`MultiContrastDiffusionInferer.sample` for the latent
+    diffusion models, :py:meth:`RegressionSynthesisInferer.sample` for the regression baseline); this inferer
+    validates the availability mask once per call, pads to the model's ``size_divisor`` and crops back, batches the
+    slices, and seeds the noise. Slices in which every available contrast is constant (the empty slices above and
+    below the head) are not sampled: their missing contrasts get that slice's background value (the least value of
+    its available contrasts). With ``channels_last=True`` a 2D model runs in ``channels_last`` memory format
+    (converted in place, weights unchanged); it is off by default: on the 2-core development CPU it gave no gain for
+    the default model (docs/benchmarks.md). This is the ``inferer`` of the bundle's ``inference.json`` (MONAI
+    Label calls ``inferer(inputs, network)``, MONAI's evaluator ``inferer(inputs, network, available=...)``).
 
     Args:
-        num_inference_steps: DDIM steps.
+        sampler: the sampling inferer; default: DDIM with 20 steps on the paper's epsilon schedule (give the one the
+            model was trained with: the bundle configs do).
         slice_batch_size: number of 2D slices sampled together when a 2D model runs on a volume.
         slice_axis: spatial axis of the slices (0-based over the spatial dims; -1 = last, axial after RAI).
-        available: default availability (names, or bools in modality order); None = from the call, the
-            MetaTensor meta, or detection of constant channels (see :py:func:`resolve_availability`).
+        available: default availability (names, or bools in modality order) when a call gives none.
         modalities: modality names in channel order.
-        amp: autocast (bfloat16) on CUDA.
         seed: seed of the initial noise (reproducible sampling); None = random.
         progress: show a progress bar over slice batches.
         skip_empty_slices: do not sample slices without content (see above).
@@ -96,34 +93,37 @@ class ModalitySynthesisInferer(Inferer):
 
     Example::
 
-        inferer = ModalitySynthesisInferer(num_inference_steps=50, slice_batch_size=16)
+        sampler = MultiContrastDiffusionInferer(DDIMScheduler(...), num_inference_steps=20)
+        inferer = ModalitySynthesisInferer(sampler, slice_batch_size=16)
         volume = inferer(images, network, available=["t1", "t2", "flair"])  # images (1, 4, H, W, D)
     """
 
     def __init__(
         self,
-        num_inference_steps: int = 50,
+        sampler: Inferer | None = None,
         slice_batch_size: int = 16,
         slice_axis: int = -1,
         available: Sequence[str] | Sequence[bool] | None = None,
         modalities: Sequence[str] = MODALITIES,
-        amp: bool = True,
         seed: int | None = 0,
         progress: bool = True,
         skip_empty_slices: bool = True,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if num_inference_steps < 1:
-            raise ValueError(f"ModalitySynthesisInferer expects num_inference_steps >= 1, got {num_inference_steps}.")
-        if slice_batch_size < 1:
-            raise ValueError(f"ModalitySynthesisInferer expects slice_batch_size >= 1, got {slice_batch_size}.")
-        self.num_inference_steps = num_inference_steps
+        sampler = _default_sampler() if sampler is None else sampler
+        if not callable(getattr(sampler, "sample", None)):
+            raise ValueError(
+                "ModalitySynthesisInferer expects sampler to be a sampling inferer with a sample() method "
+                f"(MultiContrastDiffusionInferer, RegressionSynthesisInferer), got {type(sampler).__name__}."
+            )
+        if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
+            raise ValueError(f"ModalitySynthesisInferer expects slice_batch_size >= 1, got {slice_batch_size!r}.")
+        self.sampler = sampler
         self.slice_batch_size = slice_batch_size
         self.slice_axis = slice_axis
         self.available = available
         self.modalities = tuple(modalities)
-        self.amp = amp
         self.seed = seed
         self.progress = progress
         self.skip_empty_slices = skip_empty_slices
@@ -137,16 +137,33 @@ class ModalitySynthesisInferer(Inferer):
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        """Synthesize the missing modalities of ``inputs`` ``(B, M, *S)``; returns ``(B, M, *S)``."""
-        model = network.module if hasattr(network, "module") and not hasattr(network, "synthesize") else network
-        if not hasattr(model, "synthesize"):
-            raise ValueError(f"network must be an MSGLDM (with a synthesize method), got {type(model).__name__}.")
-        if inputs.ndim < 4 or inputs.shape[1] != model.num_modalities:
+        """Synthesize the missing modalities of ``inputs`` ``(B, M, *S)``; returns ``(B, M, *S)``.
+
+        ``available``: ``(B, M)`` / ``(M,)`` bools or modality names; default: the constructor's ``available``.
+        """
+        model = unwrap_network(network)
+        num_modalities = getattr(model, "num_modalities", None)
+        if num_modalities is None:
             raise ValueError(
-                f"inputs must have shape (B, {model.num_modalities}, *spatial), got {tuple(inputs.shape)}."
+                f"ModalitySynthesisInferer expects network to be a synthesis network with num_modalities (MSGLDM, "
+                f"PlainConditionalLDM, RegressionSynthesisNet), got {type(model).__name__}."
             )
-        mask = resolve_availability(inputs, available if available is not None else self.available, self.modalities)
+        if inputs.ndim < 4 or inputs.shape[1] != num_modalities:
+            raise ValueError(f"inputs must have shape (B, {num_modalities}, *spatial), got {tuple(inputs.shape)}.")
+        if len(self.modalities) != num_modalities:
+            raise ValueError(
+                f"ModalitySynthesisInferer expects {num_modalities} modality names (the network's num_modalities), "
+                f"got {list(self.modalities)}."
+            )
+        available = available if available is not None else self.available
+        if available is None:
+            raise ValueError(
+                "ModalitySynthesisInferer expects available (which contrasts each input has: a (B, M) mask or "
+                "modality names), from the call or the constructor; got none. In the bundle it comes from the data "
+                "(StackModalitiesd writes it under 'available')."
+            )
         images = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        mask = resolve_availability(available, images.shape[0], self.modalities, images.device)
         generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         n_spatial = images.ndim - 2
         was_training = model.training
@@ -155,9 +172,9 @@ class ModalitySynthesisInferer(Inferer):
             model.to(memory_format=torch.channels_last)
         try:
             if n_spatial == model.spatial_dims:
-                out = self._run(model, images, mask, generator)
+                out = self._run(network, images, mask, generator)
             elif n_spatial == 3 and model.spatial_dims == 2:
-                out = self._run_slices(model, images, mask, generator)
+                out = self._run_slices(network, images, mask, generator)
             else:
                 raise ValueError(
                     f"inputs with {n_spatial} spatial dims cannot be synthesized by a {model.spatial_dims}D model."
@@ -169,10 +186,10 @@ class ModalitySynthesisInferer(Inferer):
         return out
 
     def _run(
-        self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
+        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Synthesize ``(B, M, *S)`` with padding to the autoencoder's factor and cropping back."""
-        factor = int(getattr(model, "size_divisor", 1))
+        """Synthesize ``(B, M, *S)`` with padding to the model's ``size_divisor`` and cropping back."""
+        factor = int(getattr(unwrap_network(network), "size_divisor", 1))
         spatial = tuple(images.shape[2:])
         crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
         padded_shape = tuple(s + (-s) % factor for s in spatial)
@@ -183,13 +200,11 @@ class ModalitySynthesisInferer(Inferer):
             background = background.view(*images.shape[:2], *([1] * len(spatial)))
             padded = background.expand(*images.shape[:2], *padded_shape).clone()
             padded[crop] = images
-        out = model.synthesize(
-            padded, mask, num_inference_steps=self.num_inference_steps, generator=generator, amp=self.amp
-        )
+        out = self.sampler.sample(padded, network, mask, generator=generator, checked=True)
         return out[crop]
 
     def _run_slices(
-        self, model: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
+        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         """Slice-wise synthesis of volumes ``(B, M, X, Y, Z)`` with a 2D model."""
         axis = 2 + (self.slice_axis % 3)
@@ -210,6 +225,6 @@ class ModalitySynthesisInferer(Inferer):
         bar = tqdm(starts, desc="synthesis", unit="batch") if self.progress and has_tqdm else starts
         for start in bar:
             index = todo[start : start + self.slice_batch_size]
-            out[index] = self._run(model, slices[index], slice_mask[index], generator)
+            out[index] = self._run(network, slices[index], slice_mask[index], generator)
         out = out.reshape(b, n, m, *vol.shape[3:]).permute(0, 2, 1, 3, 4)
         return out.movedim(2, axis)

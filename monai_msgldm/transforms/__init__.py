@@ -8,10 +8,17 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MONAI transforms: missing-modality simulation, modality stacking, axial slicing and BraTS preprocessing."""
+"""MONAI transforms: missing-modality simulation, modality stacking, axial slicing, voxel checks and BraTS
+preprocessing."""
 
 from __future__ import annotations
 
+from .intensity import (
+    ScalePresentModalities,
+    ScalePresentModalitiesD,
+    ScalePresentModalitiesd,
+    ScalePresentModalitiesDict,
+)
 from .modality_dropout import (
     ApplyModalityMask,
     ApplyModalityMaskD,
@@ -33,13 +40,22 @@ from .slicing import (
     extract_axial_slice,
 )
 from .stack import StackModalitiesD, StackModalitiesd, StackModalitiesDict
+from .value_checks import CheckImageValues, CheckImageValuesD, CheckImageValuesd, CheckImageValuesDict
 
 __all__ = [
+    "ScalePresentModalities",
+    "ScalePresentModalitiesD",
+    "ScalePresentModalitiesDict",
+    "ScalePresentModalitiesd",
     "ApplyModalityMask",
     "ApplyModalityMaskd",
     "ApplyModalityMaskD",
     "ApplyModalityMaskDict",
     "BRATS_NAMINGS",
+    "CheckImageValues",
+    "CheckImageValuesd",
+    "CheckImageValuesD",
+    "CheckImageValuesDict",
     "CheckLabelValuesd",
     "RandAxialSliceSamplesd",
     "RandAxialSliceSamplesD",

@@ -242,6 +242,20 @@ class RandModalityDropout(RandomizableTransform):
         if num_drop > 0:
             self._drop[self.R.choice(candidates, size=num_drop, replace=False)] = True
 
+    def draw_mask(self, available: Any) -> np.ndarray:
+        """Draw a new subset and return the (M,) bool availability after dropping (no image involved): the mask
+        draw that :py:meth:`__call__` applies to an image, for callers that only need the mask (e.g. engines that
+        hide contrasts from a network's input while keeping the image as the target).
+
+        Args:
+            available: (M,) bool or 0/1 mask of the modalities really present, at least one True.
+        """
+        mask = as_availability_mask(available, len(available), "RandModalityDropout available")
+        if not mask.any():
+            raise ValueError("RandModalityDropout expects at least one available modality in available, got none.")
+        self.randomize(mask)
+        return mask & ~self._drop
+
     def __call__(
         self, img: NdarrayOrTensor, available: Any | None = None, randomize: bool = True
     ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:

@@ -31,14 +31,14 @@ from monai.transforms import (
     MapLabelValued,
     MapTransform,
     Orientationd,
-    ScaleIntensityRangePercentilesd,
     SpatialPadd,
 )
 from monai.utils import convert_to_numpy
 
 from ..constants import BRATS_LABELS_2020, BRATS_LABELS_2023, MODALITIES
-from .modality_dropout import ApplyModalityMaskd
+from .intensity import ScalePresentModalitiesd
 from .stack import StackModalitiesd
+from .value_checks import CheckImageValuesd
 
 __all__ = ["BRATS_NAMINGS", "CheckLabelValuesd", "brats_preprocessing_transforms"]
 
@@ -99,7 +99,10 @@ def brats_preprocessing_transforms(
     Steps (the MSG-LDM authors' preprocessing):
 
     1. ``LoadImaged`` (``NibabelReader`` by default; ``reader="ITKReader"`` works too) and
-       ``EnsureChannelFirstd`` for each present modality and the segmentation;
+       ``EnsureChannelFirstd`` for each present modality and the segmentation; :class:`CheckImageValuesd` checks
+       the voxels of each modality as soon as they are loaded (NaN/Inf or an all-zero image raise an error
+       naming the file), so that the datalist can be built from the NIfTI headers only and each file is read
+       once per run;
     2. :class:`StackModalitiesd` into ``image_key`` (absent modalities filled with 0, availability mask
        under ``available_key``; a modality or segmentation on another grid raises a ValueError), then the
        per-modality items are deleted (their file names stay in the image meta data as
@@ -108,9 +111,9 @@ def brats_preprocessing_transforms(
        ``SpatialPadd`` + ``CenterSpatialCropd`` to ``spatial_size`` in-plane (depth untouched), on the image
        and the segmentation alike. These run on the stacked image so that
        ``Invertd(keys=image_key, transform=<this Compose>, orig_keys=image_key)`` restores the original grid;
-    4. per-modality ``ScaleIntensityRangePercentilesd(lower, upper -> [-1, 1], clip=True, channel_wise=True)``,
-       then :class:`ApplyModalityMaskd` sets the channels of absent modalities to exactly -1 (MONAI warns
-       "Divide by zero" once for such constant channels; the result is -1 in any case);
+    4. :class:`ScalePresentModalitiesd`: each present modality scaled from its ``lower``..``upper`` percentiles to
+       [-1, 1] (clipped; MONAI's ``ScaleIntensityRangePercentiles``), the channels of absent modalities set to
+       exactly -1 without being scaled (no "Divide by zero" warning for their constant fill);
     5. segmentation: label values checked against ``naming``; for ``"brats2023"`` the enhancing label 3 is
        mapped to 4 (``MapLabelValued``); then ``ConvertToMultiChannelBasedOnBratsClassesd`` (TC, WT, ET);
     6. ``EnsureTyped(float32)``.
@@ -172,6 +175,7 @@ def brats_preprocessing_transforms(
     transforms: list = [
         LoadImaged(keys=modalities, reader=reader, image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys=modalities, allow_missing_keys=True),
+        CheckImageValuesd(keys=modalities, allow_missing_keys=True),
     ]
     if seg_key is not None:
         transforms += [
@@ -194,10 +198,9 @@ def brats_preprocessing_transforms(
         ),
         SpatialPadd(keys=geometry_keys, spatial_size=volume_size),
         CenterSpatialCropd(keys=geometry_keys, roi_size=volume_size),
-        ScaleIntensityRangePercentilesd(
-            keys=image_key, lower=lower, upper=upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True
+        ScalePresentModalitiesd(
+            keys=image_key, available_key=available_key, lower=lower, upper=upper, b_min=-1.0, b_max=1.0, clip=True
         ),
-        ApplyModalityMaskd(keys=image_key, available_key=available_key, fill_value=-1.0),
     ]
     if seg_key is not None:
         labels = BRATS_NAMINGS[naming]

@@ -25,6 +25,7 @@ from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, convert_to_numpy, convert_to_tensor, ensure_tuple
 
 from ..constants import MODALITIES
+from ..data.validation import grid_mismatch
 
 __all__ = ["StackModalitiesd", "StackModalitiesD", "StackModalitiesDict"]
 
@@ -38,8 +39,9 @@ class StackModalitiesd(MapTransform):
     ``data[available_key]``.
 
     The present modalities must be co-registered on the same voxel grid: equal spatial shapes and, for
-    MetaTensors, equal affines (within ``atol``); otherwise a ValueError names both keys. ``check_keys``
-    (e.g. the segmentation) are checked the same way without being stacked.
+    MetaTensors, equal affines (within ``atol``), compared by :func:`monai_msgldm.data.validation.grid_mismatch`
+    as the case checks do; otherwise a ValueError names both keys (and their files). ``check_keys`` (e.g. the
+    segmentation) are checked the same way without being stacked.
 
     The output is a MetaTensor (when meta tracking is on) carrying a copy of the first present modality's
     meta data (affine, file name...) and ``applied_operations``, so that ``monai.transforms.Invertd`` can
@@ -94,20 +96,11 @@ class StackModalitiesd(MapTransform):
         self.atol = float(atol)
 
     def _check_same_grid(self, ref_key: Hashable, ref: Any, key: Hashable, img: Any) -> None:
-        ref_shape, shape = tuple(ref.shape[1:]), tuple(img.shape[1:])
-        if ref_shape != shape:
-            raise ValueError(
-                f"StackModalitiesd expects '{ref_key}' and '{key}' to have the same spatial shape, "
-                f"got {ref_shape} and {shape}."
-            )
-        if isinstance(ref, MetaTensor) and isinstance(img, MetaTensor):
-            ref_affine = np.asarray(convert_to_numpy(ref.affine), dtype=np.float64)
-            affine = np.asarray(convert_to_numpy(img.affine), dtype=np.float64)
-            if ref_affine.shape != affine.shape or not np.allclose(ref_affine, affine, rtol=0.0, atol=self.atol):
-                raise ValueError(
-                    f"StackModalitiesd expects '{ref_key}' and '{key}' to have the same affine (atol {self.atol}), "
-                    f"got\n{ref_affine}\nand\n{affine}."
-                )
+        problem = grid_mismatch(
+            _name(ref_key, ref), ref.shape[1:], _affine(ref), _name(key, img), img.shape[1:], _affine(img), self.atol
+        )
+        if problem is not None:
+            raise ValueError(f"StackModalitiesd expects its images on one voxel grid, got {problem}.")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -160,6 +153,16 @@ class StackModalitiesd(MapTransform):
         d[self.name] = stacked
         d[self.available_key] = torch.tensor([key in tensors for key in self.keys], dtype=torch.bool)
         return d
+
+
+def _name(key: Hashable, img: Any) -> str:
+    """``'t1'``, or ``'t1' ('/d/c_t1.nii.gz')`` for a MetaTensor read from a file."""
+    filename = img.meta.get(ImageMetaKey.FILENAME_OR_OBJ) if isinstance(img, MetaTensor) else None
+    return f"'{key}' ('{filename}')" if isinstance(filename, str) and filename else f"'{key}'"
+
+
+def _affine(img: Any) -> np.ndarray | None:
+    return convert_to_numpy(img.affine) if isinstance(img, MetaTensor) else None
 
 
 StackModalitiesD = StackModalitiesDict = StackModalitiesd

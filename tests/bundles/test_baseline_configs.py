@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
+from monai_msgldm.inferers import RegressionSynthesisInferer
 from monai_msgldm.networks.nets import RegressionSynthesisNet
 from tests.bundles.utils import state_equal
 
@@ -95,7 +96,7 @@ class TestBaselineRegressionCLI(unittest.TestCase):
         self.assertTrue(all(torch.isfinite(p).all() for p in model.parameters()))
         images = torch.rand(1, 4, 32, 32) * 2 - 1
         available = torch.tensor([[True, True, True, False]])
-        out = model.synthesize(images, available)
+        out = RegressionSynthesisInferer().sample(images, model, available)
         self.assertTrue(torch.equal(out[:, :3], images[:, :3]))
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from monai.bundle import ConfigWorkflow
 
 from monai_msgldm.networks.nets import PlainConditionalLDM
 from tests.bundles import test_train_diffusion as stage2
-from tests.bundles.utils import state_equal
+from tests.bundles.utils import collect_outputs, reference_psnr, state_equal
 
 __all__: list[str] = []
 
@@ -59,8 +58,12 @@ class TestBaselineLDMBundle(unittest.TestCase):
         self.assertIsInstance(net, PlainConditionalLDM)
         self.assertEqual(net.unet.in_channels, 2 * 16 + 4)
         self.assertTrue(state_equal(net.autoencoder.model.state_dict(), states["autoencoder"]))
+        pairs = collect_outputs(wf.evaluator, ("pred", "label"))
         wf.run()
-        self.assertTrue(math.isfinite(wf.evaluator.state.metrics["val_psnr"]))
+        # the score is the PSNR (range 2) of the synthesized flair of each validation slice (1 volume x 2 slices)
+        self.assertEqual(len(pairs), 2)
+        self.assertEqual(tuple(pairs[0][0].shape), (1, 32, 32))
+        self.assertAlmostEqual(wf.evaluator.state.metrics["val_psnr"], reference_psnr(pairs, max_val=2.0), delta=1e-4)
         wf.finalize()
         served = torch.load(os.path.join(ckpt_dir, "model.pt"), map_location="cpu", weights_only=True)
         loaded = wf.parser.get_parsed_content("network_def", instantiate=True)

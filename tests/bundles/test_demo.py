@@ -52,7 +52,6 @@ TINY = {
         "norm_num_groups": 4,
         "num_head_channels": 8,
     },
-    "network": {"prediction_type": "v_prediction"},
 }
 OVERRIDES = {
     **PHANTOM,
@@ -90,7 +89,7 @@ class TestDemoConfig(unittest.TestCase):
         # MONAI writes nested ids with "::" inside expressions; both spellings are valid override ids
         stage2 = {k.replace("::", "#"): v for k, v in parser.get_parsed_content("stages#2#overrides").items()}
         self.assertEqual(stage2["max_epochs"], 500)
-        self.assertEqual(stage2["network_def#prediction_type"], "v_prediction")
+        self.assertEqual(stage2["prediction_type"], "v_prediction")  # the schedulers' setting, not the network's
         stage0 = {k.replace("::", "#"): v for k, v in parser.get_parsed_content("stages#0#overrides").items()}
         self.assertEqual(stage0["network_def#channels"], [16, 32, 32])
         self.assertFalse(any(k.startswith(("structure_def", "unet_def")) for k in stage0))
@@ -133,7 +132,7 @@ class TestDemoWorkflow(unittest.TestCase):
         self.assertEqual((parser.get("spatial_size"), parser.get("ddim_steps")), (32, 2))
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(os.path.join(served, "models", "model.pt"), weights_only=True), strict=True)
-        self.assertEqual(net.prediction_type, "v_prediction")
+        self.assertEqual(parser.get_parsed_content("sampling_scheduler").prediction_type, "v_prediction")
         for rel in ("configs/evaluate.json", "configs/metadata.json", "configs/logging.conf", "LICENSE"):
             self.assertTrue(os.path.isfile(os.path.join(served, rel)), rel)
 

@@ -30,13 +30,11 @@ from PIL import Image
 
 from monai_msgldm.constants import MODALITIES
 from monai_msgldm.data.phantom import generate_phantom_dataset
-from monai_msgldm.inferers import ModalitySynthesisInferer
-from monai_msgldm.inferers.case_io import (
-    SaveSynthesizedModalitiesd,
-    case_name_from_files,
-    check_case_files,
-    synthesis_datalist,
-)
+from monai_msgldm.data.validation import InvalidCaseError
+from monai_msgldm.inferers import ModalitySynthesisInferer, case_io, inputs, model_loading, naming, outputs
+from monai_msgldm.inferers.inputs import check_case_files, synthesis_datalist
+from monai_msgldm.inferers.naming import case_name_from_files
+from monai_msgldm.inferers.outputs import SaveSynthesizedModalitiesd
 
 __all__: list[str] = []
 
@@ -151,7 +149,7 @@ class TestInferenceWorkflow(unittest.TestCase):
         wf = self._run(**{m: _file(m) for m in given})
         inferer = wf.parser.get_parsed_content("inferer")
         self.assertIsInstance(inferer, ModalitySynthesisInferer)
-        self.assertEqual((inferer.num_inference_steps, inferer.slice_batch_size), (1, 64))
+        self.assertEqual((inferer.sampler.num_inference_steps, inferer.slice_batch_size), (1, 64))
         self.assertEqual(wf.evaluator.state.iteration, 1)
         self._check_case("Phantom_000", given)
 
@@ -195,14 +193,15 @@ class TestInferenceWorkflow(unittest.TestCase):
                 "missing_file",
                 {"t2": "missing_t2.nii.gz"},
                 FileNotFoundError,
-                ["missing_t2.nii.gz", "'t2'", "does not exist"],
+                ["t2 file not found", "missing_t2.nii.gz"],
             ),
-            ("unreadable", {"t2": "garbage.nii.gz"}, ValueError, ["garbage.nii.gz", "'t2'"]),
+            ("unreadable", {"t2": "garbage.nii.gz"}, ValueError, ["t2 file", "garbage.nii.gz", "not a readable NIfTI"]),
             ("none_available", {}, ValueError, ["no available modality", "--t1"]),
             ("unknown_modality", {"case_files#pd": "t1"}, ValueError, ["'pd'", "unknown modality"]),
-            ("shape", {"t2": "shape.nii.gz"}, ValueError, ["shape.nii.gz", "shape (48, 58, 47)"]),
-            ("affine", {"t2": "affine.nii.gz"}, ValueError, ["affine.nii.gz", "affine"]),
-            ("nan", {"t2": "nan.nii.gz"}, ValueError, ["nan.nii.gz", "1 NaN voxels"]),
+            ("shape", {"t2": "shape.nii.gz"}, ValueError, ["spatial shapes differ", "shape.nii.gz' has (48, 58, 47)"]),
+            ("affine", {"t2": "affine.nii.gz"}, ValueError, ["affines differ", "affine.nii.gz"]),
+            # found by the preprocessing when it loads the voxels (CheckImageValuesd), before anything is written
+            ("nan", {"t2": "nan.nii.gz"}, ValueError, ["t2 file", "nan.nii.gz", "non-finite voxels (1 NaN, 0 Inf)"]),
             ("bad_case_name", {"case_name": "../x"}, ValueError, ["case name", "'../x'"]),
         ]
     )
@@ -220,8 +219,10 @@ class TestInferenceWorkflow(unittest.TestCase):
             resolved.setdefault("t1", _file("t1"))
         with self.assertRaises(Exception) as cm:
             self._run(**resolved)
-        errors = [e for e in _cause_chain(cm.exception) if type(e) is error]
+        errors = [e for e in _cause_chain(cm.exception) if isinstance(e, error)]
         self.assertTrue(errors, repr(cm.exception))
+        if _ not in ("none_available", "unknown_modality", "bad_case_name"):  # the file-level checks
+            self.assertIsInstance(errors[0], InvalidCaseError)
         for needle in needles:
             self.assertIn(needle, str(errors[0]))
         self.assertEqual(_all_files(self.out), [])
@@ -238,7 +239,7 @@ class TestInferenceWorkflow(unittest.TestCase):
         self.assertEqual(parser.get_parsed_content("model_path"), os.path.join(".", "models", "model.pt"))
         self.assertEqual([parser.get(m) for m in MODALITIES], [None] * 4)
         inferer = parser.get_parsed_content("inferer")
-        self.assertEqual((inferer.num_inference_steps, inferer.slice_batch_size), (20, 4))
+        self.assertEqual((inferer.sampler.num_inference_steps, inferer.slice_batch_size), (20, 4))
 
 
 class TestCaseIO(unittest.TestCase):
@@ -256,9 +257,36 @@ class TestCaseIO(unittest.TestCase):
     def test_case_name(self, files, expected):
         self.assertEqual(case_name_from_files(files), expected)
 
+    def test_case_io_reexports(self):  # bundles written for earlier versions reference case_io
+        for module in (inputs, model_loading, naming, outputs):
+            for name in module.__all__:
+                if name in case_io.__all__:
+                    self.assertIs(getattr(case_io, name), getattr(module, name), name)
+        self.assertEqual(
+            sorted(case_io.__all__),
+            [
+                "SaveSynthesizedModalitiesd",
+                "case_name_from_files",
+                "check_case_files",
+                "load_model_weights",
+                "synthesis_datalist",
+            ],
+        )
+
     def test_check_case_files(self):
         item = check_case_files({"t1": _file("t1"), "t1ce": None, "t2": "", "flair": _file("flair"), "seg": "x"})
         self.assertEqual(item, {"t1": _file("t1"), "flair": _file("flair"), "case": "Phantom_000"})
+        # voxels: read when asked (MONAI Label's pre-run check); synthesis_datalist leaves it to the preprocessing
+        with tempfile.TemporaryDirectory() as tmp:
+            ref = nib.load(_file("t2"))
+            data = ref.get_fdata().astype(np.float32)
+            data[1, 2, 3] = np.nan
+            nan = os.path.join(tmp, "Phantom_000_t2.nii.gz")
+            nib.save(nib.Nifti1Image(data, ref.affine), nan)
+            with self.assertRaisesRegex(InvalidCaseError, r"case 'c': t2 file '.*' has non-finite voxels \(1 NaN"):
+                check_case_files({"t1": _file("t1"), "t2": nan}, case_name="c")
+            self.assertEqual(check_case_files({"t2": nan}, check_content=False)["case"], "Phantom_000")
+            self.assertEqual(synthesis_datalist({"t2": nan}), [{"t2": nan, "case": "Phantom_000"}])
         with self.assertRaisesRegex(ValueError, "either a case"):
             synthesis_datalist({"t1": _file("t1")}, datalist=_file("t1"))
         with self.assertRaisesRegex(FileNotFoundError, "nothing.json"):

@@ -20,12 +20,16 @@ import unittest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data.utils import set_rnd
+from monai.utils import set_determinism
 from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from tests.bundles.test_train_autoencoder import BUNDLE_DIR, LOGGING, META, PHANTOM, TINY
 from tests.bundles.test_train_diffusion import TINY as DIFFUSION_TINY
-from tests.bundles.test_train_diffusion import _write_stage_checkpoints
+from tests.bundles.test_train_diffusion import _cause_chain, _write_stage_checkpoints
+from tests.bundles.test_train_structure import TINY as STRUCTURE_TINY
+from tests.bundles.utils import state_equal
 
 __all__: list[str] = []
 
@@ -162,49 +166,171 @@ class TestResumeAutoencoder(unittest.TestCase):
         self.assertIsNone(self._workflow(max_epochs=2).parser.get_parsed_content("resume_ckpt"))
 
 
-class TestResumeDiffusion(unittest.TestCase):
-    def test_resume_with_ema(self):
-        root = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, root, True)
-        ckpt_dir = os.path.join(root, "models")
-        _write_stage_checkpoints(ckpt_dir)
+class _Crash(RuntimeError):
+    """Raised by a test handler to interrupt a training run."""
 
-        def workflow(max_epochs: int) -> ConfigWorkflow:
-            overrides = {"max_epochs": max_epochs, "ema_decay": 0.5, "save_interval": 1}
-            wf = ConfigWorkflow(
-                config_file=str(CONFIGS / "train_diffusion.json"),
-                meta_file=str(META),
-                logging_file=str(LOGGING),
-                workflow_type="train",
-                bundle_root=root,
-                phantom_cache_dir=_TMP,
-                **{**PHANTOM, **DIFFUSION_TINY, "train#handlers#4#_disabled_": True, **overrides},
-            )
-            wf.initialize()
-            return wf
 
-        wf = workflow(1)
+def _reseed_every_epoch(wf: ConfigWorkflow, seed: int = 100) -> None:
+    """Re-seed every random stream of the training epoch (torch / numpy / random: shuffling, noise, dropout; the
+    random transforms of the training dataset: slice draws) with ``seed + epoch`` when each epoch starts.
+
+    The checkpoints hold the networks, the optimizer, the scheduler, the EMA and the trainer counters, not the random
+    streams, which a fresh process restarts from ``set_determinism(seed)``: without this, the epochs after a resume
+    draw other slices and noise than an uninterrupted run does. Given to both runs, it makes them comparable bit for
+    bit, so what is compared is what the checkpoint restores.
+    """
+    dataset = wf.trainer.data_loader.dataset
+
+    def reseed(engine) -> None:
+        set_determinism(seed + engine.state.epoch)
+        set_rnd(dataset, seed + engine.state.epoch)
+
+    wf.trainer.add_event_handler(Events.EPOCH_STARTED, reseed)
+
+
+def _load(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class _ResumeVersusUninterrupted(unittest.TestCase):
+    """A run crashed in its second epoch and resumed from the epoch-1 periodic checkpoint ends with exactly the
+    checkpoint of an uninterrupted run (CPU, one thread, same operations in the same order: bit for bit)."""
+
+    config: str
+    prefix: str
+    final: str
+    tiny: dict
+
+    def _workflow(self, root: str, **overrides) -> ConfigWorkflow:
+        wf = ConfigWorkflow(
+            config_file=str(CONFIGS / self.config),
+            meta_file=str(META),
+            logging_file=str(LOGGING),
+            workflow_type="train",
+            bundle_root=root,
+            phantom_cache_dir=_TMP,
+            **{**PHANTOM, **self.tiny, "train#handlers#4#_disabled_": True, "save_interval": 1, **overrides},
+        )
+        wf.initialize()
+        _reseed_every_epoch(wf)
+        return wf
+
+    def _prepare(self, ckpt_dir: str) -> None:
+        """Write what the stage needs before it starts (the earlier stages' checkpoints)."""
+
+    def _runs(self, **overrides) -> tuple[str, str, ConfigWorkflow]:
+        """Train 2 epochs uninterrupted in one folder; in another, crash at the first iteration of epoch 2 and resume.
+        Returns the two checkpoint folders and the resumed workflow (finalized)."""
+        dirs = []
+        for _ in range(2):
+            root = tempfile.mkdtemp()
+            self.addCleanup(shutil.rmtree, root, True)
+            dirs.append(os.path.join(root, "models"))
+            self._prepare(dirs[-1])
+        whole, resumed = dirs
+
+        wf = self._workflow(os.path.dirname(whole), max_epochs=2, **overrides)
+        self.assertIsNone(wf.parser.get_parsed_content("resume_ckpt"))
         wf.run()
         wf.finalize()
-        periodic = os.path.join(ckpt_dir, "diffusion_checkpoint_epoch=1.pt")
-        first = torch.load(periodic, map_location="cpu", weights_only=True)
-        os.remove(os.path.join(ckpt_dir, "diffusion.pt"))
+        self.assertEqual(wf.trainer.state.iteration, 4)
 
-        wf = workflow(2)
-        loader = wf.parser.get_parsed_content("train#checkpoint_loader")
-        self.assertEqual(loader.load_path, periodic)
-        self.assertEqual(set(loader.load_dict), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
+        wf = self._workflow(os.path.dirname(resumed), max_epochs=2, **overrides)
+
+        def crash(engine) -> None:
+            raise _Crash("interrupted")
+
+        wf.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), crash)
+        with self.assertRaises(Exception) as cm:  # the bundle wraps it: "Failed to evaluate ... run()"
+            wf.run()
+        self.assertTrue(any(isinstance(e, _Crash) for e in _cause_chain(cm.exception)), repr(cm.exception))
+        wf.finalize()
+        periodic = os.path.join(resumed, f"{self.prefix}checkpoint_epoch=1.pt")
+        self.assertFalse(os.path.exists(os.path.join(resumed, f"{self.prefix}checkpoint_epoch=2.pt")))
+        # the interrupted run got as far as the uninterrupted one at the end of epoch 1
+        first, first_whole = _load(periodic), _load(os.path.join(whole, f"{self.prefix}checkpoint_epoch=1.pt"))
+        self.assertEqual(first["trainer"]["iteration"], 2)
+        self._assert_same_checkpoint(first, first_whole)
+
+        wf = self._workflow(os.path.dirname(resumed), max_epochs=2, **overrides)
+        self.assertEqual(wf.parser.get_parsed_content("resume_ckpt"), periodic)
+        self.assertEqual(wf.parser.get_parsed_content("train#checkpoint_loader").load_path, periodic)
         epochs = []
         wf.trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch))
-        wf.trainer.add_event_handler(Events.STARTED, lambda engine: epochs.append(float(engine.network.scale_factor)))
         wf.run()
         wf.finalize()
-        # the calibrated latent scale and the EMA UNet came from the checkpoint, training went on at epoch 2
-        self.assertEqual(epochs, [float(first["model"]["scale_factor"]), 2])
-        ckpt = torch.load(os.path.join(ckpt_dir, "diffusion.pt"), map_location="cpu", weights_only=True)
+        self.assertEqual(epochs, [2])  # continued with the epoch it crashed in
+        self.assertEqual((wf.trainer.state.epoch, wf.trainer.state.iteration), (2, 4))
+        return whole, resumed, wf
+
+    def _assert_same_checkpoint(self, a: dict, b: dict) -> None:
+        self.assertEqual(set(a), set(b))
+        for key in set(a) - {"optimizer"}:
+            if key in ("model", "ema"):
+                self.assertTrue(state_equal(a[key], b[key]), f"{key} differs")
+            else:
+                self.assertEqual(a[key], b[key], key)
+        opt_a, opt_b = a["optimizer"], b["optimizer"]
+        self.assertEqual(opt_a["param_groups"], opt_b["param_groups"])
+        self.assertEqual(set(opt_a["state"]), set(opt_b["state"]))
+        for i, state in opt_a["state"].items():
+            self.assertTrue(state_equal(state, opt_b["state"][i]), f"optimizer state of parameter {i} differs")
+
+
+class TestResumeStructure(_ResumeVersusUninterrupted):
+    config, prefix, final, tiny = "train_structure.json", "structure_", "structure.pt", STRUCTURE_TINY
+
+    def test_resume_matches_uninterrupted_run(self):
+        whole, resumed, wf = self._runs()
+        ckpt, reference = _load(os.path.join(resumed, self.final)), _load(os.path.join(whole, self.final))
+        self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer"})
+        self._assert_same_checkpoint(ckpt, reference)
+        # 4 Adam steps, two StepLR halvings (step_size max(1, 2 // 2))
+        self.assertEqual({float(s["step"]) for s in ckpt["optimizer"]["state"].values()}, {4.0})
+        self.assertAlmostEqual(ckpt["optimizer"]["param_groups"][0]["lr"], 2.5e-5)
+        # the network in memory is the saved one, and epoch 2 did change it
+        self.assertTrue(state_equal(wf.parser.get_parsed_content("network").state_dict(), ckpt["model"]))
+        first = _load(os.path.join(resumed, f"{self.prefix}checkpoint_epoch=1.pt"))
+        self.assertFalse(state_equal(first["model"], ckpt["model"]))
+
+
+class TestResumeDiffusion(_ResumeVersusUninterrupted):
+    config, prefix, final, tiny = "train_diffusion.json", "diffusion_", "diffusion.pt", DIFFUSION_TINY
+
+    def _prepare(self, ckpt_dir: str) -> None:
+        _write_stage_checkpoints(ckpt_dir)
+
+    def test_resume_with_ema(self):
+        whole, resumed, wf = self._runs(ema_decay=0.5)
+        loader = wf.parser.get_parsed_content("train#checkpoint_loader")
+        self.assertEqual(set(loader.load_dict), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
+        first = _load(os.path.join(resumed, f"{self.prefix}checkpoint_epoch=1.pt"))
+        # the calibrated latent scale came from the checkpoint (not calibrated again on the resumed run's batch)
+        self.assertNotEqual(float(first["model"]["scale_factor"]), 1.0)
+        self.assertEqual(
+            float(wf.parser.get_parsed_content("network").scale_factor), float(first["model"]["scale_factor"])
+        )
+
+        ckpt, reference = _load(os.path.join(resumed, self.final)), _load(os.path.join(whole, self.final))
+        self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
         self.assertEqual(ckpt["trainer"]["iteration"], 2 * ckpt["trainer"]["epoch_length"])
         self.assertEqual({float(s["step"]) for s in ckpt["optimizer"]["state"].values()}, {4.0})
-        self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
+        # the UNet, the EMA UNet (and every other weight, the optimizer moments, the scheduler) are the uninterrupted
+        # run's, bit for bit
+        self._assert_same_checkpoint(ckpt, reference)
+        unet = {k[len("unet.") :]: v for k, v in ckpt["model"].items() if k.startswith("unet.")}
+        self.assertTrue(state_equal(wf.trainer.ema_model.state_dict(), reference["ema"]))
+        self.assertTrue(state_equal(wf.parser.get_parsed_content("network").unet.state_dict(), unet))
+        # neither is trivially equal: the EMA is not the online UNet, and both moved during epoch 2
+        self.assertFalse(state_equal(ckpt["ema"], unet))
+        self.assertFalse(state_equal(first["ema"], ckpt["ema"]))
+        self.assertFalse(state_equal(first["model"], ckpt["model"]))
+        # the served model holds the EMA UNet, as the uninterrupted run's does
+        served, served_whole = _load(os.path.join(resumed, "model.pt")), _load(os.path.join(whole, "model.pt"))
+        self.assertTrue(state_equal(served, served_whole))
+        self.assertTrue(
+            state_equal({k[len("unet.") :]: v for k, v in served.items() if k.startswith("unet.")}, ckpt["ema"])
+        )
 
 
 if __name__ == "__main__":

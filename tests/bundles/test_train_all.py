@@ -162,6 +162,11 @@ class TestStageHelpers(unittest.TestCase):
         parser.read_config(str(CONFIG))
         shared = parser.get("stage_overrides")
         self.assertGreater(len(shared), 20)
+        # exactly the settings that train.json and every stage config define (not the workflow sections)
+        common = set(parser.get())
+        for path in STAGE_CONFIGS.values():
+            common &= set(ConfigParser.load_config_file(str(path)))
+        self.assertEqual(set(shared), common - {"imports", "initialize", "run", "training", "finalize"})
         for key, ref in shared.items():
             self.assertEqual(ref, f"@{key}")  # forwards the train.json id of the same name
             for stage, path in STAGE_CONFIGS.items():

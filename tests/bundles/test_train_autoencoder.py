@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -27,7 +26,14 @@ from monai.networks.nets import AutoencoderKL
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from monai_msgldm.networks.nets import MSGLDM
-from tests.bundles.utils import assert_stage_checkpoints, assert_tensorboard_images, state_equal
+from tests.bundles.utils import (
+    assert_stage_checkpoints,
+    assert_tensorboard_images,
+    collect_outputs,
+    reference_psnr,
+    reference_ssim,
+    state_equal,
+)
 
 __all__: list[str] = []
 
@@ -122,12 +128,18 @@ class TestTrainAutoencoderWorkflow(unittest.TestCase):
         self.assertEqual(trainer.state.epoch, 1)
         # 2 volumes x 2 slices, batch 1 volume
         self.assertEqual(trainer.state.iteration, 2)
-        psnr = evaluator.state.metrics["val_psnr"]
-        self.assertTrue(math.isfinite(psnr) and psnr > 0)
-        self.assertTrue(math.isfinite(evaluator.state.metrics["val_ssim"]))
+        psnr, ssim = evaluator.state.metrics["val_psnr"], evaluator.state.metrics["val_ssim"]
         # the validation slices are re-drawn with the same seed every validation: same slices, same score
+        pairs = collect_outputs(evaluator, ("pred", "label"))
         evaluator.run()
         self.assertAlmostEqual(evaluator.state.metrics["val_psnr"], psnr, places=5)
+        self.assertAlmostEqual(evaluator.state.metrics["val_ssim"], ssim, places=5)
+        # the scores are PSNR and SSIM (data range 2) of each available modality slice's reconstruction
+        # (1 volume x 2 slices x 4 modalities), checked against float64 references (float32 sums: 1e-4)
+        self.assertEqual(len(pairs), 8)
+        self.assertEqual(tuple(pairs[0][0].shape), (1, 64, 64))
+        self.assertAlmostEqual(psnr, reference_psnr(pairs, max_val=2.0), delta=1e-4)
+        self.assertAlmostEqual(ssim, reference_ssim(pairs, data_range=2.0), delta=1e-4)
         wf.finalize()
 
         # StepLR halves the rate after max(1, max_epochs // 2) epochs

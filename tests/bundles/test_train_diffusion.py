@@ -25,6 +25,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
@@ -168,7 +169,9 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         psnr = wf.evaluator.state.metrics["val_psnr"]
         self.assertTrue(math.isfinite(psnr) and psnr > 0)
         self.assertTrue(math.isfinite(wf.evaluator.state.metrics["val_ssim"]))
-        self.assertEqual(wf.evaluator.num_inference_steps, 2)
+        self.assertEqual(wf.evaluator.inferer.num_inference_steps, 2)
+        self.assertIsInstance(wf.evaluator.inferer.scheduler, DDIMScheduler)
+        self.assertIsInstance(trainer.inferer.scheduler, DDPMScheduler)
         self.assertEqual(wf.evaluator.targets, [3])  # flair
         wf.finalize()
 
@@ -250,7 +253,13 @@ class TestDefaultNetworks(unittest.TestCase):
         self.assertEqual(
             {k: v.shape for k, v in net.state_dict().items()}, {k: v.shape for k, v in reference.state_dict().items()}
         )
-        self.assertEqual((net.num_train_timesteps, net.beta_start, net.beta_end), (1000, 0.0015, 0.0195))
+        # the paper's schedule is the config's schedulers': training DDPM and sampling DDIM share it
+        for key, kind in (("noise_scheduler", DDPMScheduler), ("sampling_scheduler", DDIMScheduler)):
+            scheduler = parser.get_parsed_content(key)
+            self.assertIsInstance(scheduler, kind)
+            self.assertEqual((scheduler.num_train_timesteps, scheduler.prediction_type), (1000, "epsilon"))
+            reference_betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2
+            torch.testing.assert_close(scheduler.betas, reference_betas)
         # the autoencoder is exactly the stage-0 network_def
         stage0 = ConfigParser()
         stage0.read_config(str(BUNDLE_DIR / "configs" / "train_autoencoder.json"))

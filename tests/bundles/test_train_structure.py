@@ -28,7 +28,14 @@ from monai_msgldm.engines import StructureStyleEvaluator, StructureStyleTrainer
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
 from tests.bundles.test_train_autoencoder import BUNDLE_DIR, LOGGING, META, PHANTOM
 from tests.bundles.test_train_autoencoder import TINY as AUTOENCODER_TINY
-from tests.bundles.utils import assert_stage_checkpoints, assert_tensorboard_images, state_equal
+from tests.bundles.utils import (
+    assert_stage_checkpoints,
+    assert_tensorboard_images,
+    collect_outputs,
+    reference_mean_dice,
+    reference_psnr,
+    state_equal,
+)
 
 __all__: list[str] = []
 
@@ -188,12 +195,21 @@ class TestTrainStructureWorkflow(unittest.TestCase):
         parts = (out["loss_segmentation"], out["loss_style"], out["loss_structure"])
         self.assertTrue(all(math.isfinite(p) and p > 0 for p in parts))
         self.assertAlmostEqual(float(out["loss"]), 2.0 * parts[0] + 0.1 * parts[1] + 1.0 * parts[2], places=4)
-        dice = evaluator.state.metrics["val_mean_dice"]
-        self.assertTrue(0.0 <= dice <= 1.0)
-        self.assertTrue(math.isfinite(evaluator.state.metrics["val_recon_psnr"]))
+        dice, psnr = evaluator.state.metrics["val_mean_dice"], evaluator.state.metrics["val_recon_psnr"]
         # the validation slices are re-drawn with the same seed every validation: same slices, same score
+        masks, recons = (
+            collect_outputs(evaluator, ("pred", "label")),
+            collect_outputs(evaluator, ("reconstruction", "image")),
+        )
         evaluator.run()
         self.assertAlmostEqual(evaluator.state.metrics["val_mean_dice"], dice, places=5)
+        self.assertAlmostEqual(evaluator.state.metrics["val_recon_psnr"], psnr, places=4)
+        # the scores are the Dice of the thresholded segmentation (TC, WT, ET) and the PSNR (range 2) of the
+        # reconstructed modalities, over the validation slices (1 volume x 2 slices)
+        self.assertEqual((len(masks), len(recons)), (2, 2))
+        self.assertEqual(tuple(masks[0][0].shape), (3, 32, 32))
+        self.assertAlmostEqual(dice, reference_mean_dice(masks), places=5)
+        self.assertAlmostEqual(psnr, reference_psnr(recons, max_val=2.0), places=4)
         wf.finalize()
 
         # StepLR halves the rate after max(1, max_epochs // 2) epochs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import tempfile
 import unittest
 
@@ -20,7 +21,14 @@ import nibabel as nib
 import numpy as np
 from parameterized import parameterized
 
-from monai_msgldm.data.validation import InvalidCaseError, spatial_shape, validate_case
+from monai_msgldm.data.validation import (
+    InvalidCaseError,
+    MissingCaseFileError,
+    check_voxel_values,
+    grid_mismatch,
+    spatial_shape,
+    validate_case,
+)
 
 __all__: list[str] = []
 
@@ -88,6 +96,10 @@ class TestValidateCase(unittest.TestCase):
         missing = os.path.join(self.dir, "c_flair.nii.gz")
         err = self.assert_invalid({"t1": self.t1, "flair": missing}, "flair file not found", missing)
         self.assertEqual(err.paths, (missing,))
+        self.assertIsInstance(err, MissingCaseFileError)
+        self.assertIsInstance(err, FileNotFoundError)
+        copy = pickle.loads(pickle.dumps(err))  # e.g. raised in a DataLoader worker process
+        self.assertEqual((type(copy), str(copy), copy.paths), (MissingCaseFileError, str(err), err.paths))
 
     def test_folder_instead_of_file(self):
         folder = os.path.join(self.dir, "c_flair.nii.gz")
@@ -172,6 +184,66 @@ class TestValidateCase(unittest.TestCase):
             validate_case("case7", {})
         with self.assertRaisesRegex(ValueError, "affine_atol"):
             validate_case("case7", {"t1": self.t1}, affine_atol=-1)
+
+
+AFFINE = np.diag([1.0, 1.2, 2.5, 1.0])
+
+GRID_CASES = [
+    ["same", (8, 8, 8), AFFINE, None],
+    ["shape", (8, 8, 9), AFFINE, "spatial shapes differ: 't1' has (8, 8, 8), 't2' has (8, 8, 9)"],
+    ["shift_beyond_atol", (8, 8, 8), AFFINE + np.pad([[2e-3]], ((0, 3), (3, 0))), "(max abs difference 0.002 > atol"],
+    ["shift_within_atol", (8, 8, 8), AFFINE + np.pad([[5e-4]], ((0, 3), (3, 0))), None],
+    ["spacing", (8, 8, 8), np.diag([1.0, 1.2, 2.0, 1.0]), "affines differ (max abs difference 0.5 > atol 0.001)"],
+    ["affine_shape", (8, 8, 8), np.eye(3), "affines differ (shapes (4, 4) and (3, 3))"],
+    ["non_finite", (8, 8, 8), np.full((4, 4), np.nan), "affines differ (max abs difference nan"],
+    ["no_affine", (8, 8, 8), None, None],
+]
+
+
+class TestGridMismatch(unittest.TestCase):
+    @parameterized.expand(GRID_CASES)
+    def test_values(self, _, shape, affine, expected):
+        problem = grid_mismatch("'t1'", (8, 8, 8), AFFINE, "'t2'", shape, affine)
+        if expected is None:
+            self.assertIsNone(problem)
+        else:
+            self.assertIn(expected, problem)
+            if "affines" in expected:
+                self.assertTrue(problem.endswith(": 't1' and 't2'"), problem)
+
+    def test_atol(self):
+        shifted = AFFINE.copy()
+        shifted[1, 3] = 0.05
+        self.assertIsNone(grid_mismatch("a", (2, 2, 2), AFFINE, "b", (2, 2, 2), shifted, atol=0.1))
+        self.assertIn("> atol 0.01", grid_mismatch("a", (2, 2, 2), AFFINE, "b", (2, 2, 2), shifted, atol=0.01))
+        self.assertIsNone(grid_mismatch("a", (2, 2, 2), AFFINE, "b", (2, 2, 2), AFFINE, atol=0.0))
+        with self.assertRaisesRegex(ValueError, "atol >= 0"):
+            grid_mismatch("a", (2, 2, 2), AFFINE, "b", (2, 2, 2), AFFINE, atol=-1)
+
+
+VOXEL_CASES = [
+    ["nan", np.array([1.0, np.nan, 2.0]), False, "t2 file 'x_t2.nii.gz' has non-finite voxels (1 NaN, 0 Inf)"],
+    ["inf", np.array([1.0, -np.inf, np.inf]), False, "has non-finite voxels (0 NaN, 2 Inf)"],
+    ["empty", np.zeros(4, np.int16), False, "t2 file 'x_t2.nii.gz' is empty (all voxels are zero)"],
+    ["complex", np.ones(4, np.complex64), False, "non-real voxel type complex64"],
+    ["label_negative", np.array([0, -1, 2]), True, "not a label map: expected non-negative integer values"],
+    ["label_fraction", np.array([0.0, 0.5]), True, "got values in [0, 0.5]"],
+]
+
+
+class TestCheckVoxelValues(unittest.TestCase):
+    @parameterized.expand(VOXEL_CASES)
+    def test_invalid(self, _, data, is_label, expected):
+        with self.assertRaises(InvalidCaseError) as ctx:
+            check_voxel_values(data, "t2", "x_t2.nii.gz", is_label=is_label)
+        self.assertIn(expected, str(ctx.exception))
+        self.assertEqual((ctx.exception.case_id, ctx.exception.paths), (None, ("x_t2.nii.gz",)))
+
+    def test_valid_and_names(self):
+        self.assertIsNone(check_voxel_values(np.array([0.0, 1.5]), "t1"))
+        self.assertIsNone(check_voxel_values(np.zeros(4, np.uint8), "seg", is_label=True))  # no lesion
+        with self.assertRaisesRegex(InvalidCaseError, r"^case 'c1': 't1' has non-finite voxels"):
+            check_voxel_values(np.array([np.nan]), "t1", case_id="c1")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from monai.handlers import CheckpointSaver, PeakSignalToNoiseRatio, ValidationHa
 from torch.utils.data import DataLoader
 
 from monai_msgldm.engines import LatentDiffusionTrainer, SynthesisEvaluator
+from monai_msgldm.inferers import MultiContrastDiffusionInferer
 from tests.engines.test_engine_utils import make_loader, make_samples, setUpModule, tearDownModule  # noqa: F401
+from tests.inferers.test_diffusion import ddim, ddpm
 from tests.networks.nets.test_msgldm import tiny_msgldm
 
 
@@ -44,7 +46,7 @@ def make_evaluator(net, **kwargs) -> SynthesisEvaluator:
         device="cpu",
         val_data_loader=full_loader(),
         network=net,
-        num_inference_steps=3,
+        inferer=MultiContrastDiffusionInferer(ddim(), num_inference_steps=3),
         key_val_metric={
             "val_psnr": PeakSignalToNoiseRatio(max_val=2.0, output_transform=from_engine(["pred", "label"]))
         },
@@ -113,6 +115,27 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
         self.assertTrue(math.isfinite(psnr))
         self.assertEqual([o["target"] for o in evaluator.state.output], [0, 0])  # round robin: 2nd batch -> t1
 
+    def test_loss_is_the_inferer_training_path(self):
+        """One iteration's loss is loss_function(*inferer(images, network, mask)) with the trainer's mask and the
+        same random draws (noise, timesteps, posterior sample), here with a v-prediction scheduler."""
+        torch.manual_seed(0)
+        net = tiny_msgldm()
+        net.scale_factor.fill_(0.5)
+        inferer = MultiContrastDiffusionInferer(ddpm("v_prediction"))
+        trainer = LatentDiffusionTrainer(
+            "cpu", 1, make_loader(), net, torch.optim.SGD(net.unet.parameters(), 0.0), inferer=inferer, epoch_length=1
+        )
+        seen = {}
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.update(rng=torch.get_rng_state()))
+        trainer.run()
+        out = trainer.state.output[0]
+        mask = torch.stack([o["available"] for o in trainer.state.output])
+        images = torch.stack([o["image"] for o in trainer.state.output])
+        torch.set_rng_state(seen["rng"])
+        with torch.no_grad():
+            prediction, target = inferer(images, net, mask)
+        self.assertAlmostEqual(float(out["loss"]), float(torch.mean((prediction - target) ** 2)), places=6)
+
     def test_calibration_skipped_when_loaded(self):
         torch.manual_seed(0)
         net = tiny_msgldm()
@@ -134,10 +157,12 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
             LatentDiffusionTrainer("cpu", 1, make_loader(), net, torch.optim.Adam(net.unet.parameters()), ema_decay=1.5)
         with self.assertRaisesRegex(ValueError, "target"):
             make_evaluator(net, target="pd")
-        with self.assertRaisesRegex(ValueError, "num_inference_steps"):
-            SynthesisEvaluator("cpu", full_loader(), net, num_inference_steps=0)
+        with self.assertRaisesRegex(ValueError, "sample\\(\\) method"):
+            SynthesisEvaluator("cpu", full_loader(), net, inferer=torch.nn.Identity())
+        with self.assertRaisesRegex(ValueError, "MultiContrastDiffusionInferer"):
+            LatentDiffusionTrainer("cpu", 1, make_loader(), net, torch.optim.Adam(net.unet.parameters()), inferer=1)
         with self.assertRaisesRegex(ValueError, "target 't1ce'"):
-            SynthesisEvaluator("cpu", make_loader(), net, target="t1ce", num_inference_steps=1).run()
+            SynthesisEvaluator("cpu", make_loader(), net, MultiContrastDiffusionInferer(ddim(), 1), target="t1ce").run()
 
 
 class TestSynthesisEvaluator(unittest.TestCase):
@@ -156,9 +181,16 @@ class TestSynthesisEvaluator(unittest.TestCase):
         torch.testing.assert_close(torch.stack([o["label"] for o in out]), batch["image"][:, 3:4])
         self.assertTrue(all(o["available"].tolist() == [True, True, True, False] for o in out))
         # the prediction is the model's synthesis with the seeded noise, clipped to [-1, 1]
-        expected = net.synthesize(
-            batch["image"], torch.tensor([[True, True, True, False]] * 2), 3, generator=torch.Generator().manual_seed(3)
-        )[:, 3:4].clamp(-1, 1)
+        expected = (
+            MultiContrastDiffusionInferer(ddim(), 3)
+            .sample(
+                batch["image"],
+                net,
+                torch.tensor([[True, True, True, False]] * 2),
+                generator=torch.Generator().manual_seed(3),
+            )[:, 3:4]
+            .clamp(-1, 1)
+        )
         torch.testing.assert_close(torch.stack([o["pred"] for o in out]), expected)
         # and the key metric is the mean PSNR (max_val 2) over every sample of the (second) run
         pred = torch.stack([o["pred"] for out in outputs[-2:] for o in out])

@@ -116,7 +116,7 @@ class TestPrepareAndKL(unittest.TestCase):
         _, seg, (available,), _ = PrepareMultiModalBatch()({"image": torch.zeros(3, 4, 8, 8)})
         self.assertIsNone(seg)
         self.assertTrue(bool(available.all()))
-        with self.assertRaisesRegex(ValueError, "'available' of shape"):
+        with self.assertRaisesRegex(ValueError, "'available' expects available of shape"):
             PrepareMultiModalBatch()({"image": torch.zeros(3, 4, 8, 8), "available": torch.ones(3, 2)})
         with self.assertRaisesRegex(ValueError, "key 'image'"):
             PrepareMultiModalBatch()({"img": torch.zeros(3, 4, 8, 8)})

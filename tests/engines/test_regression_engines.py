@@ -21,6 +21,7 @@ from monai.handlers import PeakSignalToNoiseRatio, ValidationHandler, from_engin
 from torch.utils.data import DataLoader
 
 from monai_msgldm.engines import RegressionSynthesisTrainer, SynthesisEvaluator
+from monai_msgldm.inferers import RegressionSynthesisInferer
 from tests.engines.test_engine_utils import DATA_AVAILABLE, make_loader, make_samples, setUpModule, tearDownModule  # noqa: F401
 from tests.networks.nets.test_regression import tiny_regression
 
@@ -44,7 +45,7 @@ def make_evaluator(net, **kwargs) -> SynthesisEvaluator:
         device="cpu",
         val_data_loader=full_loader(),
         network=net,
-        num_inference_steps=3,
+        inferer=RegressionSynthesisInferer(),
         key_val_metric={
             "val_psnr": PeakSignalToNoiseRatio(max_val=2.0, output_transform=from_engine(["pred", "label"]))
         },

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import copy
 import unittest
 
 import numpy as np
 import scipy.fft
 import torch
+from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.losses import SSIMLoss
@@ -98,9 +100,19 @@ class TestFrequencySSIMLoss(unittest.TestCase):
             pred, target = torch.randn(2, 2, 12, 12, generator=gen), torch.randn(2, 2, 12, 12, generator=gen)
             out = FrequencySSIMLoss(2, win_size=5, reduction="none")(pred * 5, target)
             self.assertTrue(bool(((out >= 0) & (out <= 2)).all()))
-        # zero prediction: both SSIM factors lie in (0, 1) (the stability constants keep them positive)
+        # zero prediction: zero spectrum, so mu_x = var_x = cov = 0 and the SSIM map is the closed form
+        # c1 / (mu_y^2 + c1) * c2 / (var_y + c2) (both factors in (0, 1)), with the Gaussian window (11, 1.5)
         target = blocky_images((2, 1, 16, 16), 2)
         zero_pred = FrequencySSIMLoss(2)(torch.zeros_like(target), target).item()
+        g = np.exp(-(((np.arange(11) - 5) / 1.5) ** 2) / 2)
+        window = np.outer(g, g) / g.sum() ** 2
+        ssim = []
+        for amp in scipy_amplitude(target, 2).double().numpy()[:, 0]:
+            c1, c2 = (0.01 * (amp.max() - amp.min())) ** 2, (0.03 * (amp.max() - amp.min())) ** 2
+            patches = np.lib.stride_tricks.sliding_window_view(amp, (11, 11))
+            mu, mu2 = (patches * window).sum((-2, -1)), (patches**2 * window).sum((-2, -1))
+            ssim.append((c1 / (mu**2 + c1) * c2 / (mu2 - mu**2 + c2)).mean())
+        self.assertAlmostEqual(zero_pred, 1.0 - float(np.mean(ssim)), places=5)
         self.assertTrue(0.3 < zero_pred < 1.0, zero_pred)
         # an all-zero target: its data range is clamped to float32 eps, the constants vanish and SSIM is ~0
         self.assertAlmostEqual(FrequencySSIMLoss(2)(target, torch.zeros_like(target)).item(), 1.0, places=5)
@@ -207,11 +219,19 @@ class TestFrequencySSIMLoss(unittest.TestCase):
             loss_function=FrequencySSIMLoss(spatial_dims=2, win_size=7),
             decollate=False,
         )
+        weights = []  # the network's weights when each iteration starts
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: weights.append(copy.deepcopy(net.state_dict())))
         trainer.run()
         self.assertEqual(trainer.state.iteration, 2)
-        loss = trainer.state.output["loss"]
-        self.assertTrue(bool(torch.isfinite(loss)) and 0.0 <= loss.item() <= 2.0)
         self.assertTrue(any(not torch.equal(b, p) for b, p in zip(before, net.parameters())))
+        # the reported loss is the frequency SSIM loss of the last batch under the weights before its step
+        reference = copy.deepcopy(net)
+        reference.load_state_dict(weights[-1])
+        with torch.no_grad():
+            expected = FrequencySSIMLoss(spatial_dims=2, win_size=7)(
+                reference(torch.stack([d["image"] for d in data[2:]])), torch.stack([d["label"] for d in data[2:]])
+            )
+        self.assertAlmostEqual(trainer.state.output["loss"].item(), expected.item(), places=6)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import copy
 import unittest
 
 import torch
+from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from parameterized import parameterized
@@ -118,11 +120,20 @@ class TestStructureAwareLoss(unittest.TestCase):
             loss_function=StructureAwareLoss(spatial_dims=2, win_size=7),
             decollate=False,
         )
+        weights = []  # the network's weights when each iteration starts
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: weights.append(copy.deepcopy(net.state_dict())))
         trainer.run()
         self.assertEqual(trainer.state.iteration, 2)
-        self.assertTrue(bool(torch.isfinite(trainer.state.output["loss"])))
-        self.assertGreater(trainer.state.output["loss"].item(), 0.0)
         self.assertTrue(any(not torch.equal(b, p) for b, p in zip(before, net.parameters())))
+        # the reported loss is the structure-aware loss of the last batch under the weights before its step
+        reference = copy.deepcopy(net)
+        reference.load_state_dict(weights[-1])
+        with torch.no_grad():
+            expected = StructureAwareLoss(spatial_dims=2, win_size=7)(
+                reference(torch.stack([d["image"] for d in data[2:]])), torch.stack([d["label"] for d in data[2:]])
+            )
+        self.assertGreater(expected.item(), 0.0)
+        self.assertAlmostEqual(trainer.state.output["loss"].item(), expected.item(), places=6)
 
 
 if __name__ == "__main__":

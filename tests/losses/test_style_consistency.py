@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import unittest
 
@@ -211,9 +212,26 @@ class TestStyleConsistencyLoss(unittest.TestCase):
         trainer.add_event_handler(
             Events.ITERATION_COMPLETED, lambda engine: losses.append(engine.state.output["loss"].item())
         )
+        states = []  # the network's and the loss's (temperature) parameters when each iteration starts
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED,
+            lambda engine: states.append((copy.deepcopy(net.state_dict()), copy.deepcopy(loss_fn.state_dict()))),
+        )
         trainer.run()
         self.assertEqual(len(losses), 2)
-        self.assertTrue(all(math.isfinite(v) and v > 0 for v in losses))
+        # each reported loss is the loss of its batch under the parameters before its step
+        for i, (net_state, loss_state) in enumerate(states):
+            ref_net, ref_loss = TinyStyleNet(), StyleConsistencyLoss(learnable_temperature=True)
+            ref_net.load_state_dict(net_state)
+            ref_loss.load_state_dict(loss_state)
+            batch_data = data[i * batch : (i + 1) * batch]
+            with torch.no_grad():
+                expected = ref_loss(
+                    ref_net(torch.stack([d["image"] for d in batch_data])),
+                    torch.stack([d["label"] for d in batch_data]),
+                )
+            self.assertGreater(expected.item(), 0.0)
+            self.assertAlmostEqual(losses[i], expected.item(), places=5)
         self.assertTrue(any(not torch.equal(b, p) for b, p in zip(before, net.parameters())))
         self.assertFalse(torch.equal(loss_fn.log_scale.detach(), scale_before))
 

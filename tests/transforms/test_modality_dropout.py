@@ -250,5 +250,19 @@ class TestApplyModalityMask(unittest.TestCase):
             as_availability_mask([1, 0, 1], 4)
 
 
+class TestDrawMask(unittest.TestCase):
+    def test_draw_mask_is_the_mask_call_applies(self):
+        """The mask-only draw consumes the same random numbers and gives the same mask as a call on an image."""
+        for seed in range(20):
+            available = np.array([True, seed % 3 != 0, True, seed % 2 == 0])
+            img = torch.rand(4, 8, 8)
+            _, expected = RandModalityDropout(min_available=1).set_random_state(seed)(img, available)
+            drawn = RandModalityDropout(min_available=1).set_random_state(seed).draw_mask(available)
+            np.testing.assert_array_equal(drawn, expected.numpy())
+            self.assertTrue(drawn.any() and not (drawn & ~available).any())
+        with self.assertRaisesRegex(ValueError, "at least one available"):
+            RandModalityDropout().draw_mask(np.zeros(4, dtype=bool))
+
+
 if __name__ == "__main__":
     unittest.main()

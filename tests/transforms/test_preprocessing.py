@@ -155,15 +155,38 @@ class TestBratsPreprocessing(unittest.TestCase):
         os.makedirs(folder, exist_ok=True)
         files = dict(self.cases["brats2020"])
         files["t2"] = _save(_intensity(2)[:, :, :-1], os.path.join(folder, "t2_short.nii.gz"))
-        self.assertCauseRaises("'t1' and 't2'.*spatial shape", files)
+        self.assertCauseRaises(
+            r"spatial shapes differ: 't1' .* has \(40, 36, 20\), 't2' \('.*t2_short.nii.gz'\)", files
+        )
         shifted = AFFINE.copy()
         shifted[2, 3] += 1.0
         files = dict(self.cases["brats2020"])
         files["flair"] = _save(_intensity(3), os.path.join(folder, "flair_shifted.nii.gz"), shifted)
-        self.assertCauseRaises("'t1' and 'flair'.*affine", files)
+        self.assertCauseRaises(
+            r"affines differ \(max abs difference 1 > .*'t1' .* and 'flair' \('.*flair_shifted", files
+        )
         files = dict(self.cases["brats2020"])
         files["seg"] = _save(_labels(4), os.path.join(folder, "seg_shifted.nii.gz"), shifted)
-        self.assertCauseRaises("'t1' and 'seg'.*affine", files)
+        self.assertCauseRaises(r"affines differ .*'t1' .* and 'seg' \('.*seg_shifted.nii.gz'\)", files)
+
+    @parameterized.expand(
+        [
+            ("nan", np.nan, "t1ce", r"t1ce file '.*t1ce_nan.nii.gz' has non-finite voxels \(1 NaN, 0 Inf\)"),
+            ("inf", np.inf, "flair", r"flair file '.*flair_inf.nii.gz' has non-finite voxels \(0 NaN, 1 Inf\)"),
+            ("empty", None, "t2", r"t2 file '.*t2_empty.nii.gz' is empty \(all voxels are zero\)"),
+        ]
+    )
+    def test_bad_voxels_raise_naming_the_file(self, name, value, modality, regex):
+        folder = os.path.join(self._tmp.name, "voxels")
+        os.makedirs(folder, exist_ok=True)
+        data = _intensity(MODALITIES.index(modality))
+        if value is None:
+            data[:] = 0.0
+        else:
+            data[3, 4, 5] = value
+        files = dict(self.cases["brats2020"])
+        files[modality] = _save(data, os.path.join(folder, f"{modality}_{name}.nii.gz"))
+        self.assertCauseRaises(regex, files)
 
     @parameterized.expand([("brats2020", None), ("brats2023", "t1")])
     def test_inversion(self, naming, missing):

@@ -84,13 +84,20 @@ class TestStackModalitiesd(unittest.TestCase):
 
     def test_shape_mismatch_names_both_keys(self):
         data = {"t1": _modality(0.0), "t2": _modality(0.0, shape=(1, 6, 5, 5))}
-        with self.assertRaisesRegex(ValueError, "'t1' and 't2'.*spatial shape"):
+        with self.assertRaisesRegex(
+            ValueError, r"one voxel grid.*spatial shapes differ: 't1' has \(6, 5, 4\), 't2' has"
+        ):
             StackModalitiesd()(data)
+        named = {"t1": _modality(0.0, name="/d/c_t1.nii.gz"), "t2": _modality(0.0, shape=(1, 6, 5, 5), name="/d/t2")}
+        with self.assertRaisesRegex(ValueError, r"'t1' \('/d/c_t1.nii.gz'\) has .*'t2' \('/d/t2'\) has \(6, 5, 5\)"):
+            StackModalitiesd()(named)
 
     def test_affine_mismatch_names_both_keys(self):
         shifted = AFFINE.clone()
         shifted[0, 3] += 0.5
-        with self.assertRaisesRegex(ValueError, "'t1ce' and 'flair'.*affine"):
+        with self.assertRaisesRegex(
+            ValueError, r"affines differ \(max abs difference 0.5 > atol 0.0001\): 't1ce' and 'flair'"
+        ):
             StackModalitiesd()({"t1ce": _modality(0.0), "flair": _modality(0.0, affine=shifted)})
         nearly = AFFINE.clone()
         nearly[0, 3] += 1e-5
@@ -99,7 +106,7 @@ class TestStackModalitiesd(unittest.TestCase):
 
     def test_check_keys(self):
         seg = _modality(0.0, shape=(1, 6, 5, 3))
-        with self.assertRaisesRegex(ValueError, "'t1' and 'seg'"):
+        with self.assertRaisesRegex(ValueError, "'t1' has .*'seg' has"):
             StackModalitiesd(check_keys="seg")({"t1": _modality(0.0), "seg": seg})
         StackModalitiesd()({"t1": _modality(0.0), "seg": seg})  # not checked unless asked
 

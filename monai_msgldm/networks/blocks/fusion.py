@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
 
+from monai_msgldm.utils.availability import check_availability_shape
+
 
 class MultimodalStructureFusion(nn.Module):
     """
@@ -126,25 +128,16 @@ class MultimodalStructureFusion(nn.Module):
             raise ValueError(
                 f"{name} expects features of shape (B, {m}, {c}, <{sd} spatial>), got {list(features.shape)}."
             )
-        batch = features.shape[0]
-        if tuple(available.shape) != (batch, m):
-            raise ValueError(f"{name} expects available of shape ({batch}, {m}), got {list(available.shape)}.")
-        if available.dtype != torch.bool:
-            if not bool(((available == 0) | (available == 1)).all()):
-                raise ValueError(f"{name} expects available to be a boolean (or 0/1) mask, got other values.")
-            available = available != 0
-        available = available.to(features.device)
-        empty = ~available.any(dim=1)
-        if bool(empty.any()):
-            rows = torch.nonzero(empty).flatten().tolist()
-            raise ValueError(f"{name} expects every row of available to have at least one True, got none in {rows}.")
+        check_availability_shape(available, features.shape[0], m, name)
         return available
 
     def forward(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """
         Args:
             features: per-modality features ``(B, M, C, *spatial)``.
-            available: availability mask ``(B, M)``, bool (or 0/1); every row needs at least one ``True``.
+            available: availability mask ``(B, M)`` bool, every row with at least one ``True`` (validated once
+                where it enters the model, :py:func:`monai_msgldm.utils.validate_availability`; only its shape and
+                dtype are checked here).
 
         Returns:
             fused map ``(B, out_channels, *spatial)``.

@@ -27,6 +27,7 @@ from monai_msgldm.networks.nets.latent_diffusion import (
 )
 from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
 from monai_msgldm.networks.nets.structure_style_net import StructureStyleNet
+from monai_msgldm.utils.availability import check_availability_shape
 
 __all__ = ["MSGLDM", "resize_to_grid"]
 
@@ -59,12 +60,10 @@ class MSGLDM(MultiContrastLDM):
     - ``unet``: a MONAI ``DiffusionModelUNet`` (stage 2) that denoises the joint latent with ``F_s`` (resized to
       the latent grid when needed) concatenated on the channel axis.
 
-    The joint latent, the stage-2 loss and DDIM sampling come from :py:class:`MultiContrastLDM`; the condition is
-    ``F_s`` (:py:meth:`encode_structure`). ``forward(x, timesteps, context=None)`` is the diffusion network call (``x`` already holds the concatenated
-    ``[noisy latent, F_s]``) so this module can be handed as ``diffusion_model`` to MONAI's diffusion inferers
-    with ``mode="concat"`` (``self.autoencoder`` is a valid ``autoencoder_model`` for ``LatentDiffusionInferer``)
-    — for training (:py:meth:`diffusion_loss`), for sampling (:py:meth:`synthesize`) and under
-    ``DistributedDataParallel``.
+    The joint latent, the autoencoder calls and the denoiser call come from :py:class:`MultiContrastLDM`; the
+    condition is ``F_s`` (:py:meth:`encode_structure`). The module computes and owns no scheduler, no autocast and
+    no sampling loop: :py:class:`monai_msgldm.inferers.MultiContrastDiffusionInferer` trains it (stage-2 loss) and
+    samples it with the scheduler given in the bundle config.
 
     Args:
         spatial_dims: 2 (axial slices, the paper's setting) or 3.
@@ -76,16 +75,18 @@ class MSGLDM(MultiContrastLDM):
             ``M * latent_channels`` output channels; default: channels (128, 128, 256), attention at the two lower
             levels, 32 channels per head, 1 residual block.
         scale_factor: latent scaling applied before diffusion (see :py:meth:`calibrate_scale_factor`).
-        num_train_timesteps, schedule, beta_start, beta_end: the noise schedule (paper: 1000 steps,
-            ``scaled_linear_beta`` from 0.0015 to 0.0195).
-        prediction_type: what the UNet predicts, ``"epsilon"`` (paper) or ``"v_prediction"``.
 
     Example::
+
+        from monai.networks.schedulers import DDIMScheduler
+        from monai_msgldm.inferers import MultiContrastDiffusionInferer
 
         net = MSGLDM(spatial_dims=2)
         images = torch.randn(1, 4, 192, 192)
         available = torch.tensor([[True, True, True, False]])
-        out = net.synthesize(images, available, num_inference_steps=50)  # (1, 4, 192, 192)
+        scheduler = DDIMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
+        inferer = MultiContrastDiffusionInferer(scheduler, num_inference_steps=50)
+        out = inferer.sample(images, net, available)  # (1, 4, 192, 192), FLAIR synthesized
     """
 
     def __init__(
@@ -96,11 +97,6 @@ class MSGLDM(MultiContrastLDM):
         structure_net: StructureStyleNet | None = None,
         unet: DiffusionModelUNet | None = None,
         scale_factor: float = 1.0,
-        num_train_timesteps: int = 1000,
-        schedule: str = "scaled_linear_beta",
-        beta_start: float = 0.0015,
-        beta_end: float = 0.0195,
-        prediction_type: str = "epsilon",
     ) -> None:
         if structure_net is None:
             # 3 segmentation channels: tumour core, whole tumour, enhancing (what the BraTS preprocessing produces)
@@ -125,11 +121,6 @@ class MSGLDM(MultiContrastLDM):
             unet=unet,
             condition_channels=structure_channels,
             scale_factor=scale_factor,
-            num_train_timesteps=num_train_timesteps,
-            schedule=schedule,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            prediction_type=prediction_type,
         )
         self.structure_net = structure_net
         self.structure_channels = structure_channels
@@ -147,11 +138,17 @@ class MSGLDM(MultiContrastLDM):
         """The structure condition ``F_s`` on the latent grid: ``(B, M, *S) -> (B, structure_channels, *S/f)``.
 
         Absent modalities are zeroed before the structure branch, so they cannot leak into ``F_s``.
+
+        Args:
+            images: ``(B, M, *S)``; the content of absent modalities is ignored.
+            available: ``(B, M)`` bool, validated by the caller (only its shape and dtype are checked here).
         """
-        available = self._check_inputs(images, available)
-        mask = available.view(*available.shape, *([1] * self.spatial_dims)).to(images.dtype)
-        structure = self.structure_net.encode_structure(images * mask, available)
-        return resize_to_grid(structure, self.autoencoder.latent_shape(images.shape[2:]))
+        grid = self.check_images(images)
+        check_availability_shape(available, images.shape[0], self.num_modalities, "MSGLDM")
+        keep = available.view(*available.shape, *([1] * self.spatial_dims))
+        zeroed = torch.where(keep, images, torch.zeros((), dtype=images.dtype, device=images.device))
+        structure = self.structure_net.encode_structure(zeroed, available)
+        return resize_to_grid(structure, grid)
 
     def condition(
         self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None

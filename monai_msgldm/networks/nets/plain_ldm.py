@@ -22,6 +22,7 @@ from monai_msgldm.networks.nets.latent_diffusion import (
     default_diffusion_unet,
 )
 from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
+from monai_msgldm.utils.availability import check_availability_shape
 
 __all__ = ["PlainConditionalLDM"]
 
@@ -34,8 +35,9 @@ class PlainConditionalLDM(MultiContrastLDM):
     The condition is ``cat([z * a, a])``: the scaled joint latent ``z`` ``(B, M * latent_channels, *L)`` with the
     channels of absent contrasts set to zero, and the availability mask ``a`` broadcast to ``(B, M, *L)`` (so that a
     zero latent and an absent contrast can be told apart). The UNet therefore has ``2 * M * latent_channels + M``
-    input channels. Same autoencoder, schedule, loss and sampler as :py:class:`~monai_msgldm.networks.nets.MSGLDM`
-    (:py:class:`MultiContrastLDM`); in stage 2 only the UNet is trained.
+    input channels. Same autoencoder as :py:class:`~monai_msgldm.networks.nets.MSGLDM` (:py:class:`MultiContrastLDM`),
+    trained and sampled by the same :py:class:`monai_msgldm.inferers.MultiContrastDiffusionInferer`; in stage 2 only
+    the UNet is trained.
 
     Args:
         spatial_dims: 2 (slices) or 3.
@@ -43,14 +45,15 @@ class PlainConditionalLDM(MultiContrastLDM):
         autoencoder: a single-channel MONAI ``AutoencoderKL`` (or ``VQVAE``); default: factor 8, 4 latent channels.
         unet: a ``DiffusionModelUNet`` with ``2 * M * latent_channels + M`` input and ``M * latent_channels`` output
             channels; default: the MSG-LDM UNet sizes (128, 128, 256), attention at the two lower levels.
-        scale_factor, num_train_timesteps, schedule, beta_start, beta_end, prediction_type: see
-            :py:class:`MultiContrastLDM`.
+        scale_factor: see :py:class:`MultiContrastLDM`.
 
     Example::
 
         net = PlainConditionalLDM(spatial_dims=2)
         images = torch.randn(1, 4, 192, 192)
-        out = net.synthesize(images, torch.tensor([[True, True, True, False]]), num_inference_steps=50)
+        inferer = MultiContrastDiffusionInferer(DDIMScheduler(1000, schedule="scaled_linear_beta",
+                                                              beta_start=0.0015, beta_end=0.0195), 50)
+        out = inferer.sample(images, net, torch.tensor([[True, True, True, False]]))
     """
 
     def __init__(
@@ -60,11 +63,6 @@ class PlainConditionalLDM(MultiContrastLDM):
         autoencoder: nn.Module | None = None,
         unet: DiffusionModelUNet | None = None,
         scale_factor: float = 1.0,
-        num_train_timesteps: int = 1000,
-        schedule: str = "scaled_linear_beta",
-        beta_start: float = 0.0015,
-        beta_end: float = 0.0195,
-        prediction_type: str = "epsilon",
     ) -> None:
         if autoencoder is None:
             autoencoder = default_contrast_autoencoder(spatial_dims)
@@ -78,11 +76,6 @@ class PlainConditionalLDM(MultiContrastLDM):
             unet=unet,
             condition_channels=latent_ch + num_modalities,
             scale_factor=scale_factor,
-            num_train_timesteps=num_train_timesteps,
-            schedule=schedule,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            prediction_type=prediction_type,
         )
 
     def condition(
@@ -92,12 +85,12 @@ class PlainConditionalLDM(MultiContrastLDM):
 
         Args:
             images: ``(B, M, *S)``; channels of absent modalities are ignored.
-            available: ``(B, M)`` bool.
+            available: ``(B, M)`` bool, validated by the caller (only its shape and dtype are checked here).
             latents: the scaled joint latent of ``images`` (training passes the sampled one it diffuses); None:
                 the posterior mean of the available contrasts (deterministic, as at inference).
         """
-        available = self._check_inputs(images, available)
-        grid = self.autoencoder.latent_shape(images.shape[2:])
+        grid = self.check_images(images)
+        check_availability_shape(available, images.shape[0], self.num_modalities, "PlainConditionalLDM")
         b, m, c = images.shape[0], self.num_modalities, self.autoencoder.latent_channels
         if latents is None:  # encode only the contrasts available in some sample of the batch
             present = torch.nonzero(available.any(dim=0)).flatten().tolist()
@@ -105,6 +98,7 @@ class PlainConditionalLDM(MultiContrastLDM):
             z = self.autoencoder.encode_mean_of(images[:, present]) * self.scale_factor
             per_modality[:, present] = z.reshape(b, len(present), c, *grid)
             latents = per_modality.reshape(b, m * c, *grid)
-        mask = available.to(latents.dtype).view(b, m, *([1] * self.spatial_dims))
-        masked = (latents.reshape(b, m, c, *grid) * mask.unsqueeze(2)).reshape(b, m * c, *grid)
-        return torch.cat([masked, mask.expand(b, m, *grid)], dim=1)
+        keep = available.view(b, m, 1, *([1] * self.spatial_dims))
+        masked = torch.where(keep, latents.reshape(b, m, c, *grid), torch.zeros((), dtype=latents.dtype))
+        mask = available.to(latents.dtype).view(b, m, *([1] * self.spatial_dims)).expand(b, m, *grid)
+        return torch.cat([masked.reshape(b, m * c, *grid), mask], dim=1)

@@ -14,12 +14,13 @@ the adversarial term)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn as nn
 from monai.networks.nets import BasicUNet
+
+from monai_msgldm.utils.availability import check_availability_shape
 
 __all__ = ["RegressionSynthesisNet"]
 
@@ -34,15 +35,16 @@ class RegressionSynthesisNet(nn.Module):
     broadcast to ``(B, M, *S)`` (so that a zero image and an absent contrast can be told apart). The output
     ``(B, M, *S)`` predicts every contrast, with no final activation.
 
-    :py:meth:`synthesize` has the call signature of ``MSGLDM.synthesize``, so the model can be used wherever MSG-LDM
-    is (``ModalitySynthesisInferer``, ``SynthesisEvaluator``, the bundle's inference and evaluation); it is
-    deterministic (one forward pass), the sampling arguments are accepted and ignored.
+    :py:class:`monai_msgldm.inferers.RegressionSynthesisInferer` runs it wherever a sampling inferer is expected
+    (``ModalitySynthesisInferer``, ``SynthesisEvaluator``, the bundle's inference and evaluation): one forward pass,
+    the given contrasts kept as they are.
 
     Shapes:
         - ``images``: ``(B, M, *S)`` in [-1, 1], ``S`` of ``spatial_dims`` sizes, each divisible by
           :py:attr:`size_divisor` (16). With an instance norm (the default) the bottleneck must hold more than one
           voxel, i.e. ``S`` must not be all 16 (e.g. 32 x 32 or 16 x 32 are fine, 16 x 16 is not).
-        - ``available``: ``(B, M)`` bool, at least one True per row.
+        - ``available``: ``(B, M)`` bool, at least one True per row (validated by the caller: the inferer or the
+          trainer; only its shape and dtype are checked here).
         - output: ``(B, M, *S)``.
 
     Args:
@@ -61,7 +63,7 @@ class RegressionSynthesisNet(nn.Module):
         images = torch.randn(2, 4, 192, 192)
         available = torch.tensor([[True, True, True, False], [False, True, True, True]])
         prediction = net(images, available)  # (2, 4, 192, 192), all contrasts
-        output = net.synthesize(images, available)  # available channels as given, missing ones predicted
+        output = RegressionSynthesisInferer().sample(images, net, available)  # given channels kept, missing predicted
     """
 
     def __init__(
@@ -116,14 +118,7 @@ class RegressionSynthesisNet(nn.Module):
                 f"{name} expects images of shape (B, {self.num_modalities}, *{self.spatial_dims}D spatial), "
                 f"got {tuple(images.shape)}."
             )
-        available = torch.as_tensor(available)
-        if tuple(available.shape) != tuple(images.shape[:2]):
-            raise ValueError(
-                f"{name} expects available of shape {tuple(images.shape[:2])} (B, M), got {tuple(available.shape)}."
-            )
-        available = available.to(device=images.device, dtype=torch.bool)
-        if not bool(available.any(dim=1).all()):
-            raise ValueError(f"{name} expects available to have at least one True (available modality) per row.")
+        check_availability_shape(available, images.shape[0], self.num_modalities, name)
         bad = [s for s in images.shape[2:] if s % self.size_divisor]
         if bad:
             raise ValueError(
@@ -146,41 +141,3 @@ class RegressionSynthesisNet(nn.Module):
         mask = available.view(*available.shape, *([1] * self.spatial_dims)).expand_as(images)
         x = torch.cat([torch.where(mask, images, torch.zeros_like(images)), mask.to(images.dtype)], dim=1)
         return self.net(x)
-
-    @torch.no_grad()
-    def synthesize(
-        self,
-        images: torch.Tensor,
-        available: torch.Tensor,
-        num_inference_steps: int | None = None,
-        scheduler: Any = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        amp: bool = True,
-        verbose: bool = False,
-    ) -> torch.Tensor:
-        """Synthesize the missing contrasts; same call signature as ``MSGLDM.synthesize``.
-
-        Deterministic: one forward pass. ``num_inference_steps``, ``scheduler``, ``noise``, ``generator`` and
-        ``verbose`` are accepted (so that samplers' callers can run this model) and ignored.
-
-        Args:
-            images: ``(B, M, *S)`` in [-1, 1]; channels of absent contrasts are ignored (any value).
-            available: ``(B, M)`` bool availability mask, at least one True per row.
-            amp: use autocast (bfloat16) on CUDA; ignored on CPU.
-
-        Returns:
-            ``(B, M, *S)``: every contrast; available ones exactly as given, missing ones predicted and clamped to
-            [-1, 1].
-        """
-        available = self._check_inputs(images, available)
-        output = images.clone()
-        if bool(available.all()):
-            return output
-        use_amp = amp and images.device.type == "cuda"
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-        with ctx:
-            prediction = self(images, available)
-        prediction = prediction.to(images.dtype).clamp(-1.0, 1.0)
-        keep = available.view(*available.shape, *([1] * self.spatial_dims))
-        return torch.where(keep, output, prediction)

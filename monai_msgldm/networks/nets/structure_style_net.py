@@ -23,6 +23,7 @@ from monai_msgldm.networks.blocks import MultimodalStructureFusion, MultiscaleSt
 from monai_msgldm.networks.nets.decoders import ReconstructionDecoder, SegmentationDecoder
 from monai_msgldm.networks.nets.structure_encoder import StructureEncoder
 from monai_msgldm.networks.nets.style_encoder import StyleEncoder
+from monai_msgldm.utils.availability import check_availability_shape
 
 __all__ = ["StructureStyleNet"]
 
@@ -260,20 +261,7 @@ class StructureStyleNet(nn.Module):
             )
 
     def _check_available(self, available: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        expected = [images.shape[0], self.num_modalities]
-        if list(available.shape) != expected:
-            raise ValueError(f"StructureStyleNet expects available of shape {expected}, got {list(available.shape)}.")
-        if available.dtype != torch.bool:
-            if not bool(((available == 0) | (available == 1)).all()):
-                raise ValueError("StructureStyleNet expects available to be a boolean (or 0/1) mask, got other values.")
-            available = available != 0
-        available = available.to(images.device)
-        empty = ~available.any(dim=1)
-        if bool(empty.any()):
-            rows = torch.nonzero(empty).flatten().tolist()
-            raise ValueError(
-                f"StructureStyleNet expects every row of available to have at least one True, got none in rows {rows}."
-            )
+        check_availability_shape(available, images.shape[0], self.num_modalities, "StructureStyleNet")
         return available
 
     def _modality(self, images: torch.Tensor, m: int) -> torch.Tensor:
@@ -308,7 +296,8 @@ class StructureStyleNet(nn.Module):
 
         Args:
             images: ``(B, M * in_channels, *S)``, absent modalities' content is ignored.
-            available: ``(B, M)`` bool (or 0/1) availability mask, at least one True per row.
+            available: ``(B, M)`` bool availability mask, at least one True per row (validated where it enters
+                the model; only its shape and dtype are checked here).
 
         Returns:
             ``F_s`` of shape ``(B, structure_channels[-1], *(S / prod(strides)))``.
@@ -351,7 +340,8 @@ class StructureStyleNet(nn.Module):
         Args:
             images: ``(B, M * in_channels, *S)`` (``(B, M, *S)`` for single-channel modalities), every spatial size
                 divisible by ``prod(strides)``.
-            available: ``(B, M)`` bool (or 0/1) availability mask, at least one True per row.
+            available: ``(B, M)`` bool availability mask, at least one True per row (validated where it enters
+                the model; only its shape and dtype are checked here).
 
         Returns:
             a dict with ``"structure"``: ``F_s`` ``(B, structure_channels[-1], *S_top)``; ``"fused"``: the ``L``

@@ -277,7 +277,7 @@ class TestMONAILabelServer(unittest.TestCase):
             ("unknown study", "NoSuchStudy", None, 404, "no study 'NoSuchStudy'"),
             ("unknown modality", 0, {"target": "pd"}, 400, "unknown target modality"),
             ("nothing missing", 1, None, 400, "name the modality to synthesize"),
-            ("NaN voxels", "ZZ_nan", None, 422, "NaN voxels"),
+            ("NaN voxels", "ZZ_nan", None, 422, "non-finite voxels (1 NaN, 0 Inf)"),
         ]
     )
     def test_bad_requests_get_4xx_and_server_keeps_serving(self, _, study, params, status, message):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from parameterized import parameterized
 
 from monai_msgldm.networks.blocks import MultimodalStructureFusion
+from monai_msgldm.utils import strict_availability_checks
 
 M, C = 4, 3
 SUBSETS = [s for s in itertools.product([False, True], repeat=M) if any(s)]  # the 15 non-empty subsets
@@ -131,13 +132,15 @@ class TestMultimodalStructureFusion(unittest.TestCase):
         self.assertTrue(torch.equal(grad[~available], torch.zeros_like(grad[~available])))
         self.assertTrue((grad[available].flatten(1).abs().sum(1) > 0).all())
 
-    def test_float_mask_and_3d(self):
+    def test_mask_is_validated_at_the_boundary_not_here(self):
+        """Behind the model boundary the block takes a bool mask (checked by shape and dtype only: no host sync);
+        a float mask is refused rather than silently read one way or another."""
         block = MultimodalStructureFusion(3, C, M, out_channels=4)
         feats = torch.randn(2, M, C, 4, 4, 4)
-        mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
-        out = block(feats, mask)
-        self.assertEqual(out.shape, (2, 4, 4, 4, 4))
-        torch.testing.assert_close(out, block(feats, mask.bool()))
+        mask = torch.tensor([[True, False, False, True], [False, True, True, True]])
+        self.assertEqual(block(feats, mask).shape, (2, 4, 4, 4, 4))
+        with self.assertRaisesRegex(ValueError, "bool tensor"):
+            block(feats, mask.float())
 
     @parameterized.expand(
         [
@@ -166,9 +169,9 @@ class TestMultimodalStructureFusion(unittest.TestCase):
             block(torch.randn(2, M, C, 6, 6), torch.ones(3, M, dtype=torch.bool))
         with self.assertRaisesRegex(ValueError, r"available of shape \(2, 4\)"):
             block(torch.randn(2, M, C, 6, 6), torch.ones(2, M, 1, dtype=torch.bool))
-        with self.assertRaisesRegex(ValueError, "available"):
+        with strict_availability_checks(), self.assertRaisesRegex(ValueError, "none in batch rows \\[1\\]"):
             block(torch.randn(2, M, C, 6, 6), torch.tensor([[True] * M, [False] * M]))
-        with self.assertRaisesRegex(ValueError, "available"):
+        with self.assertRaisesRegex(ValueError, "bool tensor"):
             block(torch.randn(2, M, C, 6, 6), torch.full((2, M), 0.5))
 
 

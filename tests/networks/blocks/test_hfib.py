@@ -121,7 +121,7 @@ class TestHighFrequencyInjectionBlock(unittest.TestCase):
             self.assertIsNotNone(p.grad, name)
 
     def test_sigma_learns(self):
-        # fitting a blurrier target with the low-pass must move sigma upwards
+        # fitting the low-pass of a sigma = 1.5 block recovers that sigma (30 SGD steps from 0.5: within 0.1)
         block = HighFrequencyInjectionBlock(2, 1, sigma=0.5)
         target_block = HighFrequencyInjectionBlock(2, 1, sigma=1.5)
         x = torch.randn(4, 1, 16, 16)
@@ -131,7 +131,7 @@ class TestHighFrequencyInjectionBlock(unittest.TestCase):
             opt.zero_grad()
             torch.nn.functional.mse_loss(block.low_pass(x), target).backward()
             opt.step()
-        self.assertGreater(float(block.sigma.detach()), 1.0)
+        self.assertAlmostEqual(float(block.sigma.detach()), 1.5, delta=0.1)
 
     def test_sigma_buffer_when_not_learnable(self):
         block = HighFrequencyInjectionBlock(2, 4, sigma=0.7, learnable_sigma=False)

@@ -69,6 +69,10 @@ class TestPlainConditionalLDM(unittest.TestCase):
             torch.all(latents[0, 3] == 0) and torch.all(latents[1, 0] == 0) and torch.all(latents[1, 2] == 0)
         )
         self.assertTrue(torch.equal(cond[:, 8:].flatten(2).amax(-1), available.float()))
+        # the present ones are the scaled posterior means of their contrasts
+        with torch.no_grad():
+            z = net.autoencoder.encode_mean(images).reshape(2, 4, 2, *grid) * net.scale_factor
+        torch.testing.assert_close(latents[available], z[available])
         # absent contrasts cannot leak into the condition
         other = images.clone()
         other[0, 3] = torch.rand(*size)
@@ -84,35 +88,14 @@ class TestPlainConditionalLDM(unittest.TestCase):
         net.condition(torch.rand(2, 4, 16, 16), available)
         self.assertEqual(seen, [2 * 2])  # t1 and t2 of both samples; t1ce and flair are absent everywhere
 
-    def test_training_step_reaches_unet_only(self):
-        net = _tiny()
-        for p in net.autoencoder.parameters():
-            p.requires_grad_(False)
-        loss = net.diffusion_loss(
-            torch.rand(2, 4, 16, 16) * 2 - 1, torch.tensor([[True] * 4, [True, False, False, False]])
-        )
-        loss.backward()
-        self.assertTrue(torch.isfinite(loss))
-        self.assertTrue(all(p.grad is not None for p in net.unet.parameters() if p.requires_grad))
-
-    def test_synthesize_keeps_available_and_is_seeded(self):
-        net = _tiny().eval()
-        images = torch.rand(2, 4, 16, 16) * 2 - 1
-        available = torch.tensor([[True, True, True, False], [True, False, True, True]])
-        a = net.synthesize(images, available, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
-        b = net.synthesize(images, available, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
-        self.assertTrue(torch.equal(a, b))
-        self.assertTrue(torch.equal(a[available], images[available]))
-        self.assertFalse(torch.equal(a[0, 3], images[0, 3]))
-
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "in_channels=20"):
             _tiny(in_extra=1)
         net = _tiny()
-        with self.assertRaisesRegex(ValueError, "at least one True"):
-            net.condition(torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, dtype=torch.bool))
+        with self.assertRaisesRegex(ValueError, "bool tensor"):
+            net.condition(torch.zeros(1, 4, 16, 16), torch.ones(1, 4))
         with self.assertRaisesRegex(ValueError, "images of shape"):
-            net.synthesize(torch.zeros(1, 3, 16, 16), torch.ones(1, 3, dtype=torch.bool))
+            net.condition(torch.zeros(1, 3, 16, 16), torch.ones(1, 3, dtype=torch.bool))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.transforms import SaveImaged
 
 from ..compat import define_torchvision_schemas
@@ -31,7 +33,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 
 from monai_msgldm.constants import MODALITIES  # noqa: E402
-from monai_msgldm.inferers.case_io import SaveSynthesizedModalitiesd  # noqa: E402
+from monai_msgldm.inferers.outputs import SaveSynthesizedModalitiesd  # noqa: E402
 
 from ..studies import StudyError, resolve_targets  # noqa: E402
 
@@ -94,6 +96,16 @@ class MSGLDMSynthesisTask(BundleInferTask):
         req["synthesis_inputs"] = list(inputs)
         req["image"] = next(iter(inputs.values()))
         return super().__call__(req, callbacks)
+
+    def inferer(self, data: Mapping[str, Any] | None = None):  # type: ignore[override]
+        """The bundle's inferer, given the study's availability mask: MONAI Label calls ``inferer(inputs, network)``
+        without the batch, so the mask the preprocessing made (``StackModalitiesd`` writes it under ``available``)
+        is bound here, as the bundle's evaluator passes it with ``PrepareBatchExtraInput``."""
+        inferer = super().inferer(data)
+        if data is None or "available" not in data:
+            return inferer
+        available = torch.as_tensor(data["available"], dtype=torch.bool).reshape(1, -1)
+        return functools.partial(inferer, available=available)
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None):  # type: ignore[override]
         targets: Sequence[str] = data["synthesize"]

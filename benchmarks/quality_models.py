@@ -1,0 +1,193 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The models the quality benchmark compares: their definitions, the shared training budget, training, loading.
+
+Every model trains through the bundle's own configs (``run_bundle_workflow``) with the demo's network sizes into
+``<work_dir>/<name>`` and is not trained again once its final checkpoint exists. See ``quality.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from common import BUNDLE, CONFIGS, preset_overrides, write_json
+
+__all__ = [
+    "BUDGET",
+    "MODELS",
+    "data_overrides",
+    "model_dir",
+    "served_checkpoint",
+    "baseline_overrides",
+    "train_model",
+    "load_model",
+    "model_sampler",
+]
+
+logger = logging.getLogger("quality")
+
+#: data and training budget shared by every model (iterations = epochs x train subjects / batch_size)
+BUDGET: dict[str, Any] = {
+    "phantom_subjects": 16,
+    "phantom_resolution": 3.0,
+    "phantom_seed": 0,
+    "val_ratio": 0.125,
+    "test_ratio": 0.25,
+    "split_seed": 0,
+    "epochs": {"autoencoder": 60, "structure": 40, "diffusion": 300},
+}
+
+#: model name -> (kind, bundle overrides); kind "msgldm" trains with train.json + demo.json
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "msgldm": ("msgldm", {}),
+    "msgldm_no_hfib": ("msgldm", {"structure_def#use_hfib": False}),
+    "msgldm_no_msse": ("msgldm", {"structure_def#use_msse": False}),
+    "msgldm_no_style_loss": ("msgldm", {"style_weight": 0.0}),
+    "msgldm_no_structure_loss": ("msgldm", {"structure_weight": 0.0}),
+    "msgldm_mean_fusion": ("msgldm", {"structure_def#use_fusion_gates": False}),
+    "plain_ldm": ("baseline_ldm", {}),
+    "regression": ("baseline_regression", {}),
+}
+
+
+def data_overrides(budget: Mapping[str, Any]) -> dict[str, Any]:
+    """The bundle overrides of the data part of ``budget`` (phantom and split; everything but the epochs)."""
+    return {k: v for k, v in budget.items() if k != "epochs"}
+
+
+def model_dir(work_dir: str | os.PathLike, name: str) -> str:
+    """Folder of one trained model: ``<work_dir>/<name>`` with ``models/`` (checkpoints) and ``eval/`` (logs)."""
+    return os.path.join(os.fspath(work_dir), name)
+
+
+def served_checkpoint(work_dir: str | os.PathLike, name: str) -> str:
+    """The final checkpoint of a model (``models/model.pt``; EMA weights for the diffusion UNets)."""
+    return os.path.join(model_dir(work_dir, name), "models", "model.pt")
+
+
+def baseline_overrides(kind: str, preset: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage-2 overrides of the demo preset that apply to a baseline overlay (network sizes it does not have are
+    dropped: no structure net for the plain LDM; the regression network has its own sizes)."""
+    drop = ("structure_def",) if kind == "baseline_ldm" else ("structure_def", "unet_def", "network_def")
+    return {k: v for k, v in preset.items() if k.replace("::", "#").split("#")[0] not in drop}
+
+
+def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any]) -> float:
+    """Train model ``name`` of :data:`MODELS` with ``budget`` into :func:`model_dir` unless its final checkpoint exists.
+
+    Returns:
+        the training wall time in seconds (0 when it was already trained).
+    """
+    from monai_msgldm.bundle import run_bundle_workflow
+
+    if name not in MODELS:
+        raise ValueError(f"train_model: unknown model {name!r}; expected one of {sorted(MODELS)}.")
+    kind, overrides = MODELS[name]
+    out = model_dir(work_dir, name)
+    if os.path.isfile(served_checkpoint(work_dir, name)):
+        logger.info(f"{name}: trained already ({served_checkpoint(work_dir, name)})")
+        return 0.0
+    ckpt_dir = os.path.join(out, "models")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    if kind != "baseline_regression" and name != "msgldm":  # the latent models share msgldm's stage-0 autoencoder
+        train_model("msgldm", work_dir, budget)
+        shutil.copyfile(
+            os.path.join(model_dir(work_dir, "msgldm"), "models", "autoencoder.pt"),
+            os.path.join(ckpt_dir, "autoencoder.pt"),
+        )
+    meta, logging_file = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
+    logger.info(f"{name}: training ({kind}, overrides {overrides})")
+    start = time.perf_counter()
+    if kind == "msgldm":
+        run_bundle_workflow(
+            [str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")],
+            meta,
+            logging_file,
+            run_id="training",
+            workflow_type="train",
+            bundle_root=str(BUNDLE),
+            demo_dir=out,
+            demo_epochs=budget["epochs"],
+            extra_overrides=overrides,
+            training=["@run_stages"],
+            **data_overrides(budget),
+        )
+    else:
+        shared, per_stage = preset_overrides("demo")
+        stage = baseline_overrides(kind, {**shared, **per_stage["diffusion"]})
+        run_bundle_workflow(
+            [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")],
+            meta,
+            logging_file,
+            run_id="training",
+            workflow_type="train",
+            **{
+                **stage,
+                **data_overrides(budget),
+                **overrides,
+                "bundle_root": str(BUNDLE),
+                "ckpt_dir": ckpt_dir,
+                "output_dir": os.path.join(out, "eval", "diffusion"),
+                "max_epochs": budget["epochs"]["diffusion"],
+                "val_interval": budget["epochs"]["diffusion"],
+            },
+        )
+    seconds = time.perf_counter() - start
+    write_json(os.path.join(out, "train_time.json"), {"seconds": seconds})
+    return seconds
+
+
+def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> Any:
+    """The trained model ``name`` (built from the bundle config it was trained with, served weights loaded)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    kind, overrides = MODELS[name]
+    shared, per_stage = preset_overrides("demo")
+    files = [str(CONFIGS / "train_diffusion.json")]
+    values = {**shared, **per_stage["diffusion"]}
+    if kind == "msgldm":
+        values.update({k: v for k, v in overrides.items() if k.replace("::", "#").startswith("structure_def#")})
+    else:
+        files.append(str(CONFIGS / f"{kind}.json"))
+        values = baseline_overrides(kind, values)
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.update({"bundle_root": str(BUNDLE), **values})
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    path = served_checkpoint(work_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_model: {name} has no trained checkpoint {path}; train it first.")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.to(device).eval()
+
+
+def model_sampler(name: str, ddim_steps: int) -> Any:
+    """The sampling inferer of model ``name``: the regression baseline's single pass, or DDIM with ``ddim_steps``
+    steps on the schedule and prediction type the model was trained with (the bundle's ``sampling_scheduler``)."""
+    from monai.bundle import ConfigParser
+
+    from monai_msgldm.inferers import MultiContrastDiffusionInferer, RegressionSynthesisInferer
+
+    kind, _ = MODELS[name]
+    if kind == "baseline_regression":
+        return RegressionSynthesisInferer(amp=False)
+    shared, per_stage = preset_overrides("demo")
+    values = {**shared, **per_stage["diffusion"]}
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train_diffusion.json"))
+    parser.update({"bundle_root": str(BUNDLE), **{k: v for k, v in values.items() if k == "prediction_type"}})
+    return MultiContrastDiffusionInferer(parser.get_parsed_content("sampling_scheduler"), ddim_steps, amp=False)

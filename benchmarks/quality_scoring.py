@@ -1,0 +1,204 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Scoring of the quality benchmark: the held-out test subjects, the metrics of every model, their summaries and the
+issue's quality targets. See ``quality.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common import BUNDLE, CONFIGS, preset_overrides
+from quality_models import data_overrides, load_model, model_sampler
+
+from monai_msgldm.constants import MODALITIES
+
+__all__ = [
+    "METRICS",
+    "test_cases",
+    "synthesis_inferer",
+    "evaluate_model",
+    "autoencoder_ceiling",
+    "steps_curve",
+    "mean_metric",
+    "summarize",
+    "target_checks",
+    "subject_name",
+]
+
+logger = logging.getLogger("quality")
+
+#: the metrics of a row of ``evaluate_synthesis``: slice PSNR and SSIM in the brain mask, 3D SSIM in the tumour
+METRICS = ("psnr", "ssim", "ssim3d_tumour")
+
+
+def test_cases(budget: Mapping[str, Any]) -> list[dict]:
+    """The preprocessed held-out test subjects of the benchmark split (64 px, with the tumour segmentation)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "evaluate.json"))
+    shared, _ = preset_overrides("demo")
+    parser.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "spatial_size": shared["spatial_size"],
+            "check_content": False,
+            "output_dir": tempfile.mkdtemp(prefix="msgldm_quality_split_"),
+            **data_overrides(budget),
+        }
+    )
+    return list(parser.get_parsed_content("dataloader"))
+
+
+def synthesis_inferer(name: str, ddim_steps: int) -> Any:
+    """The inferer model ``name`` is scored with: its sampler (:func:`quality_models.model_sampler`: DDIM with
+    ``ddim_steps`` steps on the model's schedule, or the regression's single pass), 64 slices per batch, seed 0."""
+    from monai_msgldm.inferers import ModalitySynthesisInferer
+
+    return ModalitySynthesisInferer(model_sampler(name, ddim_steps), slice_batch_size=64, seed=0, progress=False)
+
+
+def evaluate_model(
+    name: str, work_dir: str | os.PathLike, cases: Sequence[dict], scenarios: Sequence[str], ddim_steps: int
+) -> list[dict]:
+    """Rows of ``evaluate_synthesis`` (one per case x scenario x target) for one model at ``ddim_steps``."""
+    from monai_msgldm.evaluation import evaluate_synthesis
+
+    net = load_model(name, work_dir)
+    rows = evaluate_synthesis(net, synthesis_inferer(name, ddim_steps), cases, scenarios=list(scenarios), device="cpu")
+    for row in rows:
+        row.update({"model": name, "ddim_steps": ddim_steps})
+    return rows
+
+
+def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict]) -> list[dict]:
+    """What the shared stage-0 autoencoder loses alone: every contrast of every test case encoded and decoded
+    (posterior mean), scored like a 3 -> 1 synthesis of that contrast. No latent model can do better than this on
+    average, whatever its condition."""
+    import torch
+
+    from monai_msgldm.evaluation import brain_mask_from_available, masked_slice_psnr_ssim
+
+    net = load_model("msgldm", work_dir)
+    rows = []
+    for index, case in enumerate(cases):
+        truth = torch.as_tensor(case["image"]).float()  # (1, M, H, W, D)
+        slices = truth[0].permute(3, 0, 1, 2)  # (D, M, H, W)
+        with torch.no_grad():
+            recon = net.autoencoder.decode_stage_2_outputs(net.autoencoder.encode_mean(slices)).clamp(-1, 1)
+        recon = recon.permute(1, 2, 3, 0)  # (M, H, W, D)
+        for c, target in enumerate(MODALITIES):
+            flags = torch.tensor([m != c for m in range(len(MODALITIES))])
+            brain = brain_mask_from_available(truth[0], flags)
+            psnr, ssim, _ = masked_slice_psnr_ssim(recon[c], truth[0, c], brain)
+            rows.append(
+                {"model": "autoencoder_ceiling", "group": "3->1", "target": target, "case": subject_name(case, index)}
+                | {"psnr": psnr, "ssim": ssim, "ssim3d_tumour": None, "ddim_steps": None}
+            )
+    return rows
+
+
+def steps_curve(
+    models: Sequence[str],
+    work_dir: str | os.PathLike,
+    cases: Sequence[dict],
+    rows: Sequence[Mapping[str, Any]],
+    curve_steps: Sequence[int],
+    ddim_steps: int,
+) -> tuple[dict[str, dict[str, dict]], list[dict]]:
+    """Mean 3 -> 1 metrics of each of ``models`` at each of ``curve_steps`` DDIM steps.
+
+    ``rows`` already hold the scores at ``ddim_steps``; the other step counts are evaluated here.
+
+    Returns:
+        ``(curve, new_rows)``: model -> ``str(steps)`` -> metric -> mean; the rows of the new evaluations.
+    """
+    curve: dict[str, dict[str, dict]] = {}
+    new_rows: list[dict] = []
+    for name in models:
+        for steps in curve_steps:
+            if steps == ddim_steps:
+                chosen = [r for r in rows if r["model"] == name and r["group"] == "3->1" and r["ddim_steps"] == steps]
+            else:
+                chosen = evaluate_model(name, work_dir, cases, ["3->1"], steps)
+                new_rows += chosen
+            curve.setdefault(name, {})[str(steps)] = {m: mean_metric(chosen, m) for m in METRICS}
+            logger.info(f"{name} at {steps} steps: {curve[name][str(steps)]}")
+    return curve, new_rows
+
+
+def mean_metric(rows: Sequence[Mapping[str, Any]], metric: str) -> float | None:
+    """Mean of the finite values of ``metric`` over ``rows`` (None when there is none)."""
+    values = [r[metric] for r in rows if r.get(metric) is not None and math.isfinite(r[metric])]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per model and scenario group: mean PSNR / SSIM / tumour SSIM per target and over all targets."""
+    out: dict[str, Any] = {}
+    for row in rows:
+        out.setdefault(row["model"], {}).setdefault(row["group"], [])
+    for model, groups in out.items():
+        for group in list(groups):
+            members = [r for r in rows if r["model"] == model and r["group"] == group]
+            targets = sorted({r["target"] for r in members}, key=MODALITIES.index)
+            groups[group] = {
+                "targets": {
+                    t: {m: mean_metric([r for r in members if r["target"] == t], m) for m in METRICS} for t in targets
+                },
+                "mean": {m: mean_metric(members, m) for m in METRICS},
+            }
+    return out
+
+
+def target_checks(summary: Mapping[str, Any], curve: Mapping[str, Any]) -> list[dict]:
+    """The issue's quality targets, each with the figures it was judged on."""
+    checks = []
+    ours = summary.get("msgldm", {}).get("3->1")
+    if ours is not None:
+        for baseline in ("plain_ldm", "regression"):
+            other = summary.get(baseline, {}).get("3->1")
+            if other is None:
+                continue
+            met = ours["mean"]["psnr"] > other["mean"]["psnr"] and ours["mean"]["ssim"] > other["mean"]["ssim"]
+            checks.append(
+                {
+                    "target": f"MSG-LDM ahead of {baseline} in mean PSNR and SSIM over the 3->1 scenarios",
+                    "met": bool(met),
+                    "figures": f"MSG-LDM {ours['mean']['psnr']:.2f} dB / {100 * ours['mean']['ssim']:.1f} %, "
+                    f"{baseline} {other['mean']['psnr']:.2f} dB / {100 * other['mean']['ssim']:.1f} %",
+                }
+            )
+    mine = curve.get("msgldm", {})
+    if "20" in mine and "100" in mine:
+        delta = mine["20"]["psnr"] - mine["100"]["psnr"]
+        checks.append(
+            {
+                "target": "MSG-LDM at 20 DDIM steps within 0.3 dB PSNR of itself at 100 steps",
+                "met": bool(delta >= -0.3),
+                "figures": f"{mine['20']['psnr']:.2f} dB at 20 steps, {mine['100']['psnr']:.2f} dB at 100 "
+                f"(difference {delta:+.2f} dB)",
+            }
+        )
+    return checks
+
+
+def subject_name(case: Mapping[str, Any], index: int) -> str:
+    """The subject folder name of a collated test case (batch of one)."""
+    subject = case.get("subject", f"case_{index}")
+    subject = subject[0] if isinstance(subject, (list, tuple)) else subject
+    return os.path.basename(str(subject).rstrip("/"))

@@ -1,0 +1,66 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Synthesis quality of MSG-LDM over every missing-modality scenario (the bundle's ``configs/evaluate.json``).
+
+- :mod:`.scenarios`: the test cases and their scenarios as (case, scenario) items (:class:`ScenarioSamples`);
+- :mod:`.metrics`: the paper's slice PSNR/SSIM in the brain and BraSyn's 3D SSIM by region, as functions and as
+  MONAI metrics;
+- :mod:`.handlers`: the evaluator's handlers (metrics with per-item inputs, the report writer, the PNG grids);
+- :mod:`.report`: rows, summaries and ``metrics.{csv,json,md}``;
+- :mod:`.runner`: :func:`evaluate_synthesis`, the same pipeline in Python.
+"""
+
+from __future__ import annotations
+
+from .handlers import DEFAULT_METRIC_COLUMNS, ExtraInputMetricHandler, SynthesisGridSaver, SynthesisMetricsWriter
+from .metrics import (
+    METRIC_NAMES,
+    BrainSlicePSNRSSIMMetric,
+    RegionVolumeSSIMMetric,
+    brain_mask_from_available,
+    finite_stats,
+    masked_slice_psnr_ssim,
+    percentile_rescale,
+    volume_ssim_by_region,
+)
+from .report import ROW_KEYS, summarize_metrics, write_metrics
+from .runner import evaluate_synthesis
+from .scenarios import (
+    ScenarioSamples,
+    evaluation_datalist,
+    missing_modality_scenarios,
+    scenario_group,
+    scenario_name,
+)
+
+__all__ = [
+    "DEFAULT_METRIC_COLUMNS",
+    "METRIC_NAMES",
+    "ROW_KEYS",
+    "BrainSlicePSNRSSIMMetric",
+    "ExtraInputMetricHandler",
+    "RegionVolumeSSIMMetric",
+    "ScenarioSamples",
+    "SynthesisGridSaver",
+    "SynthesisMetricsWriter",
+    "brain_mask_from_available",
+    "evaluate_synthesis",
+    "evaluation_datalist",
+    "finite_stats",
+    "masked_slice_psnr_ssim",
+    "missing_modality_scenarios",
+    "percentile_rescale",
+    "scenario_group",
+    "scenario_name",
+    "summarize_metrics",
+    "volume_ssim_by_region",
+    "write_metrics",
+]

@@ -1,0 +1,269 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The one place where diffusion happens: the stage-2 training path and the sampling path of the multi-contrast
+latent diffusion networks (:py:class:`~monai_msgldm.networks.nets.MSGLDM`,
+:py:class:`~monai_msgldm.networks.nets.PlainConditionalLDM`), with any MONAI scheduler."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
+from monai.utils import optional_import
+
+from monai_msgldm.inferers.sampler import SynthesisSampler, unwrap_network
+from monai_msgldm.utils.availability import validate_availability
+
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+
+__all__ = ["MultiContrastDiffusionInferer", "paper_noise_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+def paper_noise_scheduler(kind: str = "ddpm", prediction_type: str = "epsilon") -> Scheduler:
+    """A scheduler on the paper's noise schedule (1000 steps, ``scaled_linear_beta`` from 0.0015 to 0.0195):
+    ``kind="ddpm"`` (training) or ``"ddim"`` (sampling). The bundle configs define the same as components."""
+    if kind not in ("ddpm", "ddim"):
+        raise ValueError(f"paper_noise_scheduler expects kind 'ddpm' or 'ddim', got {kind!r}.")
+    cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
+    return cls(
+        num_train_timesteps=1000,
+        schedule="scaled_linear_beta",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+
+
+class MultiContrastDiffusionInferer(SynthesisSampler):
+    """Latent diffusion on the joint latent of M contrasts: the stage-2 training path and the sampling path.
+
+    The network (an :py:class:`~monai_msgldm.networks.nets.MSGLDM` or another
+    :py:class:`~monai_msgldm.networks.nets.MultiContrastLDM`, possibly wrapped in ``DistributedDataParallel``)
+    computes: the joint latent (``encode``/``decode``), the condition (``condition``) and the denoiser call on
+    ``cat([noisy latent, condition])``. This inferer owns the diffusion, with the MONAI scheduler it is given (a
+    component of the bundle config): ``DDPMScheduler`` to train, ``DDIMScheduler`` to sample, ``RFlowScheduler``
+    (rectified flow) for both, or any other MONAI ``Scheduler`` with the ``add_noise`` / ``set_timesteps`` /
+    ``step`` interface.
+
+    Training path, ``inferer(images, network, available)``:
+
+    1. the frozen parts run without gradients: the scaled joint latent ``z0 = network.encode(images)`` and the
+       condition ``c = network.condition(images, available, latents=z0)``;
+    2. timesteps are drawn per sample (uniform over the training steps; ``scheduler.sample_timesteps`` for rectified
+       flow), ``z_t = scheduler.add_noise(z0, noise, t)``;
+    3. returns ``(prediction, target)`` with ``prediction = network(cat([z_t, c]), t)`` and the target the scheduler
+       defines: the noise (``prediction_type="epsilon"``), the velocity (``"v_prediction"``, or ``z0 - noise`` for
+       rectified flow) or ``z0`` (``"sample"``). The loss is ``loss_function(prediction, target)`` (MSE in the
+       paper), so a trainer keeps its loss a config component.
+
+    Sampling path, :py:meth:`sample`: validates ``available`` once, computes the condition once, runs the denoising
+    loop (:py:meth:`denoise`: for each timestep, predict, scheduler step), decodes only the contrasts missing in
+    some sample of the batch and returns every contrast with the given ones exactly as they were.
+
+    Args:
+        scheduler: the MONAI scheduler (its ``prediction_type`` says what the network predicts).
+        num_inference_steps: denoising steps of :py:meth:`sample`; ``None`` = the scheduler's training steps.
+        amp: bfloat16 autocast while sampling on CUDA (ignored on CPU, where it is slower).
+        progress: show a progress bar over the denoising steps.
+
+    Example::
+
+        scheduler = DDIMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
+        inferer = MultiContrastDiffusionInferer(scheduler, num_inference_steps=50)
+        out = inferer.sample(images, net, available)  # (B, M, *S): missing contrasts synthesized
+
+        prediction, target = MultiContrastDiffusionInferer(DDPMScheduler(...))(images, net, available)
+        loss = torch.nn.functional.mse_loss(prediction, target)
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        num_inference_steps: int | None = None,
+        amp: bool = True,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(scheduler, Scheduler):
+            raise ValueError(
+                f"{name} expects scheduler to be a monai.networks.schedulers.Scheduler, got {scheduler!r}."
+            )
+        max_steps = int(scheduler.num_train_timesteps)
+        if num_inference_steps is None:
+            num_inference_steps = max_steps
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+            raise ValueError(f"{name} expects num_inference_steps to be an int, got {num_inference_steps!r}.")
+        if not 1 <= num_inference_steps <= max_steps:
+            raise ValueError(
+                f"{name} expects num_inference_steps in [1, {max_steps}] (the scheduler's num_train_timesteps), "
+                f"got {num_inference_steps}."
+            )
+        self.scheduler = scheduler
+        self.num_inference_steps = num_inference_steps
+        self.amp = bool(amp)
+        self.progress = bool(progress)
+        self.rectified_flow = isinstance(scheduler, RFlowScheduler)
+        self.prediction_type = "v_prediction" if self.rectified_flow else str(scheduler.prediction_type)
+
+    # ------------------------------------------------------------ training
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to predict for ``z_t = add_noise(latents, noise, timesteps)``."""
+        if self.rectified_flow:
+            return latents - noise
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, timesteps)
+        return latents
+
+    def training_timesteps(self, latents: torch.Tensor) -> torch.Tensor:
+        """One training timestep per sample of ``latents`` ``(B, ...)`` (only its batch size and device are used):
+        the scheduler's own draw for rectified flow, uniform over the training steps otherwise."""
+        if self.rectified_flow:
+            return self.scheduler.sample_timesteps(latents)
+        n = int(self.scheduler.num_train_timesteps)
+        return torch.randint(0, n, (latents.shape[0],), device=latents.device).long()
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        available: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training path: ``(prediction, target)`` on the joint latent of ``inputs``.
+
+        Args:
+            inputs: all M contrasts ``(B, M, *S)`` in [-1, 1] (the ground truth of every contrast).
+            network: the latent diffusion network, possibly DDP-wrapped (the wrapper is kept for the denoiser call
+                so that gradients are synchronised).
+            available: ``(B, M)`` bool (or 0/1), the contrasts the condition may use (drawn per sample).
+            noise: ``(B, M * latent_channels, *L)``; drawn when ``None``.
+            timesteps: ``(B,)``; drawn when ``None`` (:py:meth:`training_timesteps`).
+
+        Returns:
+            ``(prediction, target)``, both ``(B, M * latent_channels, *L)``.
+        """
+        model = unwrap_network(network)
+        grid = model.check_images(inputs)
+        available = validate_availability(
+            available, inputs.shape[0], model.num_modalities, inputs.device, type(self).__name__
+        )
+        shape = (inputs.shape[0], model.latent_channels(), *grid)
+        if noise is None:
+            noise = torch.randn(shape, device=inputs.device, dtype=inputs.dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"{type(self).__name__} expects noise of shape {shape}, got {tuple(noise.shape)}.")
+        if timesteps is None:
+            timesteps = self.training_timesteps(noise)
+        with torch.no_grad():
+            latents = model.encode(inputs)
+            condition = model.condition(inputs, available, latents=latents)
+        noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        prediction = network(torch.cat([noisy, condition.to(noisy.dtype)], dim=1), timesteps=timesteps)
+        return prediction, self.training_target(latents, noise, timesteps)
+
+    # ------------------------------------------------------------ sampling
+    def denoise(
+        self, network: nn.Module, noise: torch.Tensor, condition: torch.Tensor, progress: bool | None = None
+    ) -> torch.Tensor:
+        """The denoising loop: from ``noise`` to a clean joint latent, conditioned on ``condition``.
+
+        For each timestep of the scheduler: predict with ``network(cat([latents, condition]), t)``, then take the
+        scheduler step (rectified flow steps to the next timestep explicitly).
+
+        Args:
+            network: the denoiser (the latent diffusion network).
+            noise: ``(B, M * latent_channels, *L)`` initial latents.
+            condition: ``(B, condition_channels, *L)``.
+            progress: progress bar over the steps; default: the constructor's ``progress``.
+
+        Returns:
+            ``(B, M * latent_channels, *L)``.
+        """
+        scheduler = self.scheduler
+        if self.rectified_flow:
+            numel = int(torch.tensor(noise.shape[2:]).prod())
+            scheduler.set_timesteps(self.num_inference_steps, device=noise.device, input_img_size_numel=numel)
+        else:
+            scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
+        timesteps = scheduler.timesteps
+        next_timesteps = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
+        steps = zip(timesteps, next_timesteps)
+        if (self.progress if progress is None else progress) and has_tqdm:
+            steps = tqdm(steps, total=len(timesteps), desc="denoising", unit="step", leave=False)
+        condition = condition.to(noise.dtype)
+        latents = noise
+        for t, next_t in steps:
+            t_input = torch.full((1,), float(t), device=noise.device)
+            prediction = network(torch.cat([latents, condition], dim=1), timesteps=t_input)
+            if self.rectified_flow:
+                latents, _ = scheduler.step(prediction, t, latents, next_t)
+            else:
+                latents, _ = scheduler.step(prediction, t, latents)
+        return latents
+
+    @torch.no_grad()
+    def sample(
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        available: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        checked: bool = False,
+    ) -> torch.Tensor:
+        """Synthesize the missing contrasts of ``inputs`` from the available ones.
+
+        Args:
+            inputs: ``(B, M, *S)`` in [-1, 1]; the channels of absent contrasts are ignored (any value).
+            network: the latent diffusion network (eval mode is the caller's choice).
+            available: ``(B, M)`` bool (or 0/1) availability mask, at least one True per row.
+            noise: initial latents ``(B, M * latent_channels, *L)``; drawn from ``generator`` when ``None`` (on the
+                CPU, so that a seed gives the same result on every device).
+            generator: random generator of the initial noise.
+            checked: ``available`` was already validated by the caller (a bool tensor on the device of ``inputs``,
+                e.g. by :py:class:`ModalitySynthesisInferer` once per volume): skip the check.
+
+        Returns:
+            ``(B, M, *S)``: the given contrasts exactly as in ``inputs``, the missing ones synthesized.
+        """
+        model = unwrap_network(network)
+        grid = model.check_images(inputs)
+        available = self.availability(inputs, network, available, checked)
+        shape = (inputs.shape[0], model.latent_channels(), *grid)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(inputs.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"{type(self).__name__} expects noise of shape {shape}, got {tuple(noise.shape)}.")
+        missing = torch.nonzero(~available.all(dim=0)).flatten().tolist()
+        output = inputs.clone()
+        if not missing:
+            return output
+        use_amp = self.amp and inputs.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+            condition = model.condition(inputs, available)
+            latents = self.denoise(network, noise, condition)
+            decoded = model.decode(latents, modalities=missing).to(inputs.dtype)
+        keep = available[:, missing].view(inputs.shape[0], len(missing), *([1] * (inputs.ndim - 2)))
+        output[:, missing] = torch.where(keep, inputs[:, missing], decoded)
+        return output

@@ -1,0 +1,60 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""What the sampling inferers share: the ``sample`` interface and the one availability check at their boundary."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.inferers import Inferer
+
+from monai_msgldm.utils.availability import validate_availability
+
+__all__ = ["SynthesisSampler", "unwrap_network"]
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (``network`` itself otherwise)."""
+    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return network.module
+    return network
+
+
+class SynthesisSampler(Inferer):
+    """Base of the inferers that synthesize missing contrasts: ``sample(inputs, network, available, noise=None,
+    generator=None, checked=False) -> (B, M, *S)`` with the given contrasts kept exactly
+    (:py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`,
+    :py:class:`~monai_msgldm.inferers.RegressionSynthesisInferer`). ``ModalitySynthesisInferer`` and
+    ``SynthesisEvaluator`` run any of them."""
+
+    def availability(
+        self, inputs: torch.Tensor, network: nn.Module, available: torch.Tensor, checked: bool = False
+    ) -> torch.Tensor:
+        """``available`` validated for ``inputs`` and ``network`` (one host sync), or as it is when the caller has
+        ``checked`` it already (a bool tensor on the device of ``inputs``)."""
+        if checked:
+            return available
+        model = unwrap_network(network)
+        return validate_availability(
+            available, inputs.shape[0], model.num_modalities, inputs.device, type(self).__name__
+        )
+
+    def sample(
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        available: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        checked: bool = False,
+    ) -> torch.Tensor:
+        """Synthesize the missing contrasts of ``inputs`` ``(B, M, *S)``; returns ``(B, M, *S)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample().")

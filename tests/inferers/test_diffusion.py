@@ -1,0 +1,254 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The diffusion inferer: training path values, sampling with exact predictors (oracles), MONAI's own sampler as a
+reference implementation of the denoising loop, and one availability check per sampling call."""
+
+from __future__ import annotations
+
+import unittest
+from unittest import mock
+
+import torch
+from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
+from parameterized import parameterized
+
+import monai_msgldm.inferers.sampler as sampler_module
+from monai_msgldm.inferers import MultiContrastDiffusionInferer
+from monai_msgldm.utils import validate_availability
+from tests.networks.nets.test_msgldm import tiny_msgldm
+from tests.networks.nets.test_plain_ldm import _tiny as tiny_plain_ldm
+
+SCHEDULE = {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}
+
+
+def ddpm(prediction_type: str = "epsilon") -> DDPMScheduler:
+    return DDPMScheduler(**SCHEDULE, prediction_type=prediction_type, clip_sample=False)
+
+
+def ddim(prediction_type: str = "epsilon") -> DDIMScheduler:
+    return DDIMScheduler(**SCHEDULE, prediction_type=prediction_type, clip_sample=False)
+
+
+def rflow() -> RFlowScheduler:
+    return RFlowScheduler(num_train_timesteps=1000, use_discrete_timesteps=False, spatial_dim=2)
+
+
+class _Oracle(torch.nn.Module):
+    """The exact predictor for one known clean latent ``z0`` under a scheduler: for DDPM/DDIM schedules
+    ``x_t = sqrt(ab) z0 + sqrt(1 - ab) eps`` gives eps (``"epsilon"``) or ``v = sqrt(ab) eps - sqrt(1 - ab) z0``
+    (``"v_prediction"``); for rectified flow ``x_t = (1 - t/T) z0 + (t/T) eps`` gives the velocity ``z0 - eps``."""
+
+    def __init__(self, z0: torch.Tensor, scheduler, kind: str) -> None:
+        super().__init__()
+        self.z0, self.scheduler, self.kind = z0, scheduler, kind
+        self.calls = 0
+
+    def forward(self, x, timesteps, context=None):
+        self.calls += 1
+        xt = x[:, : self.z0.shape[1]]
+        if self.kind == "rflow":
+            s = (timesteps.float() / self.scheduler.num_train_timesteps).view(-1, 1, 1, 1)
+            eps = (xt - (1 - s) * self.z0) / s.clamp_min(1e-12)
+            return self.z0 - eps
+        ab = self.scheduler.alphas_cumprod[timesteps.long()].view(-1, 1, 1, 1).to(x)
+        eps = (xt - ab.sqrt() * self.z0) / (1 - ab).sqrt()
+        return eps if self.kind == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * self.z0
+
+
+class TestSamplingPath(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ("ddim_epsilon", lambda: ddim("epsilon"), "epsilon", 10),
+            ("ddim_v", lambda: ddim("v_prediction"), "v_prediction", 10),
+            ("ddpm_epsilon", lambda: ddpm("epsilon"), "epsilon", 1000),
+            ("rflow", rflow, "rflow", 4),
+        ]
+    )
+    def test_exact_predictor_lands_on_the_clean_latent(self, _, make_scheduler, kind, steps):
+        """With the exact predictor every scheduler must end on the clean latent: checks the scale factor, the
+        concatenation of the condition, the scheduler loop, subset decoding and keeping the given contrasts."""
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        net.scale_factor.fill_(0.37)
+        with torch.no_grad():
+            z0 = net.autoencoder.encode_mean(images) * net.scale_factor
+            expected = net.autoencoder.decode_stage_2_outputs(z0 / net.scale_factor)
+        scheduler = make_scheduler()
+        net.unet = _Oracle(z0, scheduler, kind)
+        available = torch.tensor([[True, True, True, False], [False, True, False, False]])
+        inferer = MultiContrastDiffusionInferer(scheduler, num_inference_steps=steps)
+        out = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(0))
+        self.assertEqual(net.unet.calls, steps)
+        tol = 2e-3 if kind != "ddpm_epsilon" else 1e-2
+        torch.testing.assert_close(out[~available], expected[~available], rtol=tol, atol=tol)
+        torch.testing.assert_close(out[available], images[available], rtol=0, atol=0)
+
+    @parameterized.expand([("ddim", lambda: ddim("epsilon")), ("rflow", rflow)])
+    def test_denoising_loop_matches_monai_sampler(self, _, make_scheduler):
+        """Reference implementation: the loop gives what MONAI's DiffusionInferer.sample gives in concat mode."""
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        noise = torch.randn(2, 8, 4, 4)
+        condition = torch.randn(2, 8, 4, 4)
+        inferer = MultiContrastDiffusionInferer(make_scheduler(), num_inference_steps=5)
+        with torch.no_grad():
+            ours = inferer.denoise(net, noise, condition)
+            reference_scheduler = make_scheduler()
+            if isinstance(reference_scheduler, RFlowScheduler):
+                reference_scheduler.set_timesteps(5, input_img_size_numel=16)
+            else:
+                reference_scheduler.set_timesteps(5)
+            reference = DiffusionInferer(reference_scheduler).sample(
+                noise, net, reference_scheduler, conditioning=condition, mode="concat"
+            )
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+    @parameterized.expand([("msgldm", tiny_msgldm), ("plain", tiny_plain_ldm)])
+    def test_keeps_given_ignores_absent_and_is_seeded(self, _, make_net):
+        torch.manual_seed(0)
+        net = make_net().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, False, True, True], [True, False, False, False]])
+        other = images.clone()
+        other[0, 1] = torch.rand(16, 16)
+        other[1, 2] = float("nan")
+        inferer = MultiContrastDiffusionInferer(ddim(), num_inference_steps=3)
+        a = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(1))
+        b = inferer.sample(other, net, available, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(a[~available], b[~available], rtol=0, atol=0)
+        self.assertTrue(torch.equal(a[available], images[available]))
+        c = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(2))
+        self.assertFalse(torch.allclose(a[~available], c[~available]))
+
+    def test_availability_validated_once_and_condition_computed_once(self):
+        """One sampling call: one validation of the mask (one host sync), no re-validation in the blocks, one
+        condition; only the contrasts missing somewhere in the batch are decoded."""
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, True, False, True], [True, True, False, False]])
+        inferer = MultiContrastDiffusionInferer(ddim(), num_inference_steps=4)
+        with (
+            mock.patch.object(sampler_module, "validate_availability", wraps=validate_availability) as checks,
+            mock.patch.object(net, "condition", wraps=net.condition) as condition,
+            mock.patch.object(net, "decode", wraps=net.decode) as decode,
+        ):
+            inferer.sample(images, net, available)
+        self.assertEqual(checks.call_count, 1)
+        self.assertEqual(condition.call_count, 1)
+        self.assertEqual(decode.call_args.kwargs["modalities"], [2, 3])
+        # the volume inferer validates once per call and tells the sampler so (checked=True)
+        with mock.patch.object(sampler_module, "validate_availability", wraps=validate_availability) as checks:
+            inferer.sample(images, net, available, checked=True)
+        self.assertEqual(checks.call_count, 0)
+
+    def test_errors(self):
+        net = tiny_msgldm()
+        images = torch.randn(1, 4, 16, 16)
+        inferer = MultiContrastDiffusionInferer(ddim(), num_inference_steps=2)
+        with self.assertRaisesRegex(ValueError, "at least one available modality"):
+            inferer.sample(images, net, torch.zeros(1, 4, dtype=torch.bool))
+        with self.assertRaisesRegex(ValueError, "booleans or 0/1"):
+            inferer.sample(images, net, torch.tensor([[1, 2, 0, 1]]))
+        with self.assertRaisesRegex(ValueError, r"available of shape \(1, 4\)"):
+            inferer.sample(images, net, torch.ones(1, 3, dtype=torch.bool))
+        with self.assertRaisesRegex(ValueError, r"images of shape \(B, 4"):
+            inferer.sample(torch.randn(1, 3, 16, 16), net, torch.ones(1, 3, dtype=torch.bool))
+        with self.assertRaisesRegex(ValueError, "noise of shape"):
+            inferer.sample(images, net, torch.ones(1, 4, dtype=torch.bool), noise=torch.randn(1, 8, 2, 2))
+        with self.assertRaisesRegex(ValueError, "num_inference_steps in"):
+            MultiContrastDiffusionInferer(ddim(), num_inference_steps=0)
+        with self.assertRaisesRegex(ValueError, "num_inference_steps in"):
+            MultiContrastDiffusionInferer(ddim(), num_inference_steps=1001)
+        with self.assertRaisesRegex(ValueError, "Scheduler"):
+            MultiContrastDiffusionInferer(object())
+
+
+class TestTrainingPath(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ("epsilon", lambda: ddpm("epsilon")),
+            ("v_prediction", lambda: ddpm("v_prediction")),
+            ("sample", lambda: ddpm("sample")),
+            ("rflow", rflow),
+        ]
+    )
+    def test_prediction_and_target_values(self, kind, make_scheduler):
+        """By hand: z0 = encode, z_t = add_noise(z0, noise, t), prediction = net(cat[z_t, condition], t), and the
+        target the scheduler defines."""
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, True, False, True], [False, False, True, False]])
+        noise = torch.randn(2, 8, 4, 4)
+        t = torch.tensor([10, 700])
+        scheduler = make_scheduler()
+        inferer = MultiContrastDiffusionInferer(scheduler)
+        with mock.patch.object(net.autoencoder, "encode_stage_2_inputs", net.autoencoder.encode_mean):
+            prediction, target = inferer(images, net, available, noise=noise, timesteps=t)
+            with torch.no_grad():
+                z0 = net.encode(images)
+                expected_pred = net(
+                    torch.cat([scheduler.add_noise(z0, noise, t), net.condition(images, available)], 1), t
+                )
+        torch.testing.assert_close(prediction, expected_pred)
+        if kind == "rflow":
+            s = (t.float() / 1000).view(-1, 1, 1, 1)
+            torch.testing.assert_close(scheduler.add_noise(z0, noise, t), (1 - s) * z0 + s * noise)
+            expected_target = z0 - noise
+        else:
+            ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+            expected_target = {
+                "epsilon": noise,
+                "v_prediction": ab.sqrt() * noise - (1 - ab).sqrt() * z0,
+                "sample": z0,
+            }[kind]
+        torch.testing.assert_close(target, expected_target)
+
+    @parameterized.expand([("msgldm", tiny_msgldm, 2, (16, 16)), ("msgldm_3d", tiny_msgldm, 3, (16, 16, 16))])
+    def test_training_step_reaches_unet_only(self, _, make_net, spatial_dims, size):
+        torch.manual_seed(0)
+        net = make_net(spatial_dims)
+        net.autoencoder.requires_grad_(False)
+        net.structure_net.requires_grad_(False)
+        opt = torch.optim.Adam(net.unet.parameters(), lr=1e-3)
+        images = torch.rand(2, 4, *size) * 2 - 1
+        available = torch.tensor([[True, False, True, False], [False, False, False, True]])
+        inferer = MultiContrastDiffusionInferer(ddpm())
+        before = [p.detach().clone() for p in net.unet.parameters()]
+        frozen = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("unet.")}
+        for _ in range(3):  # zero-initialised output convs (UNet, res blocks): by step 3 every layer has moved
+            opt.zero_grad()
+            prediction, target = inferer(images, net, available)
+            loss = torch.nn.functional.mse_loss(prediction, target)
+            loss.backward()
+            opt.step()
+        self.assertTrue(all(not torch.equal(b, p) for b, p in zip(before, net.unet.parameters())))
+        self.assertTrue(all(p.grad is None for p in net.structure_net.parameters()))
+        for k, v in net.state_dict().items():
+            if k in frozen:
+                torch.testing.assert_close(v, frozen[k], rtol=0, atol=0, msg=k)
+
+    def test_rflow_timesteps_are_drawn_by_the_scheduler(self):
+        inferer = MultiContrastDiffusionInferer(RFlowScheduler(1000, sample_method="logit-normal"))
+        torch.manual_seed(3)
+        t = inferer.training_timesteps(torch.zeros(5, 8, 4, 4))
+        torch.manual_seed(3)
+        torch.testing.assert_close(t, inferer.scheduler.sample_timesteps(torch.zeros(5, 8, 4, 4)), rtol=0, atol=0)
+        t = MultiContrastDiffusionInferer(ddpm()).training_timesteps(torch.zeros(64, 8, 4, 4))
+        self.assertEqual(t.dtype, torch.long)
+        self.assertTrue(bool(((t >= 0) & (t < 1000)).all()))
+
+
+if __name__ == "__main__":
+    unittest.main()
