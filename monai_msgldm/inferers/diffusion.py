@@ -222,34 +222,13 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
                 latents, _ = scheduler.step(prediction, t, latents)
         return latents
 
-    @torch.no_grad()
-    def sample(
-        self,
-        inputs: torch.Tensor,
-        network: nn.Module,
-        available: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        checked: bool = False,
-    ) -> torch.Tensor:
-        """Synthesize the missing contrasts of ``inputs`` from the available ones.
-
-        Args:
-            inputs: ``(B, M, *S)`` in [-1, 1]; the channels of absent contrasts are ignored (any value).
-            network: the latent diffusion network (eval mode is the caller's choice).
-            available: ``(B, M)`` bool (or 0/1) availability mask, at least one True per row.
-            noise: initial latents ``(B, M * latent_channels, *L)``; drawn from ``generator`` when ``None`` (on the
-                CPU, so that a seed gives the same result on every device).
-            generator: random generator of the initial noise.
-            checked: ``available`` was already validated by the caller (a bool tensor on the device of ``inputs``,
-                e.g. by :py:class:`ModalitySynthesisInferer` once per volume): skip the check.
-
-        Returns:
-            ``(B, M, *S)``: the given contrasts exactly as in ``inputs``, the missing ones synthesized.
-        """
+    def synthesize(self, inputs, network, available, noise, generator) -> torch.Tensor:
+        """The sampling path (called by :py:meth:`sample`, which validates ``available`` once): computes the
+        condition once, runs :py:meth:`denoise` from ``noise`` (drawn on the CPU from ``generator`` when ``None``,
+        so that a seed gives the same result on every device), decodes only the missing contrasts and keeps the
+        given ones exactly."""
         model = unwrap_network(network)
         grid = model.check_images(inputs)
-        available = self.availability(inputs, network, available, checked)
         shape = (inputs.shape[0], model.latent_channels(), *grid)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(inputs.device)

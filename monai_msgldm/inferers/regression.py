@@ -57,18 +57,9 @@ class RegressionSynthesisInferer(SynthesisSampler):
         """The training forward: ``(B, M, *S)`` predictions of every contrast."""
         return network(inputs, self.availability(inputs, network, available))
 
-    @torch.no_grad()
-    def sample(
-        self,
-        inputs: torch.Tensor,
-        network: nn.Module,
-        available: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        checked: bool = False,
-    ) -> torch.Tensor:
-        """``(B, M, *S)``: the given contrasts as in ``inputs``, the missing ones predicted (see the class)."""
-        available = self.availability(inputs, network, available, checked)
+    def synthesize(self, inputs, network, available, noise, generator) -> torch.Tensor:
+        """One forward pass (called by :py:meth:`sample`, which validates ``available``): the given contrasts as in
+        ``inputs``, the missing ones predicted (see the class); ``noise`` and ``generator`` are not used."""
         output = inputs.clone()
         if bool(available.all()):
             return output

@@ -47,6 +47,7 @@ class SynthesisSampler(Inferer):
             available, inputs.shape[0], model.num_modalities, inputs.device, type(self).__name__
         )
 
+    @torch.no_grad()
     def sample(
         self,
         inputs: torch.Tensor,
@@ -56,5 +57,31 @@ class SynthesisSampler(Inferer):
         generator: torch.Generator | None = None,
         checked: bool = False,
     ) -> torch.Tensor:
-        """Synthesize the missing contrasts of ``inputs`` ``(B, M, *S)``; returns ``(B, M, *S)``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sample().")
+        """Synthesize the missing contrasts of ``inputs`` from the available ones, without gradients.
+
+        Args:
+            inputs: ``(B, M, *S)`` in [-1, 1]; the channels of absent contrasts are ignored (any value).
+            network: the synthesis network (eval mode is the caller's choice), possibly DDP-wrapped.
+            available: ``(B, M)`` bool (or 0/1) availability mask, at least one True per row.
+            noise: the initial noise of a stochastic sampler (drawn from ``generator`` when ``None``).
+            generator: random generator of the initial noise.
+            checked: ``available`` was already validated by the caller (a bool tensor on the device of ``inputs``,
+                e.g. by :py:class:`ModalitySynthesisInferer` once per volume): skip the check.
+
+        Returns:
+            ``(B, M, *S)``: the given contrasts exactly as in ``inputs``, the missing ones synthesized.
+        """
+        self.check_inputs(inputs, network)
+        available = self.availability(inputs, network, available, checked)
+        return self.synthesize(inputs, network, available, noise, generator)
+
+    def check_inputs(self, inputs: torch.Tensor, network: nn.Module) -> None:
+        """The shape contract of ``inputs`` for ``network`` (no host sync); checked before the mask. Default: the
+        network's ``check_images`` when it has one."""
+        check = getattr(unwrap_network(network), "check_images", None)
+        if callable(check):
+            check(inputs)
+
+    def synthesize(self, inputs, network, available, noise, generator) -> torch.Tensor:
+        """:py:meth:`sample` after the availability check (``available`` a validated bool tensor)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement synthesize().")

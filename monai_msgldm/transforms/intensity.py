@@ -12,15 +12,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, ScaleIntensityRangePercentiles, Transform
+from monai.transforms import ScaleIntensityRangePercentiles, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
-from .modality_dropout import as_availability_mask
+from .modality_dropout import ApplyModalityMaskd, as_availability_mask
 
 __all__ = [
     "ScalePresentModalities",
@@ -86,8 +85,9 @@ class ScalePresentModalities(Transform):
         return out
 
 
-class ScalePresentModalitiesd(MapTransform):
-    """Dictionary-based :py:class:`ScalePresentModalities`; the mask is read from ``available_key``.
+class ScalePresentModalitiesd(ApplyModalityMaskd):
+    """Dictionary-based :py:class:`ScalePresentModalities`; the mask is read from ``available_key`` (the data flow of
+    :py:class:`~monai_msgldm.transforms.ApplyModalityMaskd`, with scaling of the present channels added).
 
     Args:
         keys: keys of the ``(M, *spatial)`` stacked images.
@@ -110,20 +110,8 @@ class ScalePresentModalitiesd(MapTransform):
         fill_value: float | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.available_key = available_key
-        self.scaler = ScalePresentModalities(lower, upper, b_min, b_max, clip, fill_value)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.available_key not in d:
-            raise ValueError(
-                f"ScalePresentModalitiesd expects the availability mask under available_key '{self.available_key}', "
-                f"got data keys {list(d)}."
-            )
-        for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key], d[self.available_key])
-        return d
+        super().__init__(keys, available_key=available_key, allow_missing_keys=allow_missing_keys)
+        self.masker = ScalePresentModalities(lower, upper, b_min, b_max, clip, fill_value)
 
 
 ScalePresentModalitiesD = ScalePresentModalitiesDict = ScalePresentModalitiesd

@@ -164,7 +164,7 @@ class ApplyModalityMaskd(MapTransform):
         d = dict(data)
         if self.available_key not in d:
             raise ValueError(
-                f"ApplyModalityMaskd expects the availability mask under available_key '{self.available_key}', "
+                f"{type(self).__name__} expects the availability mask under available_key '{self.available_key}', "
                 f"got data keys {list(d)}."
             )
         for key in self.key_iterator(d):

@@ -60,6 +60,11 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
         net = tiny_msgldm()
         ae0, st0, unet0 = _state(net.autoencoder), _state(net.structure_net), _state(net.unet)
         evaluator = make_evaluator(net, target=["flair", "t1"])
+        calibrations = []  # (images, value) of every calibration
+        calibrate = net.calibrate_scale_factor
+        net.calibrate_scale_factor = lambda images: (
+            calibrations.append((images, calibrate(images))) or calibrations[-1][1]
+        )
         with tempfile.TemporaryDirectory() as tmp:
             trainer = LatentDiffusionTrainer(
                 device="cpu",
@@ -89,6 +94,10 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
                 for k, v in module.state_dict().items():
                     self.assertTrue(torch.equal(before[k], v), k)
             self.assertTrue(any(not torch.equal(unet0[k], v) for k, v in net.unet.state_dict().items()))
+            # calibrated once, on the first batch: scale = 1 / std of that batch's joint latent
+            self.assertEqual(len(calibrations), 1)
+            torch.testing.assert_close(calibrations[0][0], next(iter(make_loader()))["image"])
+            self.assertAlmostEqual(float(net.scale_factor), calibrations[0][1], places=6)
             self.assertNotEqual(float(net.scale_factor), 1.0)
             self.assertFalse(net.autoencoder.training or net.structure_net.training)
             # masks among the data-available modalities, never empty
