@@ -38,13 +38,16 @@ import torch
 __all__ = ["main", "time_stage", "time_synthesis"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONFIGS, STAGES, peak_rss_gb, preset_overrides, write_json  # noqa: E402
+from common import CONFIGS, STAGES, peak_rss_gb, preset_configs, preset_values, write_json  # noqa: E402
 
 from monai_msgldm.constants import MODALITIES  # noqa: E402
 
 
-def time_stage(stage: str, overrides: dict, iterations: int, workdir: str, overlay: str | None = None) -> dict:
-    """Run ``iterations + 1`` training iterations of one stage config; the first is a warm-up and not timed.
+def time_stage(
+    stage: str, overrides: dict, iterations: int, workdir: str, overlay: str | None = None, preset: str = "default"
+) -> dict:
+    """Run ``iterations + 1`` training iterations of one stage (the ``preset``'s configs + ``train_<stage>.json``);
+    the first is a warm-up and not timed.
 
     ``overlay``: a config file name in the bundle's ``configs/`` read after the stage config (e.g.
     ``"baseline_ldm.json"`` on the diffusion stage times the plain LDM baseline).
@@ -52,7 +55,9 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str, overl
     from ignite.engine import Events
     from monai.bundle import ConfigParser, ConfigWorkflow
 
-    config = [str(CONFIGS / f"train_{stage}.json")] + ([str(CONFIGS / overlay)] if overlay else [])
+    config = (
+        preset_configs(preset) + [str(CONFIGS / f"train_{stage}.json")] + ([str(CONFIGS / overlay)] if overlay else [])
+    )
     ckpt_dir = os.path.join(workdir, "models")
     os.makedirs(ckpt_dir, exist_ok=True)
     args = {
@@ -60,7 +65,7 @@ def time_stage(stage: str, overrides: dict, iterations: int, workdir: str, overl
         "bundle_root": workdir,
         "ckpt_dir": ckpt_dir,
         "output_dir": os.path.join(workdir, stage),
-        "max_epochs": 1,
+        f"epochs#{stage}": 1,
         "val_interval": 10**6,
         "save_interval": 0,
         "resume": False,
@@ -180,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shared, per_stage = preset_overrides(args.preset)
-    shared["num_workers"] = 0
     results: dict = {
         "preset": args.preset,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.processor() or 'x86_64'})",
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="msgldm_timing_")
     try:
         for stage in args.stages:
-            row = time_stage(stage, {**shared, **per_stage[stage]}, args.iterations, workdir)
+            row = time_stage(stage, {"num_workers": 0}, args.iterations, workdir, preset=args.preset)
             results["stages"].append(row)
             print(
                 f"stage {stage:12s} {row['seconds_per_iteration']:8.3f} s/iteration "
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if not args.no_synthesis:
-            net_overrides = {**shared, **per_stage["diffusion"]}
+            net_overrides = preset_values(args.preset)  # what the preset changes in inference.json
             slices = args.synthesis_slices or args.volume_slices
             row = time_synthesis(
                 net_overrides, args.ddim_steps, args.slice_batch_size, slices, args.volume_slices, device

@@ -23,32 +23,50 @@ import torch
 
 from monai_msgldm.utils.files import atomic_write_text
 
-__all__ = ["BUNDLE", "CONFIGS", "STAGES", "preset_overrides", "device_description", "peak_rss_gb", "write_json"]
+__all__ = [
+    "BUNDLE",
+    "CONFIGS",
+    "STAGES",
+    "preset_configs",
+    "preset_parser",
+    "preset_values",
+    "device_description",
+    "peak_rss_gb",
+    "write_json",
+]
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_msgldm"
 CONFIGS = BUNDLE / "configs"
 STAGES = ("autoencoder", "structure", "diffusion")
 
 
-def preset_overrides(preset: str) -> tuple[dict, dict]:
-    """(shared overrides, per-stage overrides) of a preset (``"default"`` or ``"demo"``), read from the bundle's own
-    ``train.json`` (+ ``demo.json``)."""
-    from monai.bundle import ConfigParser
-
+def preset_configs(preset: str) -> list[str]:
+    """The bundle config files of a preset (``"default"``: ``train.json``; ``"demo"``: ``train.json`` +
+    ``demo.json``); a stage runs with its overlay appended (``train_<stage>.json``)."""
     if preset not in ("default", "demo"):
         raise ValueError(f"preset must be 'default' or 'demo', got {preset!r}.")
-    files = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "demo.json")] if preset == "demo" else [])
+    return [str(CONFIGS / "train.json")] + ([str(CONFIGS / "demo.json")] if preset == "demo" else [])
+
+
+def preset_parser(preset: str):
+    """A ``ConfigParser`` of :func:`preset_configs` with ``bundle_root`` set to the bundle."""
+    from monai.bundle import ConfigParser
+
     parser = ConfigParser()
-    parser.read_config(files)
+    parser.read_config(preset_configs(preset))
     parser["bundle_root"] = str(BUNDLE)
-    shared = dict(parser.get_parsed_content("stage_overrides"))
-    per_stage = {}
-    for i, name in enumerate(STAGES):
-        own = dict(parser.get_parsed_content(f"stages#{i}#overrides"))
-        per_stage[name] = {k: v for k, v in own.items() if k != "output_dir"}
-    for key in ("bundle_root", "ckpt_dir"):
-        shared.pop(key, None)
-    return shared, per_stage
+    return parser
+
+
+def preset_values(preset: str, config: str = "inference.json") -> dict:
+    """What a preset changes in ``configs/<config>`` (network sizes, ``prediction_type``, ``spatial_size``,
+    ``ddim_steps``...): ``monai_msgldm.bundle.running_values``, as the demo hands them to its inference."""
+    from monai_msgldm.bundle import running_values
+
+    values = running_values(CONFIGS / config, CONFIGS / "train.json", parser=preset_parser(preset))
+    for key in ("bundle_root", "ckpt_dir", "output_dir", "num_workers"):
+        values.pop(key, None)
+    return values
 
 
 def device_description() -> dict[str, Any]:

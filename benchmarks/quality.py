@@ -21,12 +21,13 @@ iterations of each stage, the same for every model), then synthesizes the held-o
 The models:
 
 - ``msgldm``: ``train.json`` + ``demo.json`` (the three stages);
-- ``msgldm_no_*`` / ``msgldm_mean_fusion``: the same with one switch of the bundle config (``extra_overrides``):
+- ``msgldm_no_*`` / ``msgldm_mean_fusion``: the same with one switch of the bundle config (an override of a
+  ``train.json`` id):
   no HFIB, no MSSE, no style-consistency loss, no structure-aware loss, mean fusion instead of the MMSF gates;
   they retrain stages 1 and 2 and reuse the stage-0 autoencoder of ``msgldm``;
-- ``plain_ldm``: ``train_diffusion.json`` + ``baseline_ldm.json``: the same autoencoder and UNet conditioned on the
+- ``plain_ldm``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_ldm.json``: the same autoencoder and UNet conditioned on the
   latents of the available contrasts, no structure branch;
-- ``regression``: ``train_diffusion.json`` + ``baseline_regression.json``: a MONAI ``BasicUNet`` from the zero-filled
+- ``regression``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_regression.json``: a MONAI ``BasicUNet`` from the zero-filled
   contrasts + availability mask to the four contrasts, L1 loss.
 
 Trained models are kept in ``--work-dir`` and not trained again (delete a model's folder to retrain it). Writes

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from common import BUNDLE, CONFIGS, preset_overrides, write_json
+from common import BUNDLE, CONFIGS, preset_configs, write_json
 
 __all__ = [
     "BUDGET",
@@ -31,7 +31,6 @@ __all__ = [
     "data_overrides",
     "model_dir",
     "served_checkpoint",
-    "baseline_overrides",
     "train_model",
     "load_model",
     "model_sampler",
@@ -78,13 +77,6 @@ def served_checkpoint(work_dir: str | os.PathLike, name: str) -> str:
     return os.path.join(model_dir(work_dir, name), "models", "model.pt")
 
 
-def baseline_overrides(kind: str, preset: Mapping[str, Any]) -> dict[str, Any]:
-    """Stage-2 overrides of the demo preset that apply to a baseline overlay (network sizes it does not have are
-    dropped: no structure net for the plain LDM; the regression network has its own sizes)."""
-    drop = ("structure_def",) if kind == "baseline_ldm" else ("structure_def", "unet_def", "network_def")
-    return {k: v for k, v in preset.items() if k.replace("::", "#").split("#")[0] not in drop}
-
-
 def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any]) -> float:
     """Train model ``name`` of :data:`MODELS` with ``budget`` into :func:`model_dir` unless its final checkpoint exists.
 
@@ -111,40 +103,28 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
     meta, logging_file = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
     logger.info(f"{name}: training ({kind}, overrides {overrides})")
     start = time.perf_counter()
-    if kind == "msgldm":
-        run_bundle_workflow(
-            [str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")],
-            meta,
-            logging_file,
-            run_id="training",
-            workflow_type="train",
-            bundle_root=str(BUNDLE),
-            demo_dir=out,
-            demo_epochs=budget["epochs"],
-            extra_overrides=overrides,
-            training=["@run_stages"],
-            **data_overrides(budget),
-        )
+    # the demo preset (train.json + demo.json) with the budget; a baseline is a stage-2 overlay after
+    # train_diffusion.json. Every override is a plain id of train.json that reaches the stages.
+    configs = preset_configs("demo")
+    if kind != "msgldm":
+        configs += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
+        overrides = {
+            **overrides,
+            "ckpt_dir": ckpt_dir,
+            "output_dir": os.path.join(out, "eval", "diffusion"),
+            "val_interval": budget["epochs"]["diffusion"],
+        }
     else:
-        shared, per_stage = preset_overrides("demo")
-        stage = baseline_overrides(kind, {**shared, **per_stage["diffusion"]})
-        run_bundle_workflow(
-            [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")],
-            meta,
-            logging_file,
-            run_id="training",
-            workflow_type="train",
-            **{
-                **stage,
-                **data_overrides(budget),
-                **overrides,
-                "bundle_root": str(BUNDLE),
-                "ckpt_dir": ckpt_dir,
-                "output_dir": os.path.join(out, "eval", "diffusion"),
-                "max_epochs": budget["epochs"]["diffusion"],
-                "val_interval": budget["epochs"]["diffusion"],
-            },
-        )
+        overrides = {**overrides, "training": ["@run_stages"]}  # the stages only, not the demo's inference
+    run_bundle_workflow(
+        configs,
+        meta,
+        logging_file,
+        run_id="training",
+        workflow_type="train",
+        **{**data_overrides(budget), **overrides, "bundle_root": str(BUNDLE), "demo_dir": out},
+        epochs=budget["epochs"],
+    )
     seconds = time.perf_counter() - start
     write_json(os.path.join(out, "train_time.json"), {"seconds": seconds})
     return seconds
@@ -156,17 +136,12 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> A
     from monai.bundle import ConfigParser
 
     kind, overrides = MODELS[name]
-    shared, per_stage = preset_overrides("demo")
-    files = [str(CONFIGS / "train_diffusion.json")]
-    values = {**shared, **per_stage["diffusion"]}
-    if kind == "msgldm":
-        values.update({k: v for k, v in overrides.items() if k.replace("::", "#").startswith("structure_def#")})
-    else:
-        files.append(str(CONFIGS / f"{kind}.json"))
-        values = baseline_overrides(kind, values)
+    files = preset_configs("demo")
+    if kind != "msgldm":
+        files += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
     parser = ConfigParser()
     parser.read_config(files)
-    parser.update({"bundle_root": str(BUNDLE), **values})
+    parser.update({"bundle_root": str(BUNDLE), **overrides})
     net = parser.get_parsed_content("network_def", instantiate=True)
     path = served_checkpoint(work_dir, name)
     if not os.path.isfile(path):
@@ -185,9 +160,7 @@ def model_sampler(name: str, ddim_steps: int) -> Any:
     kind, _ = MODELS[name]
     if kind == "baseline_regression":
         return RegressionSynthesisInferer(amp=False)
-    shared, per_stage = preset_overrides("demo")
-    values = {**shared, **per_stage["diffusion"]}
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train_diffusion.json"))
-    parser.update({"bundle_root": str(BUNDLE), **{k: v for k, v in values.items() if k == "prediction_type"}})
+    parser.read_config(preset_configs("demo"))  # the schedule and prediction type the models trained with
+    parser["bundle_root"] = str(BUNDLE)
     return MultiContrastDiffusionInferer(parser.get_parsed_content("sampling_scheduler"), ddim_steps, amp=False)

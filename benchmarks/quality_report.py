@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import preset_overrides, write_json
+from common import preset_parser, write_json
 from quality_models import load_model, model_dir
 from quality_scoring import subject_name, synthesis_inferer
 
@@ -44,12 +44,12 @@ def iterations_text(work_dir: str, budget: Mapping[str, Any]) -> str:
     if os.path.isfile(datalist):
         with open(datalist) as f:
             n_train = len(json.load(f)["training"])
-    shared, per_stage = preset_overrides("demo")
-    batch = int(shared["batch_size"])
+    demo = preset_parser("demo")
+    batch = int(demo.get_parsed_content("batch_size"))
     parts = []
     for stage, label in (("autoencoder", "stage 0"), ("structure", "stage 1"), ("diffusion", "stage 2 and baselines")):
         epochs = budget["epochs"][stage]
-        slices = batch * int(per_stage[stage].get("num_samples", shared["num_samples"]))
+        slices = batch * int(demo.get_parsed_content(f"stage_num_samples#{stage}"))
         its = f"{epochs * -(-n_train // batch)} iterations" if n_train else f"{epochs} epochs"
         parts.append(f"{label} {its} of {slices} slices")
     return f"{n_train} training subjects; " + ", ".join(parts)

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import BUNDLE, CONFIGS, preset_overrides
+from common import BUNDLE, CONFIGS, preset_values
 from quality_models import data_overrides, load_model, model_sampler
 
 from monai_msgldm.constants import MODALITIES
@@ -50,12 +50,11 @@ def test_cases(budget: Mapping[str, Any]) -> list[dict]:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "evaluate.json"))
-    shared, _ = preset_overrides("demo")
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
     parser.update(
         {
             "bundle_root": str(BUNDLE),
-            "spatial_size": shared["spatial_size"],
+            "spatial_size": preset_values("demo")["spatial_size"],
             "check_content": False,
             "output_dir": tempfile.mkdtemp(prefix="msgldm_quality_split_"),
             **data_overrides(budget),

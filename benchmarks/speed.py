@@ -61,7 +61,8 @@ def build_network(model: str, overrides: Mapping[str, Any] | None = None, device
 
     if model not in MODELS:
         raise ValueError(f"build_network: unknown model {model!r}; expected one of {sorted(MODELS)}.")
-    files = [str(CONFIGS / "train_diffusion.json")] + ([str(CONFIGS / MODELS[model])] if MODELS[model] else [])
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "train_diffusion.json")]
+    files += [str(CONFIGS / MODELS[model])] if MODELS[model] else []
     parser = ConfigParser()
     parser.read_config(files)
     parser.update(dict(overrides or {}))
@@ -351,7 +352,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _volume_worker(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from bundle_timing import time_stage
-    from common import preset_overrides
 
     overrides = json.loads(args.overrides)
     if args.volume_batch is None:
@@ -364,8 +364,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stage2_ratio": None,
     }
     if not args.no_training:
-        shared, _ = preset_overrides("default")
-        shared["num_workers"] = 0
         with tempfile.TemporaryDirectory() as work:
             for stage, overlay in (
                 ("autoencoder", None),
@@ -374,7 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("diffusion", "baseline_ldm.json"),
             ):
                 row = time_stage(
-                    stage, {**shared, **overrides}, args.iterations, os.path.join(work, stage + str(overlay)), overlay
+                    stage,
+                    {"num_workers": 0, **overrides},
+                    args.iterations,
+                    os.path.join(work, stage + str(overlay)),
+                    overlay,
                 )
                 logger.info(f"training {row['stage']}: {row['seconds_per_iteration']:.2f} s/iteration")
                 result["training"].append(row)

@@ -53,13 +53,6 @@ SHARED = {
     "batch_size": 1,
     "num_workers": 0,
 }
-STAGE_NETS = {
-    "autoencoder": {
-        k.replace("autoencoder_def#", "network_def#"): v for k, v in TINY_NETS.items() if k.startswith("autoencoder")
-    },
-    "structure": {k: v for k, v in TINY_NETS.items() if k.startswith("structure")},
-    "diffusion": TINY_NETS,
-}
 
 
 def _load(name: str):
@@ -87,7 +80,7 @@ class TestBundleTiming(unittest.TestCase):
         timing = _load("bundle_timing")
         workdir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, workdir, True)
-        overrides = {**SHARED, "phantom_cache_dir": _TMP, **STAGE_NETS[stage]}
+        overrides = {**SHARED, "phantom_cache_dir": _TMP, **TINY_NETS}  # train.json ids: every stage takes its own
         row = timing.time_stage(stage, overrides, 2, workdir, overlay)
         self.assertEqual(row["stage"], stage if overlay is None else f"{stage}+{overlay}")
         self.assertEqual(row["slices_per_batch"], 2)
@@ -103,12 +96,15 @@ class TestBundleTiming(unittest.TestCase):
 
     def test_presets_read_from_the_bundle(self):
         timing = _load("bundle_timing")
-        shared, per_stage = timing.preset_overrides("demo")
-        self.assertEqual(shared["spatial_size"], 64)
-        self.assertEqual(per_stage["diffusion"]["max_epochs"], 500)
-        default_shared, default_stage = timing.preset_overrides("default")
-        self.assertEqual(default_shared["spatial_size"], 192)
-        self.assertEqual(default_stage["autoencoder"], {})
+        common = _load("common")
+        demo = common.preset_parser("demo")
+        self.assertEqual(demo.get_parsed_content("spatial_size"), 64)
+        self.assertEqual(demo.get_parsed_content("epochs#diffusion"), 500)
+        values = timing.preset_values("demo")  # what the demo changes in inference.json
+        self.assertEqual((values["spatial_size"], values["prediction_type"]), (64, "v_prediction"))
+        self.assertEqual(values["unet_def"]["channels"], [32, 64, 64])
+        self.assertEqual(common.preset_parser("default").get_parsed_content("spatial_size"), 192)
+        self.assertEqual(timing.preset_values("default"), {})
 
 
 class TestSpeedBenchmark(unittest.TestCase):

@@ -13,12 +13,23 @@
 from __future__ import annotations
 
 from .served import write_served_bundle
-from .stages import applicable_overrides, run_bundle_workflow, run_training_stages, stage_is_finished
+from .stages import (
+    init_process_group,
+    run_bundle_workflow,
+    run_training_stages,
+    running_config,
+    running_parser,
+    running_values,
+    stage_is_finished,
+)
 
 __all__ = [
-    "applicable_overrides",
+    "init_process_group",
     "run_bundle_workflow",
     "run_training_stages",
+    "running_config",
+    "running_parser",
+    "running_values",
     "stage_is_finished",
     "write_served_bundle",
 ]

@@ -20,11 +20,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.bundle import ConfigParser
+from monai.bundle.reference_resolver import ReferenceResolver
 
-from monai_msgldm.bundle.stages import applicable_overrides
+from monai_msgldm.bundle.stages import running_values
 
 __all__ = ["write_served_bundle"]
 
+#: locations of the source run, never baked in: the served bundle uses its own folders
+_LOCAL_IDS = ("bundle_root", "config_dir", "ckpt_dir", "model_path", "output_dir", "eval_dir")
 _COPIED = ("configs/metadata.json", "configs/logging.conf", "LICENSE", "docs/README.md", "schema/meta_schema.json")
 
 
@@ -34,13 +37,14 @@ def write_served_bundle(
     model_path: str | os.PathLike,
     overrides: Mapping[str, Any] | None = None,
     configs: Sequence[str] = ("inference.json", "evaluate.json"),
+    base_config: str = "train.json",
 ) -> str:
     """Copy the serving part of a bundle to ``output_dir`` with ``overrides`` written into its configs, so that
     tools that read a bundle folder as it is (MONAI Label's ``BundleInferTask``, ``python -m monai.bundle run``
     without overrides) use e.g. the network sizes a model was trained with.
 
     ``output_dir`` gets ``configs/<each of configs>`` (parsed with ``ConfigParser``, ``overrides`` applied where the
-    config defines the id or the parent of a nested id, written as JSON), ``configs/metadata.json``,
+    config defines the id or the root of a nested id, written as JSON), ``configs/metadata.json``,
     ``configs/logging.conf``, ``LICENSE``, ``docs/README.md``, ``schema/meta_schema.json`` (those that exist) and
     ``models/model.pt`` (a copy of ``model_path``). Everything is written to a temporary folder next to
     ``output_dir`` first, which then replaces ``output_dir``.
@@ -49,8 +53,13 @@ def write_served_bundle(
         bundle_dir: the source bundle folder.
         output_dir: the folder to write.
         model_path: the trained model (``models/model.pt`` of the output).
-        overrides: id-value pairs, e.g. ``{"unet_def#channels": [32, 64, 64], "spatial_size": 64}``.
+        overrides: id-value pairs, e.g. ``{"unet_def#channels": [32, 64, 64], "spatial_size": 64}``. None (the
+            default) inside a running bundle workflow (e.g. the demo's ``"$monai_msgldm.bundle.write_served_bundle(...)"``):
+            each config gets :func:`~monai_msgldm.bundle.running_values` of that workflow against ``base_config``,
+            i.e. the network sizes, ``prediction_type``, ``spatial_size``... it trained with. Locations of the
+            source run (``bundle_root``, ``ckpt_dir``, ``output_dir``...) are never written in.
         configs: the config files of ``bundle_dir/configs`` to copy with the overrides.
+        base_config: the config of ``bundle_dir/configs`` the running workflow started from (``overrides=None``).
 
     Returns:
         ``output_dir``.
@@ -72,9 +81,12 @@ def write_served_bundle(
     tmp = tempfile.mkdtemp(prefix=".served_bundle_", dir=parent)
     try:
         for name, path in zip(configs, sources):
-            parser = ConfigParser()
-            parser.read_config(path)
-            parser.update(applicable_overrides(parser, dict(overrides or {})))
+            parser = ConfigParser(ConfigParser.load_config_file(path))  # as written: keeps "+imports" of an overlay
+            if overrides is None:
+                values = running_values(path, os.path.join(bundle_dir, "configs", base_config))
+            else:
+                values = {k: v for k, v in overrides.items() if ReferenceResolver.split_id(k)[0] in parser}
+            parser.update({k: v for k, v in values.items() if ReferenceResolver.split_id(k)[0] not in _LOCAL_IDS})
             os.makedirs(os.path.join(tmp, "configs"), exist_ok=True)
             with open(os.path.join(tmp, "configs", name), "w") as f:
                 json.dump(parser.get(), f, indent=4)

@@ -8,11 +8,15 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Run the bundle's training stages (each its own config file) one after the other, skipping finished ones."""
+"""Run the bundle's training stages one after the other, each as ``train.json`` (as the running workflow has it,
+overlays and command-line overrides included) with the stage's overlay file merged on top; skip finished ones."""
 
 from __future__ import annotations
 
+import copy
 import gc
+import inspect
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -20,13 +24,23 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.bundle.reference_resolver import ReferenceResolver
+from monai.bundle.utils import merge_kv
 
-__all__ = ["run_bundle_workflow", "run_training_stages", "stage_is_finished", "applicable_overrides"]
+__all__ = [
+    "init_process_group",
+    "run_bundle_workflow",
+    "run_training_stages",
+    "running_config",
+    "running_parser",
+    "running_values",
+    "stage_is_finished",
+]
 
 logger = logging.getLogger(__name__)
 
 _STAGE_KEYS = ("name", "config", "final_ckpt")
+#: ids of train.json (and of overlays like demo.json) that sequence the stages: removed before a stage's file merges
+SEQUENCING_KEYS = ("stages", "run_stages", "skip_finished", "initialize", "run", "training", "finalize")
 
 
 def stage_is_finished(final_ckpt: str) -> bool:
@@ -58,28 +72,126 @@ def stage_is_finished(final_ckpt: str) -> bool:
     return done
 
 
-def applicable_overrides(parser: ConfigParser, overrides: Mapping[str, Any]) -> dict[str, Any]:
+def running_parser() -> ConfigParser:
     """
-    The subset of ``overrides`` that applies to the config held by ``parser``.
+    The ``monai.bundle.ConfigParser`` that is evaluating the current config expression.
 
-    A top-level id applies where the config defines it; a nested id (``"a#b#c"``) applies where its parent
-    (``"a#b"``) exists and is a dict or list, so an override may also add a new argument to an existing component.
+    A bundle expression (``"$monai_msgldm.bundle.run_training_stages(...)"``) has no handle on the parser that runs
+    it, so this walks up the call stack (``inspect.currentframe()``) to the nearest frame whose local ``self`` is a
+    ``ConfigParser``: MONAI's ``ConfigParser.get_parsed_content`` evaluating the expression. Its config is the
+    running workflow's: every ``--config_file`` merged in order and the command-line overrides applied.
+
+    Raises:
+        RuntimeError: not called from an expression of a bundle config.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, ConfigParser):
+                return owner
+            frame = frame.f_back
+    finally:
+        del frame
+    raise RuntimeError(
+        "running_parser found no monai.bundle.ConfigParser on the call stack: call it from an expression of a bundle "
+        "config (e.g. '$monai_msgldm.bundle.run_training_stages(...)'), not from plain Python."
+    )
+
+
+def running_config() -> dict:
+    """A deep copy of the raw (unparsed) config of the running workflow (see :func:`running_parser`)."""
+    return copy.deepcopy(running_parser().get())
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal raw values; MONAI's parsing rewrites ``@a#b`` as ``@a::b`` inside the running config's expressions."""
+    return json.dumps(a, sort_keys=True, default=str).replace("::", "#") == json.dumps(
+        b, sort_keys=True, default=str
+    ).replace("::", "#")
+
+
+def running_values(
+    config_file: str | os.PathLike | Sequence[str], base_file: str | os.PathLike, parser: ConfigParser | None = None
+) -> dict[str, Any]:
+    """
+    The settings of the running workflow that another config of the bundle must share, e.g. ``inference.json``
+    run after the demo's training: the top-level ids that ``config_file`` defines and whose value the running
+    workflow changed from ``base_file`` (``train.json``) through its overlays or command-line overrides, or that
+    ``base_file`` does not define (e.g. the demo's ``ddim_steps``). Nested overrides such as
+    ``autoencoder_def#channels`` are part of their root's value (``autoencoder_def``). Workflow ids
+    (:data:`SEQUENCING_KEYS`, ``imports``) are never taken.
+
+    A value that is a reference or an expression (``"$os.path.join(@demo_dir, 'models')"``) is evaluated by the
+    running parser and taken when the result is plain data (strings, numbers, lists, dicts, None), left out
+    otherwise (e.g. a ``torch.device``); components (dicts) are taken raw, their references being ids that
+    ``config_file`` defines.
 
     Args:
-        parser: a parser that has read the stage config.
-        overrides: id-value pairs.
+        config_file: the config that receives the values (a list: merged in order).
+        base_file: the config the running workflow started from.
+        parser: the parser of the workflow to take the values from (e.g. ``train.json`` + ``demo.json`` read by a
+            script); default: the running one (:func:`running_parser`).
+
+    Returns:
+        id-value pairs to override ``config_file`` with.
     """
-    selected = {}
-    for key, value in overrides.items():
-        parts = ReferenceResolver.split_id(key)
-        if len(parts) == 1:
-            ok = key in parser
-        else:
-            parent = ReferenceResolver.split_id(key, last=True)[0]
-            ok = parent in parser and isinstance(parser[parent], (dict, list))
-        if ok:
-            selected[key] = value
-    return selected
+    parser = running_parser() if parser is None else parser
+    if isinstance(config_file, Sequence) and not isinstance(config_file, str):
+        target = ConfigParser.load_config_files([os.fspath(f) for f in config_file])
+    else:  # one file as written (an overlay's nested ids need not resolve on their own)
+        target = ConfigParser.load_config_file(os.fspath(config_file))
+    base = ConfigParser.load_config_file(os.fspath(base_file))
+    running = parser.get()
+    values: dict[str, Any] = {}
+    for key in target:
+        if key.startswith("_") or key in SEQUENCING_KEYS or key == "imports" or key not in running:
+            continue
+        if key in base and _same(running[key], base[key]):
+            continue
+        value = running[key]
+        if isinstance(value, str) and value.startswith(("$", "@")):
+            value = parser.get_parsed_content(key)
+            if not _plain(value):
+                continue
+        values[key] = copy.deepcopy(value)
+    return values
+
+
+def init_process_group(backend: str, device: torch.device | str | None = None) -> bool:
+    """
+    Join the ``torch.distributed`` process group of a ``torchrun`` launch unless it exists already, then
+    synchronise Ignite with it and select the process's CUDA device.
+
+    Ignite's first rank query creates a process group (a collective): ``ignite.distributed.sync()`` makes every
+    rank do it here, at the same point, rather than where ranks differ (rank 0 builds savers the others skip).
+
+    Args:
+        backend: ``"nccl"`` or ``"gloo"``.
+        device: the process's device; a CUDA device becomes the current one.
+
+    Returns:
+        whether this call created the group (its owner destroys it in ``finalize``).
+    """
+    import ignite.distributed
+
+    created = not torch.distributed.is_initialized()
+    if created:
+        torch.distributed.init_process_group(backend=backend)
+    ignite.distributed.sync()
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_device(device)
+    return created
 
 
 def run_bundle_workflow(
@@ -127,30 +239,30 @@ def run_bundle_workflow(
 def run_training_stages(
     stages: Sequence[Mapping[str, Any]],
     ckpt_dir: str,
-    overrides: Mapping[str, Any] | None = None,
-    extra_overrides: Mapping[str, Any] | None = None,
     meta_file: str | Sequence[str] | None = None,
     logging_file: str | bool | None = None,
     run_id: str = "training",
     skip_finished: bool = True,
 ) -> list[str]:
     """
-    Run several bundle training configs in order, each as its own ``ConfigWorkflow`` (initialize, run, finalize).
+    Run the bundle's training stages in order, each as its own ``ConfigWorkflow`` (initialize, run, finalize).
+
+    Call it from an expression of the running ``train.json`` workflow (its ``run`` / ``training``). Each stage's
+    config is the running workflow's raw config (``train.json``, the overlays given after it such as ``demo.json``
+    or ``multi_gpu_train.json``, and the command-line overrides, as MONAI merged them; see :func:`running_config`)
+    without its sequencing ids (:data:`SEQUENCING_KEYS`), with the stage's overlay file merged on top the way
+    MONAI merges a ``--config_file`` list. Overlays and overrides of the running workflow therefore reach every
+    stage when they set ids of the base (``train.json``); an id that a stage file sets is the stage file's.
 
     A stage whose final checkpoint ``ckpt_dir/<final_ckpt>`` marks a finished run (see :func:`stage_is_finished`) is
     skipped with a log line, so that an interrupted multi-stage run resumes at the first unfinished stage. Note that
-    re-training an early stage does not invalidate the later ones: delete their final checkpoints too.
-
-    Overrides reach a stage in this order (later wins): ``overrides`` (ids every stage defines, applied to all),
-    ``extra_overrides`` (applied to the stages where :func:`applicable_overrides` selects them; an id that no
-    stage accepts raises), then the stage's own ``overrides`` entry (applied as given).
+    re-training an early stage does not invalidate the later ones: delete their final checkpoints too. Under
+    ``torch.distributed`` every rank waits for the others after each stage (rank 0 writes the checkpoints).
 
     Args:
-        stages: one mapping per stage with ``name`` (for the log), ``config`` (path of the stage config file),
-            ``final_ckpt`` (file name of its final checkpoint in ``ckpt_dir``) and optionally ``overrides``.
+        stages: one mapping per stage with ``name`` (for the log), ``config`` (path of the stage overlay file) and
+            ``final_ckpt`` (file name of its final checkpoint in ``ckpt_dir``).
         ckpt_dir: folder of the final checkpoints.
-        overrides: id-value pairs for every stage.
-        extra_overrides: id-value pairs for the stages that define them.
         meta_file: metadata file(s) given to every stage.
         logging_file: logging config given to every stage (see ``ConfigWorkflow``).
         run_id: id of the run expression in the stage configs.
@@ -159,55 +271,49 @@ def run_training_stages(
     Returns:
         the names of the stages that were run.
 
-    Example::
+    Example (``train.json``)::
 
-        run_training_stages(
-            [{"name": "autoencoder", "config": "configs/train_autoencoder.json", "final_ckpt": "autoencoder.pt"}],
-            ckpt_dir="models",
-            overrides={"max_epochs": 1},
-        )
+        "run_stages": "$monai_msgldm.bundle.run_training_stages(@stages, ckpt_dir=@ckpt_dir)"
     """
     if not isinstance(skip_finished, bool):
         raise ValueError(f"run_training_stages expects skip_finished to be a bool, got {skip_finished!r}.")
-    overrides = dict(overrides or {})
-    extra_overrides = dict(extra_overrides or {})
     if not isinstance(stages, Sequence) or isinstance(stages, (str, bytes)) or len(stages) == 0:
         raise ValueError(f"run_training_stages expects stages to be a non-empty list of dicts, got {stages!r}.")
-    parsed = []
-    used_extra: set[str] = set()
     for i, stage in enumerate(stages):
         if not isinstance(stage, Mapping) or any(k not in stage for k in _STAGE_KEYS):
             raise ValueError(
                 f"run_training_stages expects stages[{i}] to be a dict with keys {list(_STAGE_KEYS)}, got {stage!r}."
             )
-        config = str(stage["config"])
-        if not os.path.isfile(config):
-            raise FileNotFoundError(f"run_training_stages: config file of stage '{stage['name']}' not found: {config}.")
-        own = stage.get("overrides") or {}
-        if not isinstance(own, Mapping):
-            raise ValueError(f"run_training_stages expects stages[{i}]['overrides'] to be a dict, got {own!r}.")
-        parser = ConfigParser()
-        parser.read_config(config)
-        missing = [k for k in overrides if k not in parser]
-        if missing:
-            raise ValueError(
-                f"run_training_stages expects every shared override to be an id of each stage config, "
-                f"got {missing} not in {config}."
+        if not os.path.isfile(str(stage["config"])):
+            raise FileNotFoundError(
+                f"run_training_stages: config file of stage '{stage['name']}' not found: {stage['config']}."
             )
-        extra = applicable_overrides(parser, extra_overrides)
-        used_extra.update(extra)
-        parsed.append((str(stage["name"]), config, os.path.join(ckpt_dir, str(stage["final_ckpt"])), extra, own))
-    unused = sorted(set(extra_overrides) - used_extra)
-    if unused:
-        raise ValueError(f"run_training_stages: extra_overrides {unused} match no id of any stage config.")
+    base = running_config()
+    for key in (*SEQUENCING_KEYS, "_meta_"):
+        base.pop(key, None)
 
     ran = []
-    for name, config, final_ckpt, extra, own in parsed:
+    for stage in stages:
+        name, config = str(stage["name"]), str(stage["config"])
+        final_ckpt = os.path.join(ckpt_dir, str(stage["final_ckpt"]))
         if skip_finished and stage_is_finished(final_ckpt):
             logger.info(f"stage '{name}': skipped, final checkpoint {final_ckpt} exists.")
             continue
         logger.info(f"stage '{name}': running {config}.")
-        run_bundle_workflow(config, meta_file, logging_file, run_id, "train", **{**overrides, **extra, **own})
+        merged = ConfigParser(copy.deepcopy(base))
+        for key, value in ConfigParser.load_config_file(config).items():
+            merge_kv(merged, key, value)
+        workflow = ConfigWorkflow(
+            config_file=config, meta_file=meta_file, logging_file=logging_file, run_id=run_id, workflow_type="train"
+        )
+        workflow.parser.read_config(merged.get())
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        del workflow, merged
+        gc.collect()
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # rank 0 has written the stage's checkpoints
         if not os.path.isfile(final_ckpt):
             raise RuntimeError(f"stage '{name}' finished without writing its final checkpoint {final_ckpt}.")
         logger.info(f"stage '{name}': done, wrote {final_ckpt}.")

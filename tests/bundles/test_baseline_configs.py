@@ -71,7 +71,7 @@ class TestBaselineRegressionCLI(unittest.TestCase):
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
         ckpt_dir = os.path.join(root, "models")
-        configs = [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / "baseline_regression.json")]
+        configs = [str(CONFIGS / f) for f in ("train.json", "train_diffusion.json", "baseline_regression.json")]
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
         cmd += ["--config_file", json.dumps(configs), "--logging_file", str(LOGGING)]
         cmd += ["--bundle_root", root, "--dataset_dir", _DATA, "--ckpt_dir", ckpt_dir]

@@ -44,7 +44,7 @@ class TestBaselineLDMBundle(unittest.TestCase):
         ckpt_dir = os.path.join(root, "models")
         states = stage2._write_stage_checkpoints(ckpt_dir, stages=("autoencoder",))
         wf = ConfigWorkflow(
-            config_file=[str(stage2.CONFIG), str(OVERLAY)],
+            config_file=[*stage2.CONFIG, str(OVERLAY)],
             meta_file=str(stage2.META),
             logging_file=str(stage2.LOGGING),
             workflow_type="train",

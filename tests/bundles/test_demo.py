@@ -60,10 +60,10 @@ OVERRIDES = {
     "spatial_size": 32,
     "batch_size": 1,
     "val_num_samples": 2,
-    "demo_sizes": TINY,
-    "demo_epochs": {"autoencoder": 1, "structure": 1, "diffusion": 2},
-    "demo_num_samples": {"autoencoder": 2, "structure": 2, "diffusion": 2},
-    "demo_ddim_steps": 2,
+    **{f"{part}_def#{k}": v for part, args in TINY.items() for k, v in args.items()},
+    "epochs": {"autoencoder": 1, "structure": 1, "diffusion": 2},
+    "stage_num_samples": {"autoencoder": 2, "structure": 2, "diffusion": 2},
+    "ddim_steps": 2,
     "val_ddim_steps": 1,
 }
 
@@ -80,19 +80,26 @@ def tearDownModule() -> None:
 
 class TestDemoConfig(unittest.TestCase):
     def test_demo_defaults(self):
-        """The shipped demo settings: small 64 px model, the stage budgets, served network with v-prediction."""
+        """The shipped demo settings: small 64 px model, the stage budgets, served network with v-prediction, all
+        plain overrides of train.json ids that reach each stage's config (train.json + demo.json + stage file)."""
         parser = ConfigParser()
         parser.read_config(CONFIGS)
         self.assertEqual(parser.get("spatial_size"), 64)
         self.assertEqual(parser.get("phantom_resolution"), 3.0)
-        self.assertEqual(parser.get("demo_epochs"), {"autoencoder": 75, "structure": 50, "diffusion": 500})
-        # MONAI writes nested ids with "::" inside expressions; both spellings are valid override ids
-        stage2 = {k.replace("::", "#"): v for k, v in parser.get_parsed_content("stages#2#overrides").items()}
-        self.assertEqual(stage2["max_epochs"], 500)
-        self.assertEqual(stage2["prediction_type"], "v_prediction")  # the schedulers' setting, not the network's
-        stage0 = {k.replace("::", "#"): v for k, v in parser.get_parsed_content("stages#0#overrides").items()}
-        self.assertEqual(stage0["network_def#channels"], [16, 32, 32])
-        self.assertFalse(any(k.startswith(("structure_def", "unet_def")) for k in stage0))
+        self.assertEqual(parser.get("epochs"), {"autoencoder": 75, "structure": 50, "diffusion": 500})
+        self.assertEqual(parser.get("prediction_type"), "v_prediction")  # the schedulers' setting, not the network's
+        self.assertEqual(parser.get("autoencoder_def#channels"), [16, 32, 32])
+        demo = ConfigParser.load_config_file(CONFIGS[1])
+        self.assertFalse(any(k.startswith(("stages", "demo_sizes")) for k in demo))  # no re-injection
+        for stage, epochs in (("autoencoder", 75), ("structure", 50), ("diffusion", 500)):
+            merged = ConfigParser()
+            merged.read_config([*CONFIGS, str(CONFIG_DIR / f"train_{stage}.json")])
+            self.assertEqual(merged.get_parsed_content("train#trainer#max_epochs"), epochs, stage)
+            self.assertEqual(merged.get_parsed_content("val_interval"), epochs, stage)  # validation once, at the end
+            self.assertEqual(merged.get("autoencoder_def#channels"), [16, 32, 32], stage)
+            network = {"autoencoder": "@autoencoder_def", "structure": "@structure_def"}
+            self.assertEqual(merged.get("network_def"), network.get(stage, parser.get("network_def")), stage)
+        self.assertEqual(merged.get_parsed_content("noise_scheduler").prediction_type, "v_prediction")
 
 
 class TestDemoWorkflow(unittest.TestCase):

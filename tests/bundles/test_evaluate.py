@@ -34,7 +34,8 @@ from tests.bundles.test_inference import TINY as INFERENCE_TINY
 __all__: list[str] = []
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
-CONFIG = BUNDLE_DIR / "configs" / "evaluate.json"
+# evaluate.json is an overlay of inference.json (merged in order)
+CONFIG = [str(BUNDLE_DIR / "configs" / "inference.json"), str(BUNDLE_DIR / "configs" / "evaluate.json")]
 INFERENCE = BUNDLE_DIR / "configs" / "inference.json"
 META = BUNDLE_DIR / "configs" / "metadata.json"
 LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
@@ -48,7 +49,7 @@ def _reference_rows(rows: list[dict], **overrides) -> list[dict]:
     """For each metrics row: the evaluate.json case preprocessed by the config, its missing contrasts set to -1,
     synthesized by the config's inferer with the served weights, and scored by the metric functions."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIG))
+    parser.read_config(CONFIG)
     parser.update({**TINY, "bundle_root": _BUNDLE, "output_dir": tempfile.mkdtemp(dir=_TMP), **overrides})
     network = parser.get_parsed_content("network")
     network.load_state_dict(torch.load(os.path.join(_BUNDLE, "models", "model.pt"), weights_only=True))
@@ -78,7 +79,7 @@ def setUpModule() -> None:
     _DATA = os.path.join(_TMP, "data")
     generate_phantom_dataset(_DATA, num_subjects=2, resolution=4.0, progress=False)
     parser = ConfigParser()
-    parser.read_config(str(CONFIG))
+    parser.read_config(CONFIG)
     parser.update(TINY)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")
@@ -98,7 +99,7 @@ class TestEvaluateConfig(unittest.TestCase):
 
     def _run(self, **overrides) -> None:
         wf = ConfigWorkflow(
-            config_file=str(CONFIG),
+            config_file=CONFIG,
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type=None,
@@ -132,9 +133,11 @@ class TestEvaluateConfig(unittest.TestCase):
         parsers = []
         for config in (CONFIG, INFERENCE):
             parser = ConfigParser()
-            parser.read_config(str(config))
+            parser.read_config(config if isinstance(config, list) else str(config))
             parsers.append(parser)
-        for key in ("autoencoder_def", "structure_def", "unet_def", "network_def"):
+        overlay = ConfigParser.load_config_file(CONFIG[1])
+        for key in ("autoencoder_def", "structure_def", "unet_def", "network_def", "sampling_scheduler", "sampler"):
+            self.assertNotIn(key, overlay)  # evaluation never redefines the served network
             self.assertEqual(parsers[0][key], parsers[1][key], key)
 
     def test_test_split(self):
@@ -198,7 +201,16 @@ class TestEvaluateConfig(unittest.TestCase):
 
     def test_cli(self):
         overrides = [f"--{k}={json.dumps(v)}" if isinstance(v, list) else f"--{k}={v}" for k, v in TINY.items()]
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--meta_file", str(META)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            json.dumps(CONFIG),
+            "--meta_file",
+            str(META),
+        ]
         cmd += ["--bundle_root", _BUNDLE, "--output_dir", self.out, "--dataset_dir", _DATA, "--test_ratio", "0.5"]
         cmd += ["--scenarios", "['t1+t1ce+t2']", *overrides]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

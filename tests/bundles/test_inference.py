@@ -40,7 +40,7 @@ __all__: list[str] = []
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
 CONFIG = BUNDLE_DIR / "configs" / "inference.json"
-TRAIN_CONFIG = BUNDLE_DIR / "configs" / "train_diffusion.json"
+TRAIN_CONFIG = BUNDLE_DIR / "configs" / "train.json"
 META = BUNDLE_DIR / "configs" / "metadata.json"
 LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
 
@@ -232,7 +232,17 @@ class TestInferenceWorkflow(unittest.TestCase):
         parser.read_config(str(CONFIG))
         train = ConfigParser()
         train.read_config(str(TRAIN_CONFIG))
-        for key in ("autoencoder_def", "structure_def", "unet_def", "network_def"):
+        # inference.json is self-contained (MONAI Label reads it alone): its copies of the network, scheduler and
+        # preprocessing settings must stay those of train.json, the base the model trains with
+        for key in (
+            "autoencoder_def",
+            "structure_def",
+            "unet_def",
+            "network_def",
+            "prediction_type",
+            "sampling_scheduler",
+            "spatial_size",
+        ):
             self.assertEqual(parser.get(key), train.get(key), key)
         self.assertEqual(parser.get_parsed_content("ddim_steps"), 20)
         self.assertEqual(parser.get_parsed_content("slice_batch_size"), 4)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
+from tests.bundles.test_train_all import EXTRA as TRAIN_ALL_TINY_NETWORKS
+from tests.bundles.test_train_all import SHARED as TRAIN_ALL_SHARED
 from tests.bundles.test_train_autoencoder import TINY as AUTOENCODER_TINY
 from tests.bundles.test_train_diffusion import TINY as DIFFUSION_TINY
 from tests.bundles.test_train_diffusion import _write_stage_checkpoints
@@ -45,6 +47,16 @@ RANK_DUMP = {
         "$torch.save(@network.state_dict(), os.path.join(@bundle_root, 'rank' + str(@rank) + '.pt'))",
         "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()",
     ]
+}
+
+
+# test-only overlay for the full train.json run (base-level ids only, so that it reaches every stage): after each
+# stage, every rank saves its network weights (the checkpoints come from rank 0 only)
+STAGE_RANK_DUMP = {
+    "progress": False,
+    "+stage_finalize": [
+        "$torch.save(@network.state_dict(), os.path.join(@bundle_root, @stage + '_rank' + str(@rank) + '.pt'))"
+    ],
 }
 
 
@@ -85,12 +97,12 @@ class TestMultiGPUTraining(unittest.TestCase):
             json.dump(RANK_DUMP, f)
         self.dump = dump
 
-    def _run(self, configs: list[str], tiny: dict) -> None:
-        config_files = [str(CONFIGS / c) for c in configs] + [self.dump]
+    def _run(self, configs: list[str], tiny: dict, overlay: str | None = None, timeout: int = 100) -> None:
+        config_files = [str(CONFIGS / c) for c in configs] + [overlay or self.dump]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
         cmd += ["-m", "monai.bundle", "run", "training", "--meta_file", str(META), "--logging_file", str(LOGGING)]
         cmd += ["--config_file", json.dumps(config_files), "--bundle_root", self.root, "--dataset_dir", _DATA]
-        for key, value in {**tiny, "train#handlers#4#_disabled_": True}.items():
+        for key, value in ({**tiny, "train#handlers#4#_disabled_": True} if overlay is None else tiny).items():
             cmd += [f"--{key}", json.dumps(value)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         # own session: on a hang the launcher and both workers are killed together, no process is left behind
@@ -98,12 +110,13 @@ class TestMultiGPUTraining(unittest.TestCase):
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
         )
         try:
-            out, err = proc.communicate(timeout=100)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             self.fail(
-                "torch.distributed.run did not finish in 100 s (collective mismatch between ranks?)\n" + err[-3000:]
+                f"torch.distributed.run did not finish in {timeout} s (collective mismatch between ranks?)\n"
+                + err[-3000:]
             )
         self.assertEqual(proc.returncode, 0, out[-3000:] + err[-3000:])
 
@@ -125,20 +138,20 @@ class TestMultiGPUTraining(unittest.TestCase):
         return ckpt
 
     def test_autoencoder(self):
-        self._run(["train_autoencoder.json", "multi_gpu_train.json"], AUTOENCODER_TINY)
+        self._run(["train.json", "train_autoencoder.json", "multi_gpu_train.json"], AUTOENCODER_TINY)
         ckpt = self._check_rank_zero_outputs("autoencoder", "autoencoder.pt")
         self.assertEqual(len(glob.glob(os.path.join(self.root, "models", "*.pt"))), 2)
         _assert_one_adam_step_per_parameter(self, ckpt)
 
     def test_structure(self):
-        self._run(["train_structure.json", "multi_gpu_train.json"], STRUCTURE_TINY)
+        self._run(["train.json", "train_structure.json", "multi_gpu_train.json"], STRUCTURE_TINY)
         ckpt = self._check_rank_zero_outputs("structure", "structure.pt")
         self.assertEqual(len(glob.glob(os.path.join(self.root, "models", "*.pt"))), 2)
         _assert_one_adam_step_per_parameter(self, ckpt)
 
     def test_diffusion(self):
         stage_states = _write_stage_checkpoints(os.path.join(self.root, "models"))
-        configs = ["train_diffusion.json", "multi_gpu_train.json", "multi_gpu_train_diffusion.json"]
+        configs = ["train.json", "train_diffusion.json", "multi_gpu_train.json"]
         self._run(configs, {**DIFFUSION_TINY, "ema_decay": 0.5})
         ckpt = self._check_rank_zero_outputs("diffusion", "diffusion.pt")
         self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer", "ema"})
@@ -150,6 +163,35 @@ class TestMultiGPUTraining(unittest.TestCase):
         served = _load(os.path.join(self.root, "models", "model.pt"))
         self.assertTrue(state_equal({k[5:]: v for k, v in served.items() if k.startswith("unet.")}, ckpt["ema"]))
         self.assertNotEqual(float(served["scale_factor"]), 1.0)
+
+    def test_train_all_stages(self):
+        """train.json + multi_gpu_train.json trains the three stages in one torchrun launch: each stage shards
+        the data over the ranks, and DDP keeps the ranks' weights identical (each rank saves here, to compare)."""
+        overlay = os.path.join(self.root, "stage_rank_dump.json")
+        with open(overlay, "w") as f:
+            json.dump({**STAGE_RANK_DUMP, "config_dir": str(CONFIGS)}, f)  # the stage files of this bundle
+        tiny = {**PHANTOM, **TRAIN_ALL_SHARED, **TRAIN_ALL_TINY_NETWORKS}
+        self._run(["train.json", "multi_gpu_train.json"], tiny, overlay=overlay, timeout=300)
+        models = os.path.join(self.root, "models")
+        for stage, final in (
+            ("autoencoder", "autoencoder.pt"),
+            ("structure", "structure.pt"),
+            ("diffusion", "diffusion.pt"),
+        ):
+            ckpt = _load(os.path.join(models, final))
+            # 2 training volumes split over 2 ranks: 1 iteration per rank, not 2
+            self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["epoch_length"]), (1, 1), stage)
+            _assert_one_adam_step_per_parameter(self, ckpt)
+            # gradients averaged over the ranks: both ranks end the stage with the same weights, the saved ones
+            rank0, rank1 = (_load(os.path.join(self.root, f"{stage}_rank{r}.pt")) for r in (0, 1))
+            self.assertTrue(state_equal(rank0, rank1), stage)
+            self.assertTrue(state_equal(ckpt["model"], rank0), stage)
+            self.assertTrue(os.path.isfile(os.path.join(self.root, "eval", stage, "datalist.json")), stage)
+        # stage 2 trained on the stage-0 and stage-1 results of the same run; model.pt is written once, by rank 0
+        served = _load(os.path.join(models, "model.pt"))
+        for prefix, final in (("autoencoder.model.", "autoencoder.pt"), ("structure_net.", "structure.pt")):
+            sub = {k[len(prefix) :]: v for k, v in served.items() if k.startswith(prefix)}
+            self.assertTrue(state_equal(sub, _load(os.path.join(models, final))["model"]), final)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ import unittest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.data.utils import set_rnd
-from monai.utils import set_determinism
 from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
@@ -60,7 +58,7 @@ def tearDownModule() -> None:
 
 def _parser(config: str, **overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / config)])
     parser.update(overrides)
     return parser
 
@@ -113,7 +111,7 @@ class TestResumeAutoencoder(unittest.TestCase):
 
     def _workflow(self, **overrides) -> ConfigWorkflow:
         wf = ConfigWorkflow(
-            config_file=str(CONFIGS / "train_autoencoder.json"),
+            config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "train_autoencoder.json")],
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type="train",
@@ -170,24 +168,6 @@ class _Crash(RuntimeError):
     """Raised by a test handler to interrupt a training run."""
 
 
-def _reseed_every_epoch(wf: ConfigWorkflow, seed: int = 100) -> None:
-    """Re-seed every random stream of the training epoch (torch / numpy / random: shuffling, noise, dropout; the
-    random transforms of the training dataset: slice draws) with ``seed + epoch`` when each epoch starts.
-
-    The checkpoints hold the networks, the optimizer, the scheduler, the EMA and the trainer counters, not the random
-    streams, which a fresh process restarts from ``set_determinism(seed)``: without this, the epochs after a resume
-    draw other slices and noise than an uninterrupted run does. Given to both runs, it makes them comparable bit for
-    bit, so what is compared is what the checkpoint restores.
-    """
-    dataset = wf.trainer.data_loader.dataset
-
-    def reseed(engine) -> None:
-        set_determinism(seed + engine.state.epoch)
-        set_rnd(dataset, seed + engine.state.epoch)
-
-    wf.trainer.add_event_handler(Events.EPOCH_STARTED, reseed)
-
-
 def _load(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -203,7 +183,7 @@ class _ResumeVersusUninterrupted(unittest.TestCase):
 
     def _workflow(self, root: str, **overrides) -> ConfigWorkflow:
         wf = ConfigWorkflow(
-            config_file=str(CONFIGS / self.config),
+            config_file=[str(CONFIGS / "train.json"), str(CONFIGS / self.config)],
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type="train",
@@ -211,8 +191,7 @@ class _ResumeVersusUninterrupted(unittest.TestCase):
             phantom_cache_dir=_TMP,
             **{**PHANTOM, **self.tiny, "train#handlers#4#_disabled_": True, "save_interval": 1, **overrides},
         )
-        wf.initialize()
-        _reseed_every_epoch(wf)
+        wf.initialize()  # the stage re-seeds every random stream per epoch (train.json's reseed_every_epoch)
         return wf
 
     def _prepare(self, ckpt_dir: str) -> None:

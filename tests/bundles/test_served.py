@@ -44,16 +44,54 @@ class TestWriteServedBundle(unittest.TestCase):
         overrides = {"unet_def#channels": [8, 8, 8], "spatial_size": 32, "not_an_id": 1}
         self.assertEqual(write_served_bundle(BUNDLE_DIR, out, self.model, overrides), out)
         self.assertFalse(os.path.exists(os.path.join(out, "stale.txt")))
-        for name in ("inference.json", "evaluate.json"):
+        # evaluate.json is an overlay of inference.json: the merged pair has the values
+        for names in (["inference.json"], ["inference.json", "evaluate.json"]):
             parser = ConfigParser()
-            parser.read_config(os.path.join(out, "configs", name))
+            parser.read_config([os.path.join(out, "configs", n) for n in names])
             self.assertEqual(parser.get("unet_def#channels"), [8, 8, 8])
             self.assertEqual(parser.get("spatial_size"), 32)
             self.assertNotIn("not_an_id", parser)
+        self.assertIn("+imports", ConfigParser.load_config_file(os.path.join(out, "configs", "evaluate.json")))
         with open(os.path.join(out, "configs", "metadata.json")) as f:
-            self.assertEqual(json.load(f)["version"], "0.2.0")
+            self.assertEqual(json.load(f)["version"], "0.3.0")
         self.assertTrue(torch.equal(torch.load(os.path.join(out, "models", "model.pt"))["w"], torch.zeros(1)))
         self.assertEqual(sorted(os.listdir(self.tmp)), ["model.pt", "served"])  # no temporary folder left
+
+    def test_values_of_the_running_workflow(self):
+        """Called from a running train.json workflow without overrides, the served configs get the values that
+        workflow changed (network sizes, prediction_type, spatial_size, settings train.json lacks such as
+        ddim_steps), evaluated to plain data, and never the run's locations."""
+        out = os.path.join(self.tmp, "served")
+        configs = BUNDLE_DIR / "configs"
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json")])
+        parser.update(
+            {
+                "bundle_root": self.tmp,
+                "ckpt_dir": "$os.path.join(@bundle_root, 'elsewhere')",
+                "unet_def#channels": [8, 8, 8],
+                "prediction_type": "v_prediction",
+                "spatial_size": "$16 * 2",
+                "ddim_steps": 3,
+                "phantom_resolution": 4.0,
+                "serve": f"$monai_msgldm.bundle.write_served_bundle({str(BUNDLE_DIR)!r}, {out!r}, {self.model!r})",
+            }
+        )
+        parser.parse()
+        self.assertEqual(parser.get_parsed_content("serve"), out)
+        inference = ConfigParser.load_config_file(os.path.join(out, "configs", "inference.json"))
+        self.assertEqual(inference["unet_def"]["channels"], [8, 8, 8])
+        self.assertEqual(
+            (inference["prediction_type"], inference["spatial_size"], inference["ddim_steps"]), ("v_prediction", 32, 3)
+        )
+        source = ConfigParser.load_config_file(str(configs / "inference.json"))
+        for key in ("bundle_root", "ckpt_dir", "model_path", "output_dir", "datalist", "imports", "initialize"):
+            self.assertEqual(inference[key], source[key], key)  # locations and workflow ids stay the bundle's
+        for key in ("structure_def", "autoencoder_def", "seed", "device"):  # unchanged by the run: as written
+            self.assertEqual(inference[key], source[key], key)
+        evaluate = ConfigParser.load_config_file(os.path.join(out, "configs", "evaluate.json"))
+        self.assertEqual(evaluate["phantom_resolution"], 4.0)
+        self.assertNotIn("unet_def", evaluate)  # the network stays in inference.json
 
     def test_missing_model_or_config(self):
         out = os.path.join(self.tmp, "served")

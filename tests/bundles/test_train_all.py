@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from parameterized import parameterized
 
-from monai_msgldm.bundle import applicable_overrides, run_training_stages, stage_is_finished
+from monai_msgldm.bundle import run_training_stages, running_config, running_parser, stage_is_finished
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 
 __all__: list[str] = []
@@ -54,7 +53,7 @@ SHARED = {
     "num_workers": 0,
 }
 TINY_AE = {"channels": [8, 8, 8, 8], "norm_num_groups": 4}
-# applied by train.json where they fit: structure_def in stages 1 and 2, autoencoder_def and unet_def in stage 2
+# base-level ids of train.json: every stage that uses them gets them (the autoencoder_def is stage 0's network_def)
 EXTRA = {
     "val_ddim_steps": 2,
     "ema_decay": 0.5,
@@ -66,8 +65,6 @@ EXTRA = {
     "unet_def#norm_num_groups": 4,
     "unet_def#num_head_channels": 8,
 }
-# network_def is a different network in each stage: the stage-0 autoencoder gets its own override
-STAGE0 = {f"network_def#{k}": v for k, v in TINY_AE.items()}
 FINAL = ("autoencoder.pt", "structure.pt", "model.pt")
 
 
@@ -108,8 +105,7 @@ class TestTrainAllWorkflow(unittest.TestCase):
             bundle_root=self.root,
             config_dir=str(CONFIG_DIR),
             phantom_cache_dir=_TMP,
-            extra_overrides=EXTRA,
-            **{"stages#0#overrides": STAGE0},
+            **EXTRA,
             **PHANTOM,
             **SHARED,
         )
@@ -156,64 +152,75 @@ class TestTrainAllWorkflow(unittest.TestCase):
         self.assertIn("model.pt", after)
 
 
-class TestStageHelpers(unittest.TestCase):
-    def test_train_json_defaults_match_stage_configs(self):
-        parser = ConfigParser()
-        parser.read_config(str(CONFIG))
-        shared = parser.get("stage_overrides")
-        self.assertGreater(len(shared), 20)
-        # exactly the settings that train.json and every stage config define (not the workflow sections)
-        common = set(parser.get())
-        for path in STAGE_CONFIGS.values():
-            common &= set(ConfigParser.load_config_file(str(path)))
-        self.assertEqual(set(shared), common - {"imports", "initialize", "run", "training", "finalize"})
-        for key, ref in shared.items():
-            self.assertEqual(ref, f"@{key}")  # forwards the train.json id of the same name
-            for stage, path in STAGE_CONFIGS.items():
-                stage_parser = ConfigParser()
-                stage_parser.read_config(str(path))
-                self.assertEqual(parser.get(key), stage_parser.get(key), f"{key} in {stage}")
-        self.assertEqual(
-            [s["final_ckpt"] for s in parser.get("stages")], ["autoencoder.pt", "structure.pt", "model.pt"]
+class TestTrainProperties(unittest.TestCase):
+    def test_check_properties(self):
+        """train.json is a complete MONAI train workflow: its train/validate sections are the served stage's
+        (stage 2, the model.pt network), so MONAI's required train properties all resolve."""
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        wf = ConfigWorkflow(
+            config_file=str(CONFIG),
+            meta_file=str(META),
+            logging_file=False,
+            workflow_type="train",
+            bundle_root=root,
+            phantom_cache_dir=_TMP,
+            **EXTRA,
+            **PHANTOM,
+            **SHARED,
         )
-        self.assertIn("training", parser)
-        self.assertIn("run", parser)
+        wf.initialize()
+        self.assertEqual(wf.check_properties(), [])
+        self.assertEqual(type(wf.trainer).__name__, "LatentDiffusionTrainer")
+        self.assertEqual(wf.max_epochs, 1)
+        self.assertEqual(type(wf.network_def).__name__, "MSGLDM")
+        self.assertEqual(len(wf.train_dataset), 2)
+        self.assertEqual(wf.device, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        wf.finalize()
 
-    @parameterized.expand(
-        [
-            ("autoencoder", {"max_epochs", "network_def#channels", "train#handlers#0#print_lr"}),
-            ("structure", {"max_epochs", "structure_def#mlp_hidden", "structure_def#num_res_blocks"}),
-            (
-                "diffusion",
-                {
-                    "max_epochs",
-                    "ema_decay",
-                    "structure_def#mlp_hidden",
-                    "structure_def#num_res_blocks",
-                    "network_def#channels",
-                    "autoencoder_def#channels",
-                },
-            ),
-        ]
-    )
-    def test_applicable_overrides(self, stage, expected):
-        parser = ConfigParser()
-        parser.read_config(str(STAGE_CONFIGS[stage]))
-        overrides = {
-            "max_epochs": 1,  # every stage
-            "ema_decay": 0.5,  # top-level id of stage 2 only
-            "network_def#channels": [8],  # parent dict in stages 0 and 2, a reference string in stage 1
-            "autoencoder_def#channels": [8],  # stage 2 only
-            "structure_def#mlp_hidden": 16,  # stages 1 and 2
-            "structure_def#num_res_blocks": 1,  # a new argument of an existing component
-            "train#handlers#0#print_lr": False,
-            "missing#key": 1,
-        }
-        selected = applicable_overrides(parser, overrides)
-        if stage != "autoencoder":  # the handler list differs per stage; check the id on its own
-            selected.pop("train#handlers#0#print_lr", None)
-        self.assertEqual(set(selected), expected)
-        self.assertTrue(all(selected[k] == overrides[k] for k in selected))
+
+class TestStageHelpers(unittest.TestCase):
+    def test_stage_configs_are_thin_overlays(self):
+        """train.json is the base; each stage file holds only its own engine, never a base setting."""
+        base = ConfigParser.load_config_file(str(CONFIG))
+        self.assertNotIn("stage_overrides", base)
+        self.assertEqual([s["final_ckpt"] for s in base["stages"]], ["autoencoder.pt", "structure.pt", "model.pt"])
+        self.assertIn("training", base)
+        self.assertIn("run", base)
+        for key in ("dataset_dir", "datalist", "spatial_size", "device", "seed", "amp", "network_def"):
+            self.assertIn(key, base)
+        for key in ("autoencoder_def", "structure_def", "unet_def", "noise_scheduler", "sampling_scheduler"):
+            self.assertIn(key, base)
+        own = {"stage", "network_def", "optimizer", "train", "validate", "initialize", "run", "training", "finalize"}
+        for stage, path in STAGE_CONFIGS.items():
+            overlay = ConfigParser.load_config_file(str(path))
+            self.assertLessEqual(set(overlay), own, stage)
+            self.assertEqual(overlay["stage"], stage)
+            merged = ConfigParser()
+            merged.read_config([str(CONFIG), str(path)])
+            self.assertEqual(merged.get("stage"), stage)
+            self.assertEqual(merged.get("datalist"), base["datalist"])  # the base's data, not a copy
+
+    def test_running_parser(self):
+        """The parser evaluating an expression is found from inside it; outside any config there is none."""
+        parser = ConfigParser(
+            {
+                "imports": ["$import monai_msgldm", "$import monai_msgldm.bundle"],
+                "spatial_size": 32,
+                "found": "$monai_msgldm.bundle.running_parser()",
+                "copy": "$monai_msgldm.bundle.running_config()",
+            }
+        )
+        parser.parse()  # runs the imports, as ConfigWorkflow.initialize does
+        self.assertIs(parser.get_parsed_content("found"), parser)
+        copied = parser.get_parsed_content("copy")
+        self.assertEqual(copied["spatial_size"], 32)
+        copied["spatial_size"] = 64  # a deep copy: the running config is untouched
+        self.assertEqual(parser.get("spatial_size"), 32)
+        with self.assertRaisesRegex(RuntimeError, "ConfigParser"):
+            running_parser()
+        with self.assertRaisesRegex(RuntimeError, "ConfigParser"):
+            running_config()
 
     def test_stage_is_finished(self):
         root = tempfile.mkdtemp()
@@ -236,26 +243,29 @@ class TestStageHelpers(unittest.TestCase):
             run_training_stages([{"name": "a", "config": stage["config"]}], ckpt_dir=_TMP)
         with self.assertRaisesRegex(FileNotFoundError, "nope.json"):
             run_training_stages([{**stage, "config": os.path.join(_TMP, "nope.json")}], ckpt_dir=_TMP)
-        with self.assertRaisesRegex(ValueError, "not_an_id"):
-            run_training_stages([stage], ckpt_dir=_TMP, overrides={"not_an_id": 1})
         with self.assertRaisesRegex(ValueError, "skip_finished"):
             run_training_stages([stage], ckpt_dir=_TMP, skip_finished="false")
-        with self.assertRaisesRegex(ValueError, "unet_def#channels"):
-            run_training_stages([stage], ckpt_dir=_TMP, extra_overrides={"unet_def#channels": [8]})
+        with self.assertRaisesRegex(RuntimeError, "ConfigParser"):  # only from a running bundle config
+            run_training_stages([stage], ckpt_dir=_TMP)
 
 
 class TestTrainAllCLI(unittest.TestCase):
     def test_run_training(self):
-        """The real command line trains the three stages in order."""
+        """The real command line trains the three stages in order; an overlay and command-line overrides of
+        train.json ids reach the stages."""
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
         ckpt_dir = os.path.join(root, "models")
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
-        cmd += ["--config_file", str(CONFIG), "--logging_file", str(LOGGING), "--bundle_root", root]
+        cmd += ["--logging_file", str(LOGGING), "--bundle_root", root]
+        overlay = os.path.join(root, "overlay.json")  # a user overlay after train.json: plain base-level ids
+        with open(overlay, "w") as f:
+            json.dump({"eval_dir": "$os.path.join(@bundle_root, 'logs')", **EXTRA}, f)
+        cmd += ["--config_file", json.dumps([str(CONFIG), overlay])]
         cmd += ["--config_dir", str(CONFIG_DIR), "--dataset_dir", _DATA]
-        for key, value in SHARED.items():
+        for key, value in {**SHARED, "max_epochs": 2, "epochs#autoencoder": 1, "epochs#structure": 1}.items():
             cmd += [f"--{key}", json.dumps(value)]
-        cmd += ["--extra_overrides", json.dumps(EXTRA), "--stages#0#overrides", json.dumps(STAGE0)]
+        cmd += ["--epochs#diffusion", "1", "--learning_rates#diffusion", "0.0005"]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
         out = proc.stdout + proc.stderr
@@ -266,9 +276,17 @@ class TestTrainAllCLI(unittest.TestCase):
             self.assertTrue(stage_is_finished(os.path.join(ckpt_dir, name)), name)
         ckpt = torch.load(os.path.join(ckpt_dir, "diffusion.pt"), map_location="cpu", weights_only=True)
         self.assertEqual((ckpt["trainer"]["max_epochs"], ckpt["trainer"]["iteration"]), (1, 2))
-        # a typo in an extra override is refused before anything runs
+        # the lr scheduler halved the stage's learning rate after its single epoch (step_size max(1, 1 // 2))
+        self.assertAlmostEqual(ckpt["optimizer"]["param_groups"][0]["lr"], 0.0005 * 0.5)
+        ae = torch.load(os.path.join(ckpt_dir, "autoencoder.pt"), map_location="cpu", weights_only=True)
+        self.assertEqual(ae["trainer"]["max_epochs"], 1)
+        self.assertAlmostEqual(ae["optimizer"]["param_groups"][0]["lr"], 1e-4 * 0.5)
+        self.assertEqual(tuple(ae["model"]["encoder.blocks.0.conv.weight"].shape), (8, 1, 3, 3))  # the overlay's size
+        for stage in ("autoencoder", "structure", "diffusion"):  # the overlay's eval_dir
+            self.assertTrue(os.path.isfile(os.path.join(root, "logs", stage, "datalist.json")), stage)
+        # a typo in an override is refused before anything runs
         proc = subprocess.run(
-            cmd[:-4] + ["--extra_overrides", json.dumps({"unet_deff#channels": [8]})],
+            cmd[:-4] + ["--unet_deff#channels", json.dumps([8])],
             capture_output=True,
             text=True,
             timeout=300,
@@ -276,7 +294,7 @@ class TestTrainAllCLI(unittest.TestCase):
             env=env,
         )
         self.assertNotEqual(proc.returncode, 0)
-        self.assertIn("unet_deff#channels", proc.stdout + proc.stderr)
+        self.assertIn("unet_deff", proc.stdout + proc.stderr)  # MONAI: "By 'unet_deff', did you mean 'unet_def'?"
 
 
 if __name__ == "__main__":

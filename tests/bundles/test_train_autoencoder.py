@@ -38,7 +38,8 @@ from tests.bundles.utils import (
 __all__: list[str] = []
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
-CONFIG = BUNDLE_DIR / "configs" / "train_autoencoder.json"
+# the base and the stage overlay, merged in order (the model zoo's way)
+CONFIG = [str(BUNDLE_DIR / "configs" / "train.json"), str(BUNDLE_DIR / "configs" / "train_autoencoder.json")]
 META = BUNDLE_DIR / "configs" / "metadata.json"
 LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
 
@@ -52,8 +53,8 @@ TINY = {
     "val_num_samples": 2,
     "batch_size": 1,
     "num_workers": 0,
-    "network_def#channels": [8, 8, 8, 8],
-    "network_def#norm_num_groups": 4,
+    "autoencoder_def#channels": [8, 8, 8, 8],
+    "autoencoder_def#norm_num_groups": 4,
 }
 PHANTOM = {"phantom_subjects": 3, "phantom_resolution": 4.0, "phantom_seed": 0}
 
@@ -83,7 +84,7 @@ class TestTrainAutoencoderWorkflow(unittest.TestCase):
     def test_workflow(self):
         # dataset_dir stays null: the built-in phantom, found in the cache made by setUpModule
         wf = ConfigWorkflow(
-            config_file=str(CONFIG),
+            config_file=CONFIG,
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type="train",
@@ -150,7 +151,7 @@ class TestTrainAutoencoderWorkflow(unittest.TestCase):
 class TestDefaultNetwork(unittest.TestCase):
     def test_default_network_matches_msgldm(self):
         parser = ConfigParser()
-        parser.read_config(str(CONFIG))
+        parser.read_config(CONFIG)
         net = parser.get_parsed_content("network_def")
         self.assertEqual(parser.get_parsed_content("spatial_size"), 192)
         self.assertEqual(parser.get_parsed_content("dataset_dir"), None)
@@ -171,7 +172,7 @@ class TestTrainAutoencoderCLI(unittest.TestCase):
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
-        cmd += ["--config_file", str(CONFIG), "--logging_file", str(LOGGING)]
+        cmd += ["--config_file", json.dumps(CONFIG), "--logging_file", str(LOGGING)]
         cmd += ["--bundle_root", root, "--dataset_dir", _DATA]
         for key, value in TINY.items():
             cmd += [f"--{key}", json.dumps(value)]

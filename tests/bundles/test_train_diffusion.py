@@ -35,7 +35,8 @@ from tests.bundles.utils import assert_tensorboard_images, state_equal
 __all__: list[str] = []
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_msgldm"
-CONFIG = BUNDLE_DIR / "configs" / "train_diffusion.json"
+# the base and the stage overlay, merged in order (the model zoo's way)
+CONFIG = [str(BUNDLE_DIR / "configs" / "train.json"), str(BUNDLE_DIR / "configs" / "train_diffusion.json")]
 META = BUNDLE_DIR / "configs" / "metadata.json"
 LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
 
@@ -123,7 +124,7 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
 
     def _workflow(self, **overrides) -> ConfigWorkflow:
         return ConfigWorkflow(
-            config_file=str(CONFIG),
+            config_file=CONFIG,
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type="train",
@@ -234,7 +235,7 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
 class TestDefaultNetworks(unittest.TestCase):
     def test_default_network_def(self):
         parser = ConfigParser()
-        parser.read_config(str(CONFIG))
+        parser.read_config(CONFIG)
         self.assertEqual(parser.get_parsed_content("ema_decay"), 0.9999)
         self.assertEqual(parser.get_parsed_content("val_ddim_steps"), 10)
         self.assertEqual(parser.get_parsed_content("learning_rate"), 1e-4)
@@ -262,9 +263,10 @@ class TestDefaultNetworks(unittest.TestCase):
             torch.testing.assert_close(scheduler.betas, reference_betas)
         # the autoencoder is exactly the stage-0 network_def
         stage0 = ConfigParser()
-        stage0.read_config(str(BUNDLE_DIR / "configs" / "train_autoencoder.json"))
-        raw0, raw2 = dict(stage0.get("network_def")), dict(parser.get("autoencoder_def"))
-        self.assertEqual(stage0.get_parsed_content("network_def#attention_levels"), [False] * 4)
+        stage0.read_config([CONFIG[0], str(BUNDLE_DIR / "configs" / "train_autoencoder.json")])
+        self.assertEqual(stage0.get("network_def"), "@autoencoder_def")  # the one definition of the base
+        raw0, raw2 = dict(stage0.get("autoencoder_def")), dict(parser.get("autoencoder_def"))
+        self.assertEqual(stage0.get_parsed_content("autoencoder_def#attention_levels"), [False] * 4)
         self.assertEqual(parser.get_parsed_content("autoencoder_def#attention_levels"), [False] * 4)
         raw0.pop("attention_levels"), raw2.pop("attention_levels")
         self.assertEqual(raw0, raw2)
@@ -281,7 +283,7 @@ class TestTrainDiffusionCLI(unittest.TestCase):
         ckpt_dir = os.path.join(root, "models")
         stage_states = _write_stage_checkpoints(ckpt_dir)
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
-        cmd += ["--config_file", str(CONFIG), "--logging_file", str(LOGGING)]
+        cmd += ["--config_file", json.dumps(CONFIG), "--logging_file", str(LOGGING)]
         cmd += ["--bundle_root", root, "--dataset_dir", _DATA, "--ema_decay", "$None"]
         for key, value in TINY.items():
             cmd += [f"--{key}", json.dumps(value)]

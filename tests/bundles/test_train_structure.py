@@ -39,8 +39,9 @@ from tests.bundles.utils import (
 
 __all__: list[str] = []
 
-CONFIG = BUNDLE_DIR / "configs" / "train_structure.json"
-AUTOENCODER_CONFIG = BUNDLE_DIR / "configs" / "train_autoencoder.json"
+BASE_CONFIG = BUNDLE_DIR / "configs" / "train.json"
+# the base and the stage overlay, merged in order (the model zoo's way)
+CONFIG = [str(BASE_CONFIG), str(BUNDLE_DIR / "configs" / "train_structure.json")]
 
 # the same tiny data knobs as stage 0 (3 phantom subjects at 4 mm, 2 training / 1 validation), a tiny network
 TINY_NET = {
@@ -49,49 +50,8 @@ TINY_NET = {
     "structure_def#mlp_hidden": 16,
     "structure_def#num_res_blocks": 1,
 }
-TINY = {k: v for k, v in AUTOENCODER_TINY.items() if not k.startswith("network_def")}
+TINY = {k: v for k, v in AUTOENCODER_TINY.items() if not k.startswith("autoencoder_def")}
 TINY.update({"spatial_size": 32, **TINY_NET})
-
-# ids every stage config defines with the same value, so that configs merge in order
-SHARED_IDS = [
-    "imports",
-    "bundle_root",
-    "ckpt_dir",
-    "dataset_dir",
-    "phantom_subjects",
-    "phantom_resolution",
-    "phantom_seed",
-    "phantom_cache_dir",
-    "data_root",
-    "naming",
-    "val_ratio",
-    "test_ratio",
-    "split_seed",
-    "check_content",
-    "datalist",
-    "datalist_file",
-    "seed",
-    "device",
-    "amp",
-    "spatial_size",
-    "slice_range",
-    "min_foreground_fraction",
-    "num_samples",
-    "val_num_samples",
-    "batch_size",
-    "val_batch_size",
-    "num_workers",
-    "cache_rate",
-    "val_cache_rate",
-    "max_epochs",
-    "val_interval",
-    "save_interval",
-    "learning_rate",
-    "network",
-    "run",
-    "training",
-    "finalize",
-]
 
 
 def setUpModule() -> None:
@@ -131,7 +91,7 @@ class TestTrainStructureWorkflow(unittest.TestCase):
     def test_workflow(self):
         # dataset_dir stays null: the built-in phantom, found in the cache made by setUpModule
         wf = ConfigWorkflow(
-            config_file=str(CONFIG),
+            config_file=CONFIG,
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type="train",
@@ -220,7 +180,7 @@ class TestTrainStructureWorkflow(unittest.TestCase):
 class TestStructureConfig(unittest.TestCase):
     def test_default_network(self):
         parser = ConfigParser()
-        parser.read_config(str(CONFIG))
+        parser.read_config(CONFIG)
         self.assertEqual(parser.get_parsed_content("learning_rate"), 1e-4)
         self.assertEqual(
             [parser.get_parsed_content(k) for k in ("seg_weight", "style_weight", "structure_weight")], [2.0, 0.1, 1.0]
@@ -241,23 +201,25 @@ class TestStructureConfig(unittest.TestCase):
         model.structure_net.load_state_dict(net.state_dict())
         self.assertTrue(state_equal(model.structure_net.state_dict(), net.state_dict()))
 
-    def test_merge_with_stage0(self):
-        stage0, stage1 = ConfigParser.load_config_file(AUTOENCODER_CONFIG), ConfigParser.load_config_file(CONFIG)
-        for key in SHARED_IDS:
-            self.assertEqual(stage1[key], stage0[key], f"id '{key}' differs from train_autoencoder.json")
-        merged = ConfigParser(ConfigParser.load_config_files([str(AUTOENCODER_CONFIG), str(CONFIG)]))
+    def test_overlay_of_the_base(self):
+        """train_structure.json adds stage 1's engine to train.json: the network is the base's structure_def, the
+        data and the knobs (stage 0's included, unused) are the base's."""
+        base = ConfigParser.load_config_file(BASE_CONFIG)
+        merged = ConfigParser(ConfigParser.load_config_files(CONFIG))
         merged.update({"structure_def#structure_channels": [8, 8, 8, 8], "structure_def#style_channels": [8] * 5})
         self.assertIsInstance(merged.get_parsed_content("network_def"), StructureStyleNet)
         self.assertEqual(merged["train#checkpoint_saver#final_filename"], "structure.pt")
-        self.assertEqual(merged["kl_weight"], stage0["kl_weight"])  # stage-0 knobs stay, unused
+        self.assertEqual(merged["kl_weight"], base["kl_weight"])  # stage-0 knobs stay, unused
+        for key in ("datalist", "data_root", "spatial_size", "seed", "naming"):
+            self.assertEqual(merged[key], base[key], key)
 
 
 class TestTrainStructureCLI(unittest.TestCase):
     def test_run_training_merged(self):
-        # the two stage configs merged in order: stage 1 runs
+        # the base and the stage-1 overlay merged in order: stage 1 runs
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
-        configs = json.dumps([str(AUTOENCODER_CONFIG), str(CONFIG)])
+        configs = json.dumps(CONFIG)
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
         cmd += ["--config_file", configs, "--logging_file", str(LOGGING)]
         cmd += ["--bundle_root", root, "--dataset_dir", _DATA, "--train#handlers#4#_disabled_", "true"]
