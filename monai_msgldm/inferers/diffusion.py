@@ -206,25 +206,21 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             scheduler.set_timesteps(self.num_inference_steps, device=noise.device, input_img_size_numel=numel)
         else:
             scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
-        next_timesteps = torch.cat([scheduler.timesteps[1:], scheduler.timesteps.new_zeros(1)])
+        # rectified flow steps explicitly to the next timestep (the last one to 0)
+        next_timestep = dict(zip(scheduler.timesteps.tolist(), scheduler.timesteps[1:].tolist() + [0]))
         show = (self.progress if progress is None else progress) and has_tqdm
-        bar = tqdm(total=len(scheduler.timesteps), desc="denoising", unit="step", leave=False) if show else None
+        timesteps = (
+            tqdm(scheduler.timesteps, desc="denoising", unit="step", leave=False) if show else scheduler.timesteps
+        )
         condition = condition.to(noise.dtype)
         latents = noise
-        for t, next_t in zip(scheduler.timesteps, next_timesteps):
+        for t in timesteps:
             # 1. predict (noise, velocity or sample, as the scheduler says) from the current latents
-            prediction = network(
-                torch.cat([latents, condition], dim=1), timesteps=torch.full((1,), float(t), device=noise.device)
-            )
-            # 2. scheduler step to the next timestep (rectified flow steps to it explicitly)
-            if self.rectified_flow:
-                latents, _ = scheduler.step(prediction, t, latents, next_t)
-            else:
-                latents, _ = scheduler.step(prediction, t, latents)
-            if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
+            t_input = torch.full((1,), float(t), device=noise.device)
+            prediction = network(torch.cat([latents, condition], dim=1), timesteps=t_input)
+            # 2. scheduler step
+            extra = (next_timestep[t.item()],) if self.rectified_flow else ()
+            latents, _ = scheduler.step(prediction, t, latents, *extra)
         return latents
 
     def synthesize(self, inputs, network, available, noise, generator) -> torch.Tensor:
