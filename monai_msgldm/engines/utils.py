@@ -24,6 +24,7 @@ from ignite.handlers import EMAHandler
 from monai.engines.utils import IterationEvents, PrepareBatchExtraInput
 from monai.transforms import Randomizable
 
+from monai_msgldm.inferers.sampler import unwrap_network as unwrap_module  # one unwrapping, shared with the inferers
 from monai_msgldm.transforms import RandModalityDropout
 from monai_msgldm.utils.availability import validate_availability
 
@@ -39,13 +40,6 @@ __all__ = [
     "resolve_amp",
     "unwrap_module",
 ]
-
-
-def unwrap_module(network: nn.Module) -> nn.Module:
-    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (``network`` itself otherwise)."""
-    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return network.module
-    return network
 
 
 def resolve_amp(amp: bool, device: str | torch.device | None) -> bool:
