@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = [
     "MODALITIES",
+    "REGISTRATION_META_KEY",
     "BRATS2020_SUFFIXES",
     "BRATS2023_SUFFIXES",
     "BRATS_LABELS_2020",
@@ -36,3 +37,7 @@ BRATS_LABELS_2023: dict[str, int] = {"necrosis": 1, "edema": 2, "enhancing": 3}
 
 #: WMH challenge modalities (FLAIR and T1), channel order.
 WMH_MODALITIES: tuple[str, ...] = ("flair", "t1")
+
+#: Meta-data key of a contrast's registration record (``transforms.AlignModalitiesd``); the stacked image keeps each
+#: resampled contrast's record as ``"<modality>_registration"``.
+REGISTRATION_META_KEY = "registration"

@@ -135,7 +135,9 @@ def running_values(
     A value that is a reference or an expression (``"$os.path.join(@demo_dir, 'models')"``) is evaluated by the
     running parser and taken when the result is plain data (strings, numbers, lists, dicts, None), left out
     otherwise (e.g. a ``torch.device``); components (dicts) are taken raw, their references being ids that
-    ``config_file`` defines.
+    ``config_file`` defines. An expression the running workflow left as ``base_file`` writes it is taken too when
+    its result differs from the plain value ``config_file`` gives the id (``train.json``'s ``pixdim`` follows the
+    phantom's resolution; ``inference.json`` writes 1 mm).
 
     Args:
         config_file: the config that receives the values (a list: merged in order).
@@ -157,15 +159,26 @@ def running_values(
     for key in target:
         if key.startswith("_") or key in SEQUENCING_KEYS or key == "imports" or key not in running:
             continue
-        if key in base and _same(running[key], base[key]):
-            continue
         value = running[key]
-        if isinstance(value, str) and value.startswith(("$", "@")):
+        derived = isinstance(value, str) and value.startswith(("$", "@"))
+        if key in base and _same(value, base[key]):
+            # unchanged as written; an expression of other settings (the working grid ``pixdim`` follows the
+            # phantom's resolution) is still taken when its result differs from the plain value config_file has
+            if not (derived and target[key] is not None and _plain(target[key]) and not _is_reference(target[key])):
+                continue
+            value = parser.get_parsed_content(key)
+            if type(value) is not type(target[key]) or not _plain(value) or _same(value, target[key]):
+                continue
+        elif derived:
             value = parser.get_parsed_content(key)
             if not _plain(value):
                 continue
         values[key] = copy.deepcopy(value)
     return values
+
+
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("$", "@", "%"))
 
 
 def init_process_group(backend: str, device: torch.device | str | None = None) -> bool:

@@ -13,6 +13,8 @@
 Sub-commands:
 
 * ``phantom``: write a synthetic BraTS-2020-layout phantom dataset;
+* ``preprocess``: turn loose files of one subject (contrasts on different grids) into a co-registered case in the
+  BraTS layout, with the registration that the bundle's inference runs (``data.preprocess.preprocess_case``);
 * ``datalist``: scan a BraTS / WMH folder, validate every case and write a JSON datalist with a
   subject-level train/validation/test split. As a one-off validation tool it reads every voxel by default
   (NaN/Inf, empty modality, label values); ``--no-content-check`` reads the NIfTI headers only, as the bundle
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _OneLineErrorParser(prog=PROG, description="MSG-LDM data tools: phantom dataset and datalists.")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{phantom,datalist}", parser_class=_OneLineErrorParser
+        dest="command", required=True, metavar="{phantom,datalist,preprocess}", parser_class=_OneLineErrorParser
     )
 
     ph = sub.add_parser("phantom", help="write a synthetic BraTS-2020-layout phantom dataset")
@@ -116,7 +118,35 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument(
         "--no-content-check", action="store_true", help="check the NIfTI headers only (default: read every voxel too)"
     )
+
+    pp = sub.add_parser("preprocess", help="register the loose files of one subject into a BraTS-layout case")
+    for modality in ("t1", "t1ce", "t2", "flair"):
+        pp.add_argument(f"--{modality}", metavar="FILE", help=f"the {modality.upper()} NIfTI file, if acquired")
+    pp.add_argument("--output", required=True, metavar="DIR", help="dataset folder to write the case into")
+    pp.add_argument("--case", required=True, help="case name (the folder and file-name prefix)")
+    pp.add_argument(
+        "--reference",
+        choices=("t1", "t1ce", "t2", "flair"),
+        default=None,
+        help="contrast the others are registered to (default: the first given of t1, t1ce, t2, flair)",
+    )
+    pp.add_argument("--no-register", action="store_true", help="resample by scanner coordinates only")
+    pp.add_argument("--overwrite", action="store_true", help="replace the case's existing files")
     return parser
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    import logging
+
+    from monai_msgldm.data.preprocess import preprocess_case
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
+    written = preprocess_case(
+        files, args.output, args.case, reference=args.reference, register=not args.no_register, overwrite=args.overwrite
+    )
+    print(f"case '{args.case}' written to '{os.path.abspath(args.output)}': {', '.join(sorted(written))}")
+    return 0
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
@@ -178,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "phantom":
             return _run_phantom(args)
+        if args.command == "preprocess":
+            return _run_preprocess(args)
         return _run_datalist(args)
     except (ValueError, OSError) as e:  # expected errors: bad input data or arguments, file system problems
         message = " ".join(str(e).split())

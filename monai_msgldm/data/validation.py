@@ -235,12 +235,14 @@ def validate_case(
     check_content: bool = True,
     label_keys: Sequence[str] = ("seg",),
     affine_atol: float = 1e-3,
+    same_grid: bool = True,
 ) -> None:
     """Check that the files of one case exist, are 3D NIfTI images on one grid and hold usable voxels.
 
     The checks run file by file in the order of ``files``; the first problem raises. Spatial shape and affine
-    of every file are compared with those of the first file (:func:`grid_mismatch`). Only the header is read
-    unless ``check_content``.
+    of every file are compared with those of the first file (:func:`grid_mismatch`) unless ``same_grid=False``
+    (contrasts on different grids that the preprocessing registers and resamples,
+    :class:`monai_msgldm.transforms.AlignModalitiesd`). Only the header is read unless ``check_content``.
 
     Args:
         case_id: identifier of the case, used in the messages.
@@ -250,6 +252,7 @@ def validate_case(
             modalities and label maps (``label_keys``) with negative or non-integer values.
         label_keys: keys holding label maps rather than intensities.
         affine_atol: absolute tolerance when comparing affines.
+        same_grid: require every file on the first file's grid (shape and affine).
 
     Raises:
         MissingCaseFileError: (an ``InvalidCaseError`` and a ``FileNotFoundError``) a file does not exist.
@@ -277,7 +280,7 @@ def validate_case(
             )
         if ref is None:
             ref = (path, f"{key} file '{path}'", shape, img.affine)
-        else:
+        elif same_grid:
             ref_path, ref_name, ref_shape, ref_affine = ref
             problem = grid_mismatch(
                 ref_name, ref_shape, ref_affine, f"{key} file '{path}'", shape, img.affine, affine_atol

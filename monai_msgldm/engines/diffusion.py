@@ -32,6 +32,7 @@ from monai_msgldm.engines.utils import (
     autocast_context,
     backward_and_step,
     check_engine_seed,
+    input_masks,
     resolve_amp,
     unwrap_module,
 )
@@ -84,7 +85,9 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     The autoencoder and the structure net are frozen in the constructor (:py:func:`freeze_msgldm_conditioning`) and
     kept in eval mode; the optimizer must see only the UNet parameters: build it on ``network.unet.parameters()``
     (a ``ValueError`` is raised if it holds a frozen parameter). Per iteration, an input mask of 1..M modalities is
-    drawn per sample among those the data has (:py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``),
+    drawn per sample among those the data has (given in the batch under ``input_mask_key``, drawn there by
+    ``RandModalityDropoutd(mask_key=...)``, or drawn here by :py:class:`ModalityMaskSampler`, re-seeded with
+    ``seed + epoch``),
     ``prediction, target = inferer(image, network, mask)`` (the training path of
     :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`, whose scheduler says what is predicted) and the
     loss is ``loss_function(prediction, target)`` (MSE by default, as in the paper). ``network`` itself goes to the
@@ -120,6 +123,9 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         min_available: the least number of modalities kept in the input mask (>= 1).
         max_missing: the most hidden per sample; ``None`` means ``M - min_available``.
         seed: seed of the mask draws.
+        input_mask_key: batch key of input masks drawn in the data (``RandModalityDropoutd(mask_key=...)`` in the
+            transform chain, what the bundle does); then ``min_available``/``max_missing`` are the transform's and the
+            trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA.
         kwargs: further ``SupervisedTrainer`` arguments.
@@ -147,6 +153,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         seed: int = 0,
         image_key: str = "image",
         available_key: str = "available",
+        input_mask_key: str | None = None,
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -168,7 +175,10 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             )
         if loss_function is not None and not callable(loss_function):
             raise ValueError(f"{name} expects loss_function to be callable or None, got {loss_function!r}.")
-        kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
+        kwargs.setdefault(
+            "prepare_batch",
+            PrepareMultiModalBatch(image_key=image_key, available_key=available_key, input_mask_key=input_mask_key),
+        )
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -183,7 +193,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         self.msgldm = net
         self.calibrate_scale_factor = bool(calibrate_scale_factor)
         self._scale_checked = False
-        attach_mask_sampler(self, min_available, max_missing, seed)
+        attach_mask_sampler(self, min_available, max_missing, seed, input_mask_key)
         # evaluators' eval_mode restores train mode on the whole network when they finish: freeze again after them
         self.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: freeze_msgldm_conditioning(engine.network))
         self.ema_handler: EMAHandler | None = None
@@ -205,11 +215,11 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     def _iteration(self, engine: LatentDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("LatentDiffusionTrainer must be given batch data for the current iteration.")
-        images, _, (data_available,), _ = engine.prepare_batch(
+        images, _, masks, _ = engine.prepare_batch(
             batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
         )
         engine._maybe_calibrate(images)
-        mask = engine.mask_sampler(data_available)
+        mask = input_masks(engine, masks)
         engine.state.output = {Keys.IMAGE: images, "available": mask}
         engine.network.train()
         freeze_msgldm_conditioning(engine.network)

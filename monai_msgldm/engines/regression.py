@@ -28,6 +28,7 @@ from monai_msgldm.engines.utils import (
     autocast_context,
     backward_and_step,
     check_engine_seed,
+    input_masks,
     resolve_amp,
     unwrap_module,
 )
@@ -41,7 +42,8 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
     subset of them, with an L1 loss by default.
 
     Per iteration, an input mask of ``min_available``..M modalities is drawn per sample among those the data has
-    (:py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``), the prediction is
+    (given in the batch under ``input_mask_key``, drawn there by ``RandModalityDropoutd(mask_key=...)``, or drawn
+    here by :py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``), the prediction is
     ``engine.network(images, mask)`` (so a ``DistributedDataParallel`` wrapper stays in the forward pass) and the
     loss is ``loss_function(prediction, images)`` over all M contrasts (the reconstructed inputs and the synthesized
     missing ones, as in MM-GAN). Contrasts the DATA lacks have no ground truth: their target is the (detached)
@@ -60,6 +62,9 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
         min_available: the least number of modalities kept in the input mask (>= 1).
         max_missing: the most hidden per sample; ``None`` means ``M - min_available``.
         seed: seed of the mask draws.
+        input_mask_key: batch key of input masks drawn in the data (``RandModalityDropoutd(mask_key=...)`` in the
+            transform chain, what the bundle does); then ``min_available``/``max_missing`` are the transform's and the
+            trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA.
         kwargs: further ``SupervisedTrainer`` arguments.
@@ -85,6 +90,7 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
         seed: int = 0,
         image_key: str = "image",
         available_key: str = "available",
+        input_mask_key: str | None = None,
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -100,7 +106,10 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
             raise ValueError(
                 f"{name} expects loss_function to be callable or None, got {type(loss_function).__name__}."
             )
-        kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
+        kwargs.setdefault(
+            "prepare_batch",
+            PrepareMultiModalBatch(image_key=image_key, available_key=available_key, input_mask_key=input_mask_key),
+        )
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -111,7 +120,7 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
             amp=resolve_amp(amp, device),
             **kwargs,
         )
-        attach_mask_sampler(self, min_available, max_missing, seed)
+        attach_mask_sampler(self, min_available, max_missing, seed, input_mask_key)
 
     @property
     def ema_model(self) -> nn.Module | None:
@@ -121,10 +130,10 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
     def _iteration(self, engine: RegressionSynthesisTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("RegressionSynthesisTrainer must be given batch data for the current iteration.")
-        images, _, (data_available,), _ = engine.prepare_batch(
+        images, _, masks, _ = engine.prepare_batch(
             batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
         )
-        mask = engine.mask_sampler(data_available)
+        data_available, mask = masks[0], input_masks(engine, masks)
         engine.state.output = {Keys.IMAGE: images, "available": mask}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

@@ -29,6 +29,7 @@ from monai_msgldm.engines.utils import (
     autocast_context,
     backward_and_step,
     check_engine_seed,
+    input_masks,
     resolve_amp,
     unwrap_module,
 )
@@ -81,7 +82,9 @@ class StructureStyleTrainer(SupervisedTrainer):
     """Stage-1 trainer of MSG-LDM: the :py:class:`StructureStyleNet` with segmentation, style and structure losses.
 
     Per iteration, a random availability mask is drawn per sample among the modalities the data has (0..M-1 hidden,
-    at least ``min_available`` kept, :py:class:`RandModalityDropout` semantics, see :py:class:`ModalityMaskSampler`);
+    at least ``min_available`` kept, :py:class:`RandModalityDropout` semantics: given in the batch under
+    ``input_mask_key``, drawn there by ``RandModalityDropoutd(mask_key=...)``, or drawn here by
+    :py:class:`ModalityMaskSampler`);
     the network runs on all images with that mask (the structure branch sees only the kept modalities, the style
     encoders see every image) and the loss is::
 
@@ -113,6 +116,9 @@ class StructureStyleTrainer(SupervisedTrainer):
         min_available: the least number of modalities kept in the input mask (>= 1).
         max_missing: the most modalities hidden per sample; ``None`` means ``M - min_available``.
         seed: seed of the mask draws.
+        input_mask_key: batch key of input masks drawn in the data (``RandModalityDropoutd(mask_key=...)`` in the
+            transform chain, what the bundle does); then ``min_available``/``max_missing`` are the transform's and the
+            trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key, seg_key: batch keys.
         amp: mixed precision; only on CUDA.
         kwargs: further ``SupervisedTrainer`` arguments.
@@ -143,6 +149,7 @@ class StructureStyleTrainer(SupervisedTrainer):
         image_key: str = "image",
         available_key: str = "available",
         seg_key: str = "seg",
+        input_mask_key: str | None = None,
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -158,7 +165,9 @@ class StructureStyleTrainer(SupervisedTrainer):
         seed = check_engine_seed(name, seed)
         kwargs.setdefault(
             "prepare_batch",
-            PrepareMultiModalBatch(image_key=image_key, available_key=available_key, seg_key=seg_key),
+            PrepareMultiModalBatch(
+                image_key=image_key, available_key=available_key, seg_key=seg_key, input_mask_key=input_mask_key
+            ),
         )
         super().__init__(
             device=device,
@@ -180,7 +189,7 @@ class StructureStyleTrainer(SupervisedTrainer):
         if isinstance(self.style_loss, nn.Module):
             self.style_loss.to(self.state.device)
         self.seg_key = seg_key
-        attach_mask_sampler(self, min_available, max_missing, seed)
+        attach_mask_sampler(self, min_available, max_missing, seed, input_mask_key)
 
     def compute_losses(
         self, outputs: dict, images: torch.Tensor, data_available: torch.Tensor, seg: torch.Tensor | None
@@ -218,10 +227,10 @@ class StructureStyleTrainer(SupervisedTrainer):
     def _iteration(self, engine: StructureStyleTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("StructureStyleTrainer must be given batch data for the current iteration.")
-        images, seg, (data_available,), _ = engine.prepare_batch(
+        images, seg, masks, _ = engine.prepare_batch(
             batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
         )
-        mask = engine.mask_sampler(data_available)
+        data_available, mask = masks[0], input_masks(engine, masks)
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: seg, StructureStyleKeys.AVAILABLE: mask}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

@@ -35,6 +35,7 @@ __all__ = [
     "attach_ema",
     "autocast_context",
     "evaluate_with_ema_weights",
+    "input_masks",
     "kl_divergence",
     "reseed_mask_sampler_every_epoch",
     "resolve_amp",
@@ -97,16 +98,21 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
     as the extra input, in MONAI's 4-tuple convention ``(inputs, targets, args, kwargs)``.
 
     The batch is a dict with the stacked modalities ``image`` ``(B, M, *S)`` in [-1, 1], the availability mask
-    ``available`` ``(B, M)`` (which modalities the DATA has) and, optionally, the segmentation ``seg``
-    ``(B, C, *S)``. Returns ``(image, seg or None, (available,), {})`` on ``device``. What it adds to MONAI's class:
-    the image and segmentation keys are configurable (MONAI's reads ``image`` / ``label``), a batch without the mask
-    means every modality is present, and the mask is validated here, where it enters the engine
-    (:py:func:`monai_msgldm.utils.validate_availability`: shape, 0/1 values, one modality per row).
+    ``available`` ``(B, M)`` (which modalities the DATA has), optionally the segmentation ``seg`` ``(B, C, *S)`` and,
+    with ``input_mask_key``, the input masks drawn in the data (``RandModalityDropoutd(mask_key=...)``: which of the
+    available modalities the network is given). Returns ``(image, seg or None, (available,), {})`` on ``device``, or
+    ``(image, seg or None, (available, input_mask), {})`` with ``input_mask_key``. What it adds to MONAI's class: the
+    image and segmentation keys are configurable (MONAI's reads ``image`` / ``label``), a batch without the mask means
+    every modality is present, and the masks are validated here, where they enter the engine
+    (:py:func:`monai_msgldm.utils.validate_availability`: shape, 0/1 values, one modality per row; the input mask a
+    subset of the data mask).
 
     Args:
         image_key: key of the stacked images.
         available_key: key of the data-availability mask.
         seg_key: key of the segmentation target (may be absent from the batch).
+        input_mask_key: key of the input masks drawn in the data, required in every batch when given; None: the
+            batch has none (the trainer draws them, :py:class:`ModalityMaskSampler`).
 
     Example::
 
@@ -115,11 +121,26 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
         # available: all True (2, 4)
     """
 
-    def __init__(self, image_key: str = "image", available_key: str = "available", seg_key: str = "seg") -> None:
-        super().__init__(extra_keys=(image_key, available_key, seg_key))
+    def __init__(
+        self,
+        image_key: str = "image",
+        available_key: str = "available",
+        seg_key: str = "seg",
+        input_mask_key: str | None = None,
+    ) -> None:
+        keys = (image_key, available_key, seg_key)
+        if input_mask_key is not None:
+            if input_mask_key in keys:
+                raise ValueError(
+                    f"PrepareMultiModalBatch expects input_mask_key to differ from image_key, available_key and "
+                    f"seg_key {keys}, got {input_mask_key!r}."
+                )
+            keys += (input_mask_key,)
+        super().__init__(extra_keys=keys)
         self.image_key = image_key
         self.available_key = available_key
         self.seg_key = seg_key
+        self.input_mask_key = input_mask_key
 
     def __call__(
         self,
@@ -127,7 +148,7 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor], dict]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...], dict]:
         if not isinstance(batchdata, Mapping) or self.image_key not in batchdata:
             got = list(batchdata) if isinstance(batchdata, Mapping) else type(batchdata).__name__
             raise ValueError(f"PrepareMultiModalBatch expects a dict batch with key '{self.image_key}', got {got}.")
@@ -144,11 +165,31 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
         }
         if batch[self.available_key] is None:
             batch[self.available_key] = torch.ones(images.shape[:2], dtype=torch.bool)
-        _, _, (images, available, seg), _ = super().__call__(batch, device, non_blocking, **kwargs)
+        if self.input_mask_key is not None:
+            if batchdata.get(self.input_mask_key) is None:
+                raise ValueError(
+                    f"PrepareMultiModalBatch expects the input masks under input_mask_key '{self.input_mask_key}' in "
+                    f"every batch (RandModalityDropoutd(mask_key='{self.input_mask_key}') in the transform chain), "
+                    f"got keys {list(batchdata)}."
+                )
+            batch[self.input_mask_key] = batchdata[self.input_mask_key]
+        _, _, (images, available, seg, *given), _ = super().__call__(batch, device, non_blocking, **kwargs)
+        b, m = images.shape[:2]
         available = validate_availability(
-            available, images.shape[0], images.shape[1], images.device, f"PrepareMultiModalBatch '{self.available_key}'"
+            available, b, m, images.device, f"PrepareMultiModalBatch '{self.available_key}'"
         )
-        return images, seg, (available,), {}
+        if not given:
+            return images, seg, (available,), {}
+        input_mask = validate_availability(
+            given[0], b, m, images.device, f"PrepareMultiModalBatch '{self.input_mask_key}'"
+        )
+        if bool((input_mask & ~available).any()):
+            raise ValueError(
+                f"PrepareMultiModalBatch expects the input masks '{self.input_mask_key}' to be subsets of the data "
+                f"masks '{self.available_key}' (a contrast the data lacks cannot be given), got "
+                f"{input_mask.int().tolist()} for {available.int().tolist()}."
+            )
+        return images, seg, (available, input_mask), {}
 
 
 class ModalityMaskSampler(Randomizable):
@@ -284,14 +325,36 @@ def check_engine_seed(name: str, seed: Any) -> int:
     return seed
 
 
-def attach_mask_sampler(engine: Engine, min_available: int, max_missing: int | None, seed: int) -> ModalityMaskSampler:
-    """Give a trainer its input-mask sampler: ``engine.mask_sampler`` seeded with ``seed`` and re-seeded with
-    ``seed + epoch`` at every epoch (:py:func:`reseed_mask_sampler_every_epoch`); also sets ``engine.seed``."""
+def attach_mask_sampler(
+    engine: Engine, min_available: int, max_missing: int | None, seed: int, input_mask_key: str | None = None
+) -> ModalityMaskSampler | None:
+    """Give a trainer its input masks' source; also sets ``engine.seed``.
+
+    With ``input_mask_key=None``: ``engine.mask_sampler``, a :py:class:`ModalityMaskSampler` seeded with ``seed`` and
+    re-seeded with ``seed + epoch`` at every epoch (:py:func:`reseed_mask_sampler_every_epoch`). With a key, the
+    masks come with the batch (drawn by ``RandModalityDropoutd(mask_key=input_mask_key)`` in the transform chain and
+    read by ``PrepareMultiModalBatch(input_mask_key=...)``): ``engine.mask_sampler`` is None.
+    """
     engine.seed = seed
-    engine.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
-    engine.mask_sampler.set_random_state(seed)
-    reseed_mask_sampler_every_epoch(engine, engine.mask_sampler, seed)
+    engine.mask_sampler = None
+    if input_mask_key is None:
+        engine.mask_sampler = ModalityMaskSampler(min_available=min_available, max_missing=max_missing)
+        engine.mask_sampler.set_random_state(seed)
+        reseed_mask_sampler_every_epoch(engine, engine.mask_sampler, seed)
     return engine.mask_sampler
+
+
+def input_masks(engine: Engine, masks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The ``(B, M)`` input masks of a trainer's iteration from the masks ``PrepareMultiModalBatch`` returned: the
+    batch's own (``(available, input_mask)``) or, with ``(available,)`` only, drawn by ``engine.mask_sampler``."""
+    if len(masks) == 2:
+        return masks[1]
+    if engine.mask_sampler is None:
+        raise ValueError(
+            f"{type(engine).__name__} was built with input_mask_key, but its prepare_batch returned no input masks; "
+            "give a PrepareMultiModalBatch with the same input_mask_key."
+        )
+    return engine.mask_sampler(masks[0])
 
 
 def reseed_mask_sampler_every_epoch(engine: Engine, sampler: ModalityMaskSampler, seed: int) -> None:

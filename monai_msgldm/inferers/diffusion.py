@@ -14,7 +14,9 @@ latent diffusion networks (:py:class:`~monai_msgldm.networks.nets.MSGLDM`,
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch.nn as nn
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
 from monai.utils import optional_import
 
-from monai_msgldm.inferers.sampler import SynthesisSampler, unwrap_network
+from monai_msgldm.inferers.sampler import Generators, SynthesisSampler, unwrap_network
 from monai_msgldm.utils.availability import validate_availability
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -75,11 +77,28 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
     loop (:py:meth:`denoise`: for each timestep, predict, scheduler step), decodes only the contrasts missing in
     some sample of the batch and returns every contrast with the given ones exactly as they were.
 
+    Random draws of the sampling path (the condition and the decoding are deterministic: the condition uses posterior
+    means, never a posterior sample) and how ``generator`` seeds them (see :py:meth:`synthesize`):
+
+    - the initial latent noise, drawn on the generator's device (the CPU for ``torch.Generator()``, so that a seed
+      gives the same noise on every device); with one generator per item, item ``i``'s noise is drawn from
+      ``generator[i]`` alone;
+    - the noise of stochastic scheduler steps (``DDPMScheduler``, ``DDIMScheduler`` with ``eta > 0``). MONAI's
+      ``step(..., generator=g)`` draws one ``randn`` of the whole batch from one generator on the latents' device,
+      so item ``i``'s step noise would depend on the batch; with one generator per item, the step is therefore taken
+      item by item (only these cheap element-wise steps; the network still runs once per timestep on the batch),
+      each from a generator on the latents' device seeded from ``generator[i]``. That step noise comes from the
+      device's own generator (Philox on CUDA, Mersenne Twister on the CPU), so with a stochastic scheduler a seed
+      gives a different (equally distributed) sample on CPU and on CUDA. Deterministic steps (DDIM with
+      ``eta=0``, rectified flow) draw nothing.
+
     Args:
         scheduler: the MONAI scheduler (its ``prediction_type`` says what the network predicts).
         num_inference_steps: denoising steps of :py:meth:`sample`; ``None`` = the scheduler's training steps.
         amp: bfloat16 autocast while sampling on CUDA (ignored on CPU, where it is slower).
         progress: show a progress bar over the denoising steps.
+        eta: the ``eta`` of ``DDIMScheduler.step`` (0 = deterministic DDIM; > 0 adds noise at each step); only
+            for a ``DDIMScheduler``.
 
     Example::
 
@@ -97,6 +116,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         num_inference_steps: int | None = None,
         amp: bool = True,
         progress: bool = False,
+        eta: float = 0.0,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -114,12 +134,21 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
                 f"{name} expects num_inference_steps in [1, {max_steps}] (the scheduler's num_train_timesteps), "
                 f"got {num_inference_steps}."
             )
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"{name} expects eta in [0, 1], got {eta!r}.")
+        if eta > 0 and not isinstance(scheduler, DDIMScheduler):
+            raise ValueError(f"{name} expects eta > 0 only with a DDIMScheduler, got {type(scheduler).__name__}.")
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps
+        self.eta = float(eta)
         self.amp = bool(amp)
         self.progress = bool(progress)
         self.rectified_flow = isinstance(scheduler, RFlowScheduler)
         self.prediction_type = "v_prediction" if self.rectified_flow else str(scheduler.prediction_type)
+        self.step_kwargs: dict[str, Any] = {"eta": self.eta} if isinstance(scheduler, DDIMScheduler) else {}
+        # steps that draw noise: a scheduler whose step takes a generator (DDPM), except DDIM without eta
+        takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+        self.stochastic_steps = takes_generator and not (isinstance(scheduler, DDIMScheduler) and self.eta == 0)
 
     # ------------------------------------------------------------ training
     def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -184,18 +213,26 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
 
     # ------------------------------------------------------------ sampling
     def denoise(
-        self, network: nn.Module, noise: torch.Tensor, condition: torch.Tensor, progress: bool | None = None
+        self,
+        network: nn.Module,
+        noise: torch.Tensor,
+        condition: torch.Tensor,
+        progress: bool | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """The denoising loop: from ``noise`` to a clean joint latent, conditioned on ``condition``.
 
-        For each timestep of the scheduler: predict with ``network(cat([latents, condition]), t)``, then take the
-        scheduler step (rectified flow steps to the next timestep explicitly).
+        For each timestep of the scheduler: predict with ``network(cat([latents, condition]), t)`` (the whole
+        batch at once), then take the scheduler step (rectified flow steps to the next timestep explicitly; see
+        :py:meth:`step`).
 
         Args:
             network: the denoiser (the latent diffusion network).
             noise: ``(B, M * latent_channels, *L)`` initial latents.
             condition: ``(B, condition_channels, *L)``.
             progress: progress bar over the steps; default: the constructor's ``progress``.
+            generator: the noise of stochastic scheduler steps: ``None`` (the global RNG of the latents' device),
+                one generator on that device for the batch, or one per item (steps taken item by item).
 
         Returns:
             ``(B, M * latent_channels, *L)``.
@@ -207,7 +244,11 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         else:
             scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
         # rectified flow steps explicitly to the next timestep (the last one to 0)
-        next_timestep = dict(zip(scheduler.timesteps.tolist(), scheduler.timesteps[1:].tolist() + [0]))
+        next_timestep = (
+            dict(zip(scheduler.timesteps.tolist(), scheduler.timesteps[1:].tolist() + [0]))
+            if self.rectified_flow
+            else {}
+        )
         show = (self.progress if progress is None else progress) and has_tqdm
         timesteps = (
             tqdm(scheduler.timesteps, desc="denoising", unit="step", leave=False) if show else scheduler.timesteps
@@ -219,22 +260,82 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             t_input = torch.full((1,), float(t), device=noise.device)
             prediction = network(torch.cat([latents, condition], dim=1), timesteps=t_input)
             # 2. scheduler step
-            extra = (next_timestep[t.item()],) if self.rectified_flow else ()
-            latents, _ = scheduler.step(prediction, t, latents, *extra)
+            to = next_timestep[t.item()] if self.rectified_flow else None
+            latents = self.step(prediction, t, latents, generator, next_timestep=to)
         return latents
+
+    def step(
+        self,
+        prediction: torch.Tensor,
+        timestep: torch.Tensor,
+        latents: torch.Tensor,
+        generator: Generators = None,
+        next_timestep: int | None = None,
+    ) -> torch.Tensor:
+        """One scheduler step of :py:meth:`denoise`: the latents at the next timestep.
+
+        Deterministic steps ignore ``generator``. A stochastic step (DDPM, DDIM with ``eta > 0``) draws its noise
+        from ``generator``: ``None`` (the global RNG) or one generator for the whole batch in one batched step; with
+        one generator per item, item by item (``scheduler.step`` draws one ``randn`` of its whole input from one
+        generator, so a batched step cannot give item ``i`` noise that depends on ``generator[i]`` alone). The
+        element-wise step of an item is the same whether taken alone or in a batch. ``next_timestep``: the
+        timestep rectified flow steps to.
+        """
+        scheduler = self.scheduler
+        if self.rectified_flow:
+            return scheduler.step(prediction, timestep, latents, next_timestep)[0]
+        if not self.stochastic_steps:
+            return scheduler.step(prediction, timestep, latents, **self.step_kwargs)[0]
+        if generator is None or isinstance(generator, torch.Generator):
+            return scheduler.step(prediction, timestep, latents, generator=generator, **self.step_kwargs)[0]
+        return torch.cat(
+            [
+                scheduler.step(prediction[i : i + 1], timestep, latents[i : i + 1], generator=g, **self.step_kwargs)[0]
+                for i, g in enumerate(generator)
+            ]
+        )
+
+    def initial_noise(self, shape: Sequence[int], generator: Generators, device: torch.device) -> torch.Tensor:
+        """The initial latents ``(B, *shape[1:])`` float32 on ``device``: standard normal drawn on the generator's
+        device (the global CPU RNG for ``None``), from ``generator[i]`` alone for item ``i`` when there is one per
+        item."""
+        shape = tuple(shape)
+        if generator is None or isinstance(generator, torch.Generator):
+            draw_on = "cpu" if generator is None else generator.device
+            return torch.randn(shape, generator=generator, device=draw_on, dtype=torch.float32).to(device)
+        items = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generator]
+        return torch.cat([item.to(device) for item in items])
+
+    def step_generators(self, generator: Generators, device: torch.device) -> Generators:
+        """Generators on ``device`` for the noise of stochastic steps, seeded from ``generator`` (after the initial
+        noise was drawn from it): one for one, one per item for one per item; ``None`` (the global RNG of
+        ``device``) for ``None`` or when the steps draw nothing."""
+        if generator is None or not self.stochastic_steps:
+            return None
+
+        def derived(g: torch.Generator) -> torch.Generator:
+            seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g, device=g.device))
+            return torch.Generator(device=device).manual_seed(seed)
+
+        if isinstance(generator, torch.Generator):
+            return derived(generator)
+        return [derived(g) for g in generator]
 
     def synthesize(self, inputs, network, available, noise, generator) -> torch.Tensor:
         """The sampling path (called by :py:meth:`sample`, which validates ``available`` once): computes the
-        condition once, runs :py:meth:`denoise` from ``noise`` (drawn on the CPU from ``generator`` when ``None``,
-        so that a seed gives the same result on every device), decodes only the missing contrasts and keeps the
-        given ones exactly."""
+        condition once, runs :py:meth:`denoise` from ``noise`` (:py:meth:`initial_noise` from ``generator`` when
+        ``None``: drawn on the generator's device, the CPU for ``torch.Generator()``, so that a seed gives the same
+        noise on every device), with the step noise of stochastic schedulers from :py:meth:`step_generators`,
+        decodes only the missing contrasts and keeps the given ones exactly. With one generator per item, item
+        ``i``'s result depends on ``generator[i]`` only (see the class)."""
         model = unwrap_network(network)
         grid = model.check_images(inputs)
         shape = (inputs.shape[0], model.latent_channels(), *grid)
         if noise is None:
-            noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32).to(inputs.device)
+            noise = self.initial_noise(shape, generator, inputs.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"{type(self).__name__} expects noise of shape {shape}, got {tuple(noise.shape)}.")
+        step_generator = self.step_generators(generator, inputs.device)
         missing = torch.nonzero(~available.all(dim=0)).flatten().tolist()
         output = inputs.clone()
         if not missing:
@@ -242,7 +343,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         use_amp = self.amp and inputs.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
             condition = model.condition(inputs, available)
-            latents = self.denoise(network, noise, condition)
+            latents = self.denoise(network, noise, condition, generator=step_generator)
             decoded = model.decode(latents, modalities=missing).to(inputs.dtype)
         keep = available[:, missing].view(inputs.shape[0], len(missing), *([1] * (inputs.ndim - 2)))
         output[:, missing] = torch.where(keep, inputs[:, missing], decoded)

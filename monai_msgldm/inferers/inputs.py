@@ -34,6 +34,7 @@ def check_case_files(
     atol: float = 1e-3,
     source: str = "case",
     check_content: bool = True,
+    same_grid: bool = True,
 ) -> dict[str, str]:
     """Check the input files of one case before anything is run or written; return its data item.
 
@@ -53,6 +54,8 @@ def check_case_files(
         check_content: also read the voxels (the MONAI Label app checks a study this way before running it).
             :func:`synthesis_datalist` leaves it off: the bundle's preprocessing checks the voxels when it loads
             them (``CheckImageValuesd``), so that each file is read once.
+        same_grid: require the given files on one grid; False when the preprocessing registers and resamples
+            contrasts on different grids (``brats_preprocessing_transforms(align=True)``).
 
     Returns:
         ``{modality: path}`` for the given modalities (in ``modalities`` order) plus ``"case"``: the case name.
@@ -96,7 +99,7 @@ def check_case_files(
         raise ValueError(
             f"{source}: the case name must be a non-empty file name of letters, digits and ._+-, got {name!r}."
         )
-    validate_case(name, given, check_content=check_content, label_keys=(), affine_atol=atol)
+    validate_case(name, given, check_content=check_content, label_keys=(), affine_atol=atol, same_grid=same_grid)
     return {**given, CASE_KEY: name}
 
 
@@ -107,6 +110,7 @@ def synthesis_datalist(
     base_dir: str | os.PathLike | None = None,
     case_name: str | None = None,
     modalities: Sequence[str] = MODALITIES,
+    same_grid: bool = True,
 ) -> list[dict[str, str]]:
     """The checked data items of an inference run: one case given by its files, or every case of a datalist.
 
@@ -120,6 +124,7 @@ def synthesis_datalist(
         base_dir: base folder of the relative paths in ``datalist`` (default: the datalist's folder).
         case_name: output name of the single ``case`` (None: derived from its file names).
         modalities: the known modality names, in channel order.
+        same_grid: require each case's files on one grid (see :func:`check_case_files`).
 
     Returns:
         A list of items ``{modality: path, ..., "case": name}``.
@@ -139,7 +144,9 @@ def synthesis_datalist(
             raise ValueError(
                 "synthesis_datalist expects a case (--t1/--t1ce/--t2/--flair) or a --datalist, got neither."
             )
-        return [check_case_files(case, modalities=modalities, case_name=case_name, check_content=False)]
+        return [
+            check_case_files(case, modalities=modalities, case_name=case_name, check_content=False, same_grid=same_grid)
+        ]
     if has_case:
         raise ValueError(
             f"synthesis_datalist expects either a case (--t1/--t1ce/--t2/--flair) or a --datalist, got both "
@@ -155,7 +162,13 @@ def synthesis_datalist(
     if not items:
         raise ValueError(f"the datalist {datalist} has no item under '{data_list_key}'.")
     checked = [
-        check_case_files(item, modalities=modalities, source=f"datalist {datalist} item {i}", check_content=False)
+        check_case_files(
+            item,
+            modalities=modalities,
+            source=f"datalist {datalist} item {i}",
+            check_content=False,
+            same_grid=same_grid,
+        )
         for i, item in enumerate(items)
     ]
     names = [item[CASE_KEY] for item in checked]

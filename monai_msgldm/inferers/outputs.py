@@ -20,14 +20,26 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from ..constants import MODALITIES
+from ..constants import MODALITIES, REGISTRATION_META_KEY
+from ..transforms.registration import resample_to_original_grid
 from ..utils.files import atomic_path
 from .naming import CASE_KEY, is_valid_file_name
 
 __all__ = ["SaveSynthesizedModalitiesd"]
+
+
+def _first(value: Any) -> Any:
+    """A value of a collated batch of one (a list or tuple of one) or the value itself."""
+    return value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+
+
+def _record(record: Mapping) -> dict:
+    """A registration record from the decollated meta data (batch-of-one lists unwrapped)."""
+    return {k: _first(v) for k, v in record.items()}
 
 
 def _to_uint8(slice_2d: np.ndarray) -> np.ndarray:
@@ -41,7 +53,12 @@ class SaveSynthesizedModalitiesd(MapTransform):
     in ``modalities`` order; the given modalities are found in its meta data (``"<modality>_filename_or_obj"``, as
     written by :class:`monai_msgldm.transforms.StackModalitiesd`). For each missing modality the file
     ``<output_dir>/<case>/<case>_<modality>_<postfix>.nii.gz`` is written as float32 with the affine, qform/sform
-    codes and shape of the first given input file. Intensities stay in the model's [-1, 1] range (values outside it
+    codes and shape of the reference input file: the contrast the others were registered to
+    (:class:`~monai_msgldm.transforms.AlignModalitiesd`, whose records the stacked meta data keeps as
+    ``"<modality>_registration"``), or the first given one when nothing was resampled. With ``also_on``, each
+    missing modality is also written on the original grid of those given contrasts that were resampled
+    (``<case>_<modality>_<postfix>_on_<given>.nii.gz``, through the inverse of their registration), so that it
+    overlays that file voxel by voxel. Intensities stay in the model's [-1, 1] range (values outside it
     are clipped when ``clip``): a missing modality has no original intensity scale to restore.
     ``<case>_preview.png`` shows ``preview_fractions`` axial slices (rows) of every modality (columns: given ones as
     preprocessed, synthesized ones marked "synth").
@@ -60,6 +77,8 @@ class SaveSynthesizedModalitiesd(MapTransform):
         clip: clip the synthesized intensities to [-1, 1].
         preview_fractions: positions of the preview slices along the axial axis, in [0, 1].
         allow_missing_keys: don't raise an exception if a key is missing.
+        also_on: given modalities on whose own grid the missing ones are written too (see above); a listed
+            modality that is absent from a case, or already on the reference grid, is skipped.
 
     Example::
 
@@ -80,8 +99,16 @@ class SaveSynthesizedModalitiesd(MapTransform):
         clip: bool = True,
         preview_fractions: Sequence[float] = (0.25, 0.5, 0.75),
         allow_missing_keys: bool = False,
+        also_on: Sequence[str] = (),
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        also_on = (also_on,) if isinstance(also_on, str) else tuple(also_on or ())
+        unknown = [m for m in also_on if m not in tuple(modalities)]
+        if unknown:
+            raise ValueError(
+                f"SaveSynthesizedModalitiesd expects also_on among the modalities {list(modalities)}, got {unknown}."
+            )
+        self.also_on = also_on
         if len(self.keys) != 1:
             raise ValueError(f"SaveSynthesizedModalitiesd expects exactly one key, got {self.keys}.")
         if not preview_fractions or not all(0.0 <= float(f) <= 1.0 for f in preview_fractions):
@@ -136,11 +163,14 @@ class SaveSynthesizedModalitiesd(MapTransform):
             raise ValueError(
                 f"{name} expects '{self.keys[0]}' of shape ({len(self.modalities)}, X, Y, Z), got {volume.shape}."
             )
-        reference = nib.load(next(iter(given.values())))
+        records = {m: meta[f"{m}_{REGISTRATION_META_KEY}"] for m in given if f"{m}_{REGISTRATION_META_KEY}" in meta}
+        ref_modality = next((str(_first(r["reference"])) for r in records.values()), next(iter(given)))
+        ref_path = given.get(ref_modality, next(iter(given.values())))
+        reference = nib.load(ref_path)
         ref_shape = tuple(int(s) for s in reference.shape[:3])
         if volume.shape[1:] != ref_shape:
             raise ValueError(
-                f"{name}: the restored case has shape {volume.shape[1:]} but its input {next(iter(given.values()))} "
+                f"{name}: the restored case has shape {volume.shape[1:]} but its reference input {ref_path} "
                 f"has {ref_shape}; invert the preprocessing (Invertd) before saving."
             )
         if not np.isfinite(volume).all():
@@ -166,6 +196,23 @@ class SaveSynthesizedModalitiesd(MapTransform):
                     image.header.set_xyzt_units(*reference.header.get_xyzt_units())
                     image.set_data_dtype(np.float32)
                     nib.save(image, tmp)
+                    for other in self.also_on:
+                        if other not in records:  # absent, or on the reference grid already
+                            continue
+                        final = os.path.join(case_dir, f"{case}_{modality}_{self.output_postfix}_on_{other}.nii.gz")
+                        tmp = stack.enter_context(atomic_path(final))
+                        written.append(final)
+                        on_grid = resample_to_original_grid(
+                            MetaTensor(volume[None, self.modalities.index(modality)], affine=reference.affine),
+                            _record(records[other]),
+                            fill_value=-1.0 if self.clip else None,
+                        )
+                        target = nib.load(given[other])
+                        image = nib.Nifti1Image(np.asarray(on_grid[0], dtype=np.float32), target.affine)
+                        image.set_qform(target.get_qform(), code=int(target.header["qform_code"]))
+                        image.set_sform(target.get_sform(), code=int(target.header["sform_code"]))
+                        image.set_data_dtype(np.float32)
+                        nib.save(image, tmp)
                 if self.preview:
                     final = os.path.join(case_dir, f"{case}_preview.png")
                     tmp = stack.enter_context(atomic_path(final))

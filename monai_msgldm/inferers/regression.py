@@ -30,8 +30,9 @@ class RegressionSynthesisInferer(SynthesisSampler):
     ``inferer(images, network, available)`` is the training forward (the prediction of every contrast);
     :py:meth:`sample` validates ``available`` once, runs one forward pass and keeps the given contrasts exactly,
     the missing ones predicted and clamped to ``clip_range``. It has the call signature of
-    :py:meth:`MultiContrastDiffusionInferer.sample` (``noise`` and ``generator`` are not used: the model is
-    deterministic), so ``ModalitySynthesisInferer`` and ``SynthesisEvaluator`` run either model.
+    :py:meth:`MultiContrastDiffusionInferer.sample` (``noise`` and ``generator``, one or one per item, are not used:
+    the model is deterministic and draws nothing, so its result never depends on the batch or the seed), so
+    ``ModalitySynthesisInferer`` and ``SynthesisEvaluator`` run either model.
 
     Args:
         amp: bfloat16 autocast on CUDA (ignored on CPU).

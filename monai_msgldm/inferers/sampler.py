@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from monai.inferers import Inferer
@@ -19,6 +21,10 @@ from monai.inferers import Inferer
 from monai_msgldm.utils.availability import validate_availability
 
 __all__ = ["SynthesisSampler", "unwrap_network"]
+
+#: The random source of one sampling call: ``None`` (the global RNG), one ``torch.Generator`` for the whole batch, or
+#: one generator per batch item (the noise of item ``i`` then depends on ``generators[i]`` only, not on the batch).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -33,7 +39,11 @@ class SynthesisSampler(Inferer):
     generator=None, checked=False) -> (B, M, *S)`` with the given contrasts kept exactly
     (:py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`,
     :py:class:`~monai_msgldm.inferers.RegressionSynthesisInferer`). ``ModalitySynthesisInferer`` and
-    ``SynthesisEvaluator`` run any of them."""
+    ``SynthesisEvaluator`` run any of them.
+
+    ``generator`` is one ``torch.Generator`` for the batch or a sequence of ``B`` generators, one per batch item: with
+    one per item, every random draw of item ``i`` comes from ``generator[i]`` alone, so its synthesis does not depend
+    on which other items share its batch (``ModalitySynthesisInferer`` seeds one per slice this way)."""
 
     def availability(
         self, inputs: torch.Tensor, network: nn.Module, available: torch.Tensor, checked: bool = False
@@ -54,7 +64,7 @@ class SynthesisSampler(Inferer):
         network: nn.Module,
         available: torch.Tensor,
         noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         checked: bool = False,
     ) -> torch.Tensor:
         """Synthesize the missing contrasts of ``inputs`` from the available ones, without gradients.
@@ -64,7 +74,9 @@ class SynthesisSampler(Inferer):
             network: the synthesis network (eval mode is the caller's choice), possibly DDP-wrapped.
             available: ``(B, M)`` bool (or 0/1) availability mask, at least one True per row.
             noise: the initial noise of a stochastic sampler (drawn from ``generator`` when ``None``).
-            generator: random generator of the initial noise.
+            generator: the random source of a stochastic sampler: ``None`` (the global RNG), one
+                ``torch.Generator`` for the batch, or a sequence of ``B`` generators, one per item, which makes each
+                item's result independent of the batch it is sampled in.
             checked: ``available`` was already validated by the caller (a bool tensor on the device of ``inputs``,
                 e.g. by :py:class:`ModalitySynthesisInferer` once per volume): skip the check.
 
@@ -72,8 +84,21 @@ class SynthesisSampler(Inferer):
             ``(B, M, *S)``: the given contrasts exactly as in ``inputs``, the missing ones synthesized.
         """
         self.check_inputs(inputs, network)
+        self.check_generator(inputs, generator)
         available = self.availability(inputs, network, available, checked)
         return self.synthesize(inputs, network, available, noise, generator)
+
+    def check_generator(self, inputs: torch.Tensor, generator: Generators) -> None:
+        """``generator`` is ``None``, a ``torch.Generator`` or a sequence of one generator per item of ``inputs``."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return
+        name = type(self).__name__
+        if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(
+                f"{name} expects generator to be None, a torch.Generator or a sequence of them, got {generator!r}."
+            )
+        if len(generator) != inputs.shape[0]:
+            raise ValueError(f"{name} expects one generator per batch item ({inputs.shape[0]}), got {len(generator)}.")
 
     def check_inputs(self, inputs: torch.Tensor, network: nn.Module) -> None:
         """The shape contract of ``inputs`` for ``network`` (no host sync); checked before the mask. Default: the

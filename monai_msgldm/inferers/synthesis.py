@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from monai.data import MetaTensor
@@ -72,12 +73,19 @@ class ModalitySynthesisInferer(Inferer):
     ``sampler`` does the synthesis of one batch (:py:meth:`MultiContrastDiffusionInferer.sample` for the latent
     diffusion models, :py:meth:`RegressionSynthesisInferer.sample` for the regression baseline); this inferer
     validates the availability mask once per call, pads to the model's ``size_divisor`` and crops back, batches the
-    slices, and seeds the noise. Slices in which every available contrast is constant (the empty slices above and
-    below the head) are not sampled: their missing contrasts get that slice's background value (the least value of
-    its available contrasts). With ``channels_last=True`` a 2D model runs in ``channels_last`` memory format
-    (converted in place, weights unchanged); it is off by default: on the 2-core development CPU it gave no gain for
-    the default model (docs/benchmarks.md). This is the ``inferer`` of the bundle's ``inference.json`` (MONAI
-    Label calls ``inferer(inputs, network)``, MONAI's evaluator ``inferer(inputs, network, available=...)``).
+    slices, and seeds the noise. Every item -- slice ``k`` (along ``slice_axis``) of input ``b`` of the batch, or
+    input ``b`` itself (``k = 0``) for 2D inputs and 3D models -- gets its own generator, seeded by ``(seed, b, k)``
+    (:py:meth:`item_generator`), and the sampler draws every random number of that item from it alone (its initial
+    noise and, for stochastic schedulers, its step noise: see :py:class:`MultiContrastDiffusionInferer`). So a seed
+    gives the same synthesis whatever ``slice_batch_size`` is and whichever slices are skipped; on the CPU, results
+    for different ``slice_batch_size`` agree exactly (the network treats batch items independently; batched
+    kernels on other devices may differ in the last bits). Slices in which every available contrast is constant
+    (the empty slices above and below the head) are not sampled: their missing contrasts get that slice's background
+    value (the least value of its available contrasts). With ``channels_last=True`` a 2D model runs in
+    ``channels_last`` memory format (converted in place, weights unchanged); it is off by default: on the 2-core
+    development CPU it gave no gain for the default model (docs/benchmarks.md). This is the ``inferer`` of the
+    bundle's ``inference.json`` (MONAI Label calls ``inferer(inputs, network)``, MONAI's evaluator
+    ``inferer(inputs, network, available=...)``).
 
     Args:
         sampler: the sampling inferer; default: DDIM with 20 steps on the paper's epsilon schedule (give the one the
@@ -86,7 +94,8 @@ class ModalitySynthesisInferer(Inferer):
         slice_axis: spatial axis of the slices (0-based over the spatial dims; -1 = last, axial after RAI).
         available: default availability (names, or bools in modality order) when a call gives none.
         modalities: modality names in channel order.
-        seed: seed of the initial noise (reproducible sampling); None = random.
+        seed: seed of the noise (reproducible sampling, independent of ``slice_batch_size``); None = the global
+            RNG (a new sample at each call).
         progress: show a progress bar over slice batches.
         skip_empty_slices: do not sample slices without content (see above).
         channels_last: run 2D models in ``channels_last`` memory format.
@@ -164,7 +173,6 @@ class ModalitySynthesisInferer(Inferer):
             )
         images = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         mask = resolve_availability(available, images.shape[0], self.modalities, images.device)
-        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         n_spatial = images.ndim - 2
         was_training = model.training
         model.eval()
@@ -172,9 +180,9 @@ class ModalitySynthesisInferer(Inferer):
             model.to(memory_format=torch.channels_last)
         try:
             if n_spatial == model.spatial_dims:
-                out = self._run(network, images, mask, generator)
+                out = self._run(network, images, mask, self._generators((b, 0) for b in range(images.shape[0])))
             elif n_spatial == 3 and model.spatial_dims == 2:
-                out = self._run_slices(network, images, mask, generator)
+                out = self._run_slices(network, images, mask)
             else:
                 raise ValueError(
                     f"inputs with {n_spatial} spatial dims cannot be synthesized by a {model.spatial_dims}D model."
@@ -185,8 +193,24 @@ class ModalitySynthesisInferer(Inferer):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return out
 
+    @staticmethod
+    def item_generator(seed: int, batch_index: int, slice_index: int = 0) -> torch.Generator:
+        """The CPU generator of one item: slice ``slice_index`` of input ``batch_index`` (``slice_index`` 0 for 2D
+        inputs and 3D models), seeded by ``(seed, batch_index, slice_index)`` through ``numpy.random.SeedSequence``
+        (well-mixed 64-bit seeds: no two items of a call or of nearby seeds share a stream). ``seed`` is taken
+        modulo 2**64, as ``torch.manual_seed`` does."""
+        entropy = [int(seed) % 2**64, int(batch_index), int(slice_index)]
+        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def _generators(self, items) -> list[torch.Generator] | None:
+        """One generator per ``(batch_index, slice_index)`` of ``items``; ``None`` (the global RNG) without a seed."""
+        if self.seed is None:
+            return None
+        return [self.item_generator(self.seed, b, k) for b, k in items]
+
     def _run(
-        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
+        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: list[torch.Generator] | None
     ) -> torch.Tensor:
         """Synthesize ``(B, M, *S)`` with padding to the model's ``size_divisor`` and cropping back."""
         factor = int(getattr(unwrap_network(network), "size_divisor", 1))
@@ -203,10 +227,9 @@ class ModalitySynthesisInferer(Inferer):
         out = self.sampler.sample(padded, network, mask, generator=generator, checked=True)
         return out[crop]
 
-    def _run_slices(
-        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """Slice-wise synthesis of volumes ``(B, M, X, Y, Z)`` with a 2D model."""
+    def _run_slices(self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Slice-wise synthesis of volumes ``(B, M, X, Y, Z)`` with a 2D model; the noise of slice ``k`` of volume
+        ``b`` is drawn from its own generator (``(seed, b, k)``), whatever batch it is sampled in."""
         axis = 2 + (self.slice_axis % 3)
         vol = images.movedim(axis, 2)  # (B, M, N, h, w)
         b, m, n = vol.shape[:3]
@@ -221,10 +244,13 @@ class ModalitySynthesisInferer(Inferer):
             todo = torch.nonzero(((high > low) & slice_mask).any(dim=1)).flatten()
         else:
             todo = torch.arange(b * n, device=slices.device)
+        flat_indices = todo.tolist() if self.seed is not None else []  # one host sync per call
         starts = range(0, len(todo), self.slice_batch_size)
         bar = tqdm(starts, desc="synthesis", unit="batch") if self.progress and has_tqdm else starts
         for start in bar:
             index = todo[start : start + self.slice_batch_size]
-            out[index] = self._run(network, slices[index], slice_mask[index], generator)
+            # flat index i = b * n + k: slice k of volume b
+            items = (divmod(i, n) for i in flat_indices[start : start + self.slice_batch_size])
+            out[index] = self._run(network, slices[index], slice_mask[index], self._generators(items))
         out = out.reshape(b, n, m, *vol.shape[3:]).permute(0, 2, 1, 3, 4)
         return out.movedim(2, axis)

@@ -13,6 +13,7 @@ preprocessing."""
 
 from __future__ import annotations
 
+from .field_of_view import CheckFieldOfView, CheckFieldOfViewD, CheckFieldOfViewd, CheckFieldOfViewDict
 from .intensity import (
     ScalePresentModalities,
     ScalePresentModalitiesD,
@@ -31,6 +32,24 @@ from .modality_dropout import (
     as_availability_mask,
 )
 from .preprocessing import BRATS_NAMINGS, CheckLabelValuesd, brats_preprocessing_transforms
+from .registration import (
+    AlignModalitiesD,
+    AlignModalitiesd,
+    AlignModalitiesDict,
+    RigidRegistrationResult,
+    resample_onto_grid,
+    resample_to_original_grid,
+    rigid_registration,
+)
+from .skull_check import (
+    CheckSkullStripped,
+    CheckSkullStrippedD,
+    CheckSkullStrippedd,
+    CheckSkullStrippedDict,
+    SkullStripFigures,
+    SkullStrippingWarning,
+    skull_strip_figures,
+)
 from .slicing import (
     SLICE_INDEX_KEY,
     RandAxialSliceSamplesD,
@@ -43,6 +62,13 @@ from .stack import StackModalitiesD, StackModalitiesd, StackModalitiesDict
 from .value_checks import CheckImageValues, CheckImageValuesD, CheckImageValuesd, CheckImageValuesDict
 
 __all__ = [
+    "AlignModalitiesd",
+    "AlignModalitiesD",
+    "AlignModalitiesDict",
+    "RigidRegistrationResult",
+    "resample_onto_grid",
+    "resample_to_original_grid",
+    "rigid_registration",
     "ScalePresentModalities",
     "ScalePresentModalitiesD",
     "ScalePresentModalitiesDict",
@@ -52,6 +78,17 @@ __all__ = [
     "ApplyModalityMaskD",
     "ApplyModalityMaskDict",
     "BRATS_NAMINGS",
+    "CheckFieldOfView",
+    "CheckFieldOfViewd",
+    "CheckFieldOfViewD",
+    "CheckFieldOfViewDict",
+    "CheckSkullStripped",
+    "CheckSkullStrippedd",
+    "CheckSkullStrippedD",
+    "CheckSkullStrippedDict",
+    "SkullStripFigures",
+    "SkullStrippingWarning",
+    "skull_strip_figures",
     "CheckImageValues",
     "CheckImageValuesd",
     "CheckImageValuesD",

@@ -299,17 +299,32 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
 
     The same channels are dropped in every key of ``keys`` (typically only the stacked ``"image"``). An
     existing availability mask under ``available_key`` is respected (only available modalities can be
-    dropped); the resulting mask is written back to ``available_key`` as an (M,) torch bool tensor
-    (all True when no mask was there and nothing was dropped).
+    dropped).
+
+    Two uses:
+
+    - ``mask_key=None`` (default), simulating missing contrasts in the data: the dropped channels are set to
+      ``fill_value`` in every key and the resulting mask is written back to ``available_key`` as an (M,) torch
+      bool tensor (all True when no mask was there and nothing was dropped);
+    - ``mask_key="input_available"``, drawing the input mask of a trainer that keeps the full image as its target
+      (what the bundle's stage-1, stage-2 and baseline training chains do): the drawn (M,) mask is written under
+      ``mask_key``; the images and the data mask under ``available_key`` are left as they are. The trainers read
+      it with ``input_mask_key`` (e.g. :py:class:`monai_msgldm.engines.LatentDiffusionTrainer`).
+
+    The draw is :py:meth:`RandModalityDropout.draw_mask`'s: ``0..max_missing`` available channels hidden, uniformly,
+    keeping at least ``min_available``.
 
     Args:
         keys: keys of the (M, *spatial) images.
-        available_key: key of the (M,) availability mask, read if present and always written.
+        available_key: key of the (M,) availability mask of the data, read if present; written when ``mask_key``
+            is None.
         prob: probability of applying the dropout.
         min_available: the least number of modalities left available (>= 1).
         max_missing: the most channels dropped per sample; ``None`` means ``M - min_available``.
-        fill_value: value written into dropped channels.
+        fill_value: value written into dropped channels (not used with ``mask_key``).
         allow_missing_keys: don't raise an exception if a key is missing.
+        mask_key: where to write the drawn mask without touching the images (see above); None: ``available_key``,
+            with the images masked.
 
     Example::
 
@@ -317,6 +332,10 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
         >>> out = t({"image": torch.rand(4, 16, 16)})
         >>> out["available"].shape
         torch.Size([4])
+        >>> t = RandModalityDropoutd("image", mask_key="input_available").set_random_state(0)
+        >>> out = t({"image": torch.rand(4, 16, 16), "available": torch.tensor([True, True, False, True])})
+        >>> bool((out["input_available"] & ~out["available"]).any())  # a subset of the data mask
+        False
     """
 
     backend = RandModalityDropout.backend
@@ -330,12 +349,19 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
         max_missing: int | None = None,
         fill_value: float = 0.0,
         allow_missing_keys: bool = False,
+        mask_key: str | None = None,
     ) -> None:
         if not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f"RandModalityDropoutd expects prob in [0, 1], got {prob}.")
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
+        if mask_key is not None and (not isinstance(mask_key, str) or mask_key in (available_key, *self.keys)):
+            raise ValueError(
+                f"RandModalityDropoutd expects mask_key to be None or a key other than available_key "
+                f"'{available_key}' and the image keys {list(self.keys)}, got {mask_key!r}."
+            )
         self.available_key = available_key
+        self.mask_key = mask_key
         self.dropper = RandModalityDropout(
             prob=1.0, min_available=min_available, max_missing=max_missing, fill_value=fill_value
         )
@@ -372,15 +398,16 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
             )
         self.randomize(None)
         if self._do_transform:
-            self.dropper.randomize(mask)
-            new_mask = mask & ~self.dropper._drop
-            for key in keys:
-                d[key], _ = self.dropper(d[key], mask, randomize=False)
+            new_mask = self.dropper.draw_mask(mask)
+            if self.mask_key is None:
+                for key in keys:
+                    d[key], _ = self.dropper(d[key], mask, randomize=False)
         else:
             new_mask = mask
         first = d[keys[0]]
         device = first.device if isinstance(first, torch.Tensor) else None
-        d[self.available_key] = torch.as_tensor(new_mask.copy(), dtype=torch.bool, device=device)
+        out_key = self.available_key if self.mask_key is None else self.mask_key
+        d[out_key] = torch.as_tensor(new_mask.copy(), dtype=torch.bool, device=device)
         return d
 
 

@@ -31,12 +31,16 @@ from monai.transforms import (
     MapLabelValued,
     MapTransform,
     Orientationd,
+    Spacingd,
     SpatialPadd,
 )
 from monai.utils import convert_to_numpy
 
 from ..constants import BRATS_LABELS_2020, BRATS_LABELS_2023, MODALITIES
+from .field_of_view import CheckFieldOfViewd
 from .intensity import ScalePresentModalitiesd
+from .registration import AlignModalitiesd
+from .skull_check import CheckSkullStrippedd
 from .stack import StackModalitiesd
 from .value_checks import CheckImageValuesd
 
@@ -90,6 +94,13 @@ def brats_preprocessing_transforms(
     reader: str | ImageReader | None = None,
     lower: float = 0.0,
     upper: float = 100.0,
+    pixdim: Sequence[float] | None = None,
+    axcodes: str = "RAI",
+    field_of_view: str = "raise",
+    align: bool = False,
+    reference: str | Sequence[str] | None = None,
+    register: bool = True,
+    skull_check: str = "ignore",
 ) -> Compose:
     """MONAI pipeline turning BraTS file paths into a stacked, cropped, [-1, 1]-scaled multi-contrast volume.
 
@@ -102,14 +113,24 @@ def brats_preprocessing_transforms(
        ``EnsureChannelFirstd`` for each present modality and the segmentation; :class:`CheckImageValuesd` checks
        the voxels of each modality as soon as they are loaded (NaN/Inf or an all-zero image raise an error
        naming the file), so that the datalist can be built from the NIfTI headers only and each file is read
-       once per run;
-    2. :class:`StackModalitiesd` into ``image_key`` (absent modalities filled with 0, availability mask
+       once per run; with ``skull_check``, :class:`CheckSkullStrippedd` warns about (or rejects) input that is
+       clearly not skull-stripped;
+    2. with ``align``, contrasts on different grids are put on the reference contrast's grid
+       (:class:`AlignModalitiesd`: rigid registration with mutual information in SimpleITK, unless
+       ``register=False``, then one resampling; a contrast already on the reference grid, as in BraTS, is left
+       untouched and costs nothing);
+       :class:`StackModalitiesd` into ``image_key`` (absent modalities filled with 0, availability mask
        under ``available_key``; a modality or segmentation on another grid raises a ValueError), then the
        per-modality items are deleted (their file names stay in the image meta data as
        ``"<modality>_filename_or_obj"``);
-    3. ``Orientationd("RAI")``, ``CropForegroundd`` on the union of the modalities (any channel > 0), then
-       ``SpatialPadd`` + ``CenterSpatialCropd`` to ``spatial_size`` in-plane (depth untouched), on the image
-       and the segmentation alike. These run on the stacked image so that
+    3. the model's working grid: ``Orientationd(axcodes)`` and, with ``pixdim``, ``Spacingd(pixdim)`` (bilinear
+       for the image, nearest for the segmentation; a no-op on data already on that grid, e.g. BraTS at 1 mm);
+       ``CropForegroundd`` on the union of the modalities (any channel > 0: the brain's bounding box), then
+       :class:`CheckFieldOfViewd`: a bounding box larger than ``spatial_size`` in-plane raises a ``ValueError``
+       naming the case and both extents (``field_of_view="raise"``), or is logged and centre-cropped
+       (``field_of_view="crop"``); then ``SpatialPadd`` + ``CenterSpatialCropd`` to ``spatial_size`` in-plane
+       (depth untouched): the bounding box centred in the field of view. These run on the image and the
+       segmentation alike, on the stacked image, so that
        ``Invertd(keys=image_key, transform=<this Compose>, orig_keys=image_key)`` restores the original grid;
     4. :class:`ScalePresentModalitiesd`: each present modality scaled from its ``lower``..``upper`` percentiles to
        [-1, 1] (clipped; MONAI's ``ScaleIntensityRangePercentiles``), the channels of absent modalities set to
@@ -134,6 +155,17 @@ def brats_preprocessing_transforms(
         reader: MONAI image reader (name or instance); None: ``"NibabelReader"``.
         lower: lower intensity percentile mapped to -1, in [0, 100).
         upper: upper intensity percentile mapped to 1, in (lower, 100].
+        pixdim: the model's working voxel size in mm (3 values, in ``axcodes`` order), or None: the data's own.
+        axcodes: the model's working orientation (default ``"RAI"``, the authors').
+        field_of_view: what a brain larger than ``spatial_size`` in-plane gets: ``"raise"`` or ``"crop"`` (above).
+        align: register and resample the given contrasts onto the reference contrast's grid (step 2); without it,
+            contrasts on different grids are an error.
+        reference: the reference contrast, or contrasts in order of preference (the first present one); None: the
+            modalities in channel order (T1 first: usually the 1 mm 3D acquisition). Used with ``align``.
+        register: with ``align``, register rigidly before resampling (False: the scanner coordinates are trusted).
+        skull_check: what input that is clearly not skull-stripped gets (:class:`CheckSkullStrippedd`, on each
+            whole volume as loaded): ``"ignore"`` (default), ``"warn"`` (what ``inference.json`` does) or
+            ``"raise"``.
 
     Returns:
         A ``monai.transforms.Compose``.
@@ -169,6 +201,13 @@ def brats_preprocessing_transforms(
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(f"{name} expects percentiles 0 <= lower < upper <= 100, got lower={lower}, upper={upper}.")
     reader = "NibabelReader" if reader is None else reader
+    if pixdim is not None:
+        pixdim = tuple(pixdim)
+        if len(pixdim) != 3 or any(isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0 for p in pixdim):
+            raise ValueError(f"{name} expects pixdim to be None or three voxel sizes > 0 in mm, got {pixdim}.")
+        pixdim = tuple(float(p) for p in pixdim)
+    if not isinstance(axcodes, str) or len(axcodes) != 3:
+        raise ValueError(f"{name} expects axcodes to be three axis codes such as 'RAI', got {axcodes!r}.")
 
     geometry_keys = [image_key] if seg_key is None else [image_key, seg_key]
     volume_size = (*size, -1)
@@ -177,6 +216,17 @@ def brats_preprocessing_transforms(
         EnsureChannelFirstd(keys=modalities, allow_missing_keys=True),
         CheckImageValuesd(keys=modalities, allow_missing_keys=True),
     ]
+    if skull_check != "ignore":
+        transforms.append(CheckSkullStrippedd(keys=modalities, mode=skull_check, allow_missing_keys=True))
+    if align:
+        transforms.append(
+            AlignModalitiesd(
+                keys=modalities,
+                reference=modalities if reference is None else reference,
+                register=register,
+                allow_missing_keys=True,
+            )
+        )
     if seg_key is not None:
         transforms += [
             LoadImaged(keys=seg_key, reader=reader, image_only=True),
@@ -192,10 +242,16 @@ def brats_preprocessing_transforms(
             allow_missing_keys=True,
         ),
         DeleteItemsd(keys=modalities),
-        Orientationd(keys=geometry_keys, axcodes="RAI", labels=None),
+        Orientationd(keys=geometry_keys, axcodes=axcodes, labels=None),
+    ]
+    if pixdim is not None:
+        modes = ["bilinear", "nearest"][: len(geometry_keys)]
+        transforms.append(Spacingd(keys=geometry_keys, pixdim=pixdim, mode=modes))
+    transforms += [
         CropForegroundd(
             keys=geometry_keys, source_key=image_key, allow_smaller=True, start_coord_key=None, end_coord_key=None
         ),
+        CheckFieldOfViewd(keys=image_key, spatial_size=size, on_larger=field_of_view),
         SpatialPadd(keys=geometry_keys, spatial_size=volume_size),
         CenterSpatialCropd(keys=geometry_keys, roi_size=volume_size),
         ScalePresentModalitiesd(

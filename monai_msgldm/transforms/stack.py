@@ -24,7 +24,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, convert_to_numpy, convert_to_tensor, ensure_tuple
 
-from ..constants import MODALITIES
+from ..constants import MODALITIES, REGISTRATION_META_KEY
 from ..data.validation import grid_mismatch
 
 __all__ = ["StackModalitiesd", "StackModalitiesD", "StackModalitiesDict"]
@@ -145,10 +145,14 @@ class StackModalitiesd(MapTransform):
                 applied_operations = deepcopy(ref.applied_operations)
             else:
                 meta, applied_operations = {}, []
+            meta.pop(REGISTRATION_META_KEY, None)
             for key in self.keys:
                 src = d.get(key) if key in tensors else None
                 filename = src.meta.get(ImageMetaKey.FILENAME_OR_OBJ, "") if isinstance(src, MetaTensor) else ""
                 meta[f"{key}_{ImageMetaKey.FILENAME_OR_OBJ}"] = filename
+                if isinstance(src, MetaTensor) and REGISTRATION_META_KEY in src.meta:
+                    # AlignModalitiesd's record of a resampled contrast (to write outputs on its own grid too)
+                    meta[f"{key}_{REGISTRATION_META_KEY}"] = deepcopy(src.meta[REGISTRATION_META_KEY])
             stacked = MetaTensor(stacked, meta=meta, applied_operations=applied_operations)
         d[self.name] = stacked
         d[self.available_key] = torch.tensor([key in tensors for key in self.keys], dtype=torch.bool)

@@ -58,6 +58,7 @@ OVERRIDES = {
     "val_ratio": 0.34,
     "test_ratio": 0.34,
     "spatial_size": 32,
+    "field_of_view": "crop",  # 32 px at 4 mm is smaller than the phantom brain: the tiny demo crops (and logs it)
     "batch_size": 1,
     "val_num_samples": 2,
     **{f"{part}_def#{k}": v for part, args in TINY.items() for k, v in args.items()},
@@ -137,6 +138,9 @@ class TestDemoWorkflow(unittest.TestCase):
         parser = ConfigParser()
         parser.read_config(os.path.join(served, "configs", "inference.json"))
         self.assertEqual((parser.get("spatial_size"), parser.get("ddim_steps")), (32, 2))
+        # the working grid the model trained at (the 4 mm phantom's, from train.json's expression) is recorded
+        self.assertEqual((parser.get("pixdim"), parser.get("axcodes")), ([4.0, 4.0, 4.0], "RAI"))
+        self.assertEqual(parser.get("field_of_view"), "crop")
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(os.path.join(served, "models", "model.pt"), weights_only=True), strict=True)
         self.assertEqual(parser.get_parsed_content("sampling_scheduler").prediction_type, "v_prediction")

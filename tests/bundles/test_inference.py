@@ -55,6 +55,7 @@ TINY = {
     "unet_def#norm_num_groups": 4,
     "unet_def#num_head_channels": 8,
     "spatial_size": 64,
+    "pixdim": [4.0, 4.0, 4.0],  # the working grid of the 4 mm phantom below
     "ddim_steps": 1,
     "slice_batch_size": 64,
 }
@@ -198,8 +199,21 @@ class TestInferenceWorkflow(unittest.TestCase):
             ("unreadable", {"t2": "garbage.nii.gz"}, ValueError, ["t2 file", "garbage.nii.gz", "not a readable NIfTI"]),
             ("none_available", {}, ValueError, ["no available modality", "--t1"]),
             ("unknown_modality", {"case_files#pd": "t1"}, ValueError, ["'pd'", "unknown modality"]),
-            ("shape", {"t2": "shape.nii.gz"}, ValueError, ["spatial shapes differ", "shape.nii.gz' has (48, 58, 47)"]),
-            ("affine", {"t2": "affine.nii.gz"}, ValueError, ["affines differ", "affine.nii.gz"]),
+            # without align, contrasts on different grids are an error from the headers
+            (
+                "shape",
+                {"t2": "shape.nii.gz", "align": False},
+                ValueError,
+                ["spatial shapes differ", "shape.nii.gz' has (48, 58, 47)"],
+            ),
+            ("affine", {"t2": "affine.nii.gz", "align": False}, ValueError, ["affines differ", "affine.nii.gz"]),
+            # with it (the default), a T2 whose grid puts it 56 mm away fails the registration's bounds
+            (
+                "affine_aligned",
+                {"t2": "affine.nii.gz"},
+                ValueError,
+                ["could not register 't2'", "affine.nii.gz", "max_translation_mm"],
+            ),
             # found by the preprocessing when it loads the voxels (CheckImageValuesd), before anything is written
             ("nan", {"t2": "nan.nii.gz"}, ValueError, ["t2 file", "nan.nii.gz", "non-finite voxels (1 NaN, 0 Inf)"]),
             ("bad_case_name", {"case_name": "../x"}, ValueError, ["case name", "'../x'"]),
@@ -221,7 +235,7 @@ class TestInferenceWorkflow(unittest.TestCase):
             self._run(**resolved)
         errors = [e for e in _cause_chain(cm.exception) if isinstance(e, error)]
         self.assertTrue(errors, repr(cm.exception))
-        if _ not in ("none_available", "unknown_modality", "bad_case_name"):  # the file-level checks
+        if _ not in ("none_available", "unknown_modality", "bad_case_name", "affine_aligned"):  # file-level checks
             self.assertIsInstance(errors[0], InvalidCaseError)
         for needle in needles:
             self.assertIn(needle, str(errors[0]))

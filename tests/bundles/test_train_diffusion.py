@@ -155,9 +155,25 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         self.assertEqual(optimizer.param_groups[0]["lr"], 1e-4)
         unet_init = {k: v.detach().clone() for k, v in net.unet.state_dict().items()}
 
-        # record the first batch and the UNet weights after each step, to check the calibration and the EMA values
+        # the input masks are drawn in the transform chain (RandModalityDropoutd), the trainer draws none
         trainer = wf.trainer
+        self.assertIsNone(trainer.mask_sampler)
+        for item in wf.parser.get_parsed_content("train#dataset")[0]:
+            self.assertEqual(item["input_available"].dtype, torch.bool)
+            self.assertTrue(bool(item["input_available"].any()))
+            self.assertFalse(bool((item["input_available"] & ~item["available"]).any()))
+        given = []
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED, lambda e: given.append(e.state.batch["input_available"].clone())
+        )
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED,
+            lambda e: self.assertTrue(torch.equal(torch.stack([o["available"] for o in e.state.output]), given[-1])),
+        )
+
+        # record the first batch and the UNet weights after each step, to check the calibration and the EMA values
         seen: dict = {"steps": []}
+
         def first_batch(e):
             seen["batch"] = e.state.batch["image"].clone()
             seen["rng"] = torch.get_rng_state()  # the calibration's draw of the posterior sample comes next

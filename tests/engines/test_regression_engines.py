@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from monai.handlers import PeakSignalToNoiseRatio, ValidationHandler, from_engine
+from parameterized import parameterized
 from torch.utils.data import DataLoader
 
 from monai_msgldm.engines import RegressionSynthesisTrainer, SynthesisEvaluator
@@ -160,6 +161,53 @@ class TestRegressionSynthesisTrainer(unittest.TestCase):
         expected = torch.nn.functional.l1_loss(pred[:, :3], image[:, :3]) * 3 / 4
         torch.testing.assert_close(torch.as_tensor(out[0]["loss"]), expected)
         self.assertEqual(float(net.net.final_conv.weight.grad[3].abs().sum()), 0.0)
+
+    def test_input_masks_from_the_batch(self):
+        """With input_mask_key the trainer draws nothing: each iteration's input mask is the batch's own."""
+        samples = make_samples(4, size=SIZE)
+        drawn = []
+        for i, s in enumerate(samples):
+            s["input_available"] = s["available"] & torch.tensor([i % 2 == 0, True, i % 2 == 1, True])
+            drawn.append(s["input_available"])
+        trainer = RegressionSynthesisTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=DataLoader(samples, batch_size=2, shuffle=False),
+            network=tiny_regression(),
+            optimizer=torch.optim.SGD(tiny_regression().parameters(), 0.0),
+            input_mask_key="input_available",
+        )
+        self.assertIsNone(trainer.mask_sampler)
+        masks = []
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: masks.append(stacked(e.state.output, "available"))
+        )
+        trainer.run()
+        torch.testing.assert_close(torch.cat(masks), torch.stack(drawn), rtol=0, atol=0)
+
+    @parameterized.expand(
+        [
+            ("missing", None, "input_mask_key 'input_available'"),
+            ("not_subset", [True, True, True, True], "subsets of the data masks"),
+        ]
+    )
+    def test_input_masks_errors(self, _, mask, msg):
+        samples = make_samples(2, size=SIZE)
+        for s in samples:
+            s["available"] = torch.tensor([True, True, False, True])
+            if mask is not None:
+                s["input_available"] = torch.tensor(mask)
+        net = tiny_regression()
+        trainer = RegressionSynthesisTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=DataLoader(samples, batch_size=2),
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), 0.0),
+            input_mask_key="input_available",
+        )
+        with self.assertRaisesRegex(ValueError, msg):
+            trainer.run()
 
     def test_errors(self):
         net = tiny_regression()

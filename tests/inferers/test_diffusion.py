@@ -93,25 +93,96 @@ class TestSamplingPath(unittest.TestCase):
         torch.testing.assert_close(out[~available], expected[~available], rtol=tol, atol=tol)
         torch.testing.assert_close(out[available], images[available], rtol=0, atol=0)
 
-    @parameterized.expand([("ddim", lambda: ddim("epsilon")), ("rflow", rflow)])
+    @parameterized.expand([("ddim", lambda: ddim("epsilon")), ("rflow", rflow), ("ddpm", lambda: ddpm("epsilon"))])
     def test_denoising_loop_matches_monai_sampler(self, _, make_scheduler):
-        """Reference implementation: the loop gives what MONAI's DiffusionInferer.sample gives in concat mode."""
+        """Reference implementation: the loop gives what MONAI's DiffusionInferer.sample gives in concat mode. DDPM
+        steps draw noise: both draw it from the global RNG (no generator), seeded alike before each loop."""
         torch.manual_seed(0)
         net = tiny_msgldm().eval()
         noise = torch.randn(2, 8, 4, 4)
         condition = torch.randn(2, 8, 4, 4)
         inferer = MultiContrastDiffusionInferer(make_scheduler(), num_inference_steps=5)
         with torch.no_grad():
+            torch.manual_seed(7)
             ours = inferer.denoise(net, noise, condition)
             reference_scheduler = make_scheduler()
             if isinstance(reference_scheduler, RFlowScheduler):
                 reference_scheduler.set_timesteps(5, input_img_size_numel=16)
             else:
                 reference_scheduler.set_timesteps(5)
+            torch.manual_seed(7)
             reference = DiffusionInferer(reference_scheduler).sample(
                 noise, net, reference_scheduler, conditioning=condition, mode="concat"
             )
         torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+    @parameterized.expand(
+        [
+            ("ddim", lambda: ddim("epsilon"), 0.0, tiny_msgldm),
+            ("ddim_eta", lambda: ddim("epsilon"), 0.5, tiny_msgldm),
+            ("ddpm", lambda: ddpm("epsilon"), 0.0, tiny_msgldm),
+            ("ddpm_plain", lambda: ddpm("v_prediction"), 0.0, tiny_plain_ldm),
+            ("rflow", rflow, 0.0, tiny_msgldm),
+        ]
+    )
+    def test_one_generator_per_item_makes_each_item_independent_of_its_batch(self, _, make_scheduler, eta, make_net):
+        """With one generator per item, item i's synthesis (initial noise and the noise of stochastic steps) comes
+        from generator i alone: sampled in a batch of 3 or alone, in another order, it is the same; the global RNG
+        is not used. The batched network call may differ from the single one in the last bits (atol 1e-5; on this
+        CPU they agree exactly)."""
+        torch.manual_seed(0)
+        net = make_net().eval()
+        images = torch.rand(3, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, False, True, True], [True, False, False, False], [False, True, True, False]])
+        inferer = MultiContrastDiffusionInferer(make_scheduler(), num_inference_steps=4, eta=eta)
+
+        def generators(*seeds):
+            return [torch.Generator().manual_seed(s) for s in seeds]
+
+        rng = torch.get_rng_state()
+        batch = inferer.sample(images, net, available, generator=generators(10, 11, 12))
+        self.assertTrue(torch.equal(torch.get_rng_state(), rng))  # no global draw anywhere on the path
+        for i in range(3):
+            alone = inferer.sample(images[i : i + 1], net, available[i : i + 1], generator=generators(10 + i))
+            torch.testing.assert_close(batch[i : i + 1], alone, rtol=0, atol=1e-5)
+        reordered = inferer.sample(images[[2, 0, 1]], net, available[[2, 0, 1]], generator=generators(12, 10, 11))
+        torch.testing.assert_close(reordered, batch[[2, 0, 1]], rtol=0, atol=1e-5)
+        other = inferer.sample(images, net, available, generator=generators(10, 11, 13))
+        torch.testing.assert_close(other[:2], batch[:2], rtol=0, atol=1e-5)
+        self.assertFalse(torch.allclose(other[2][~available[2]], batch[2][~available[2]]))
+
+    def test_initial_noise_is_drawn_per_item(self):
+        """Oracle: item i's initial noise is ``randn`` of one item from generator i (on the CPU); one generator draws
+        the whole batch as before."""
+        inferer = MultiContrastDiffusionInferer(ddim(), num_inference_steps=2)
+        noise = inferer.initial_noise((3, 8, 4, 4), [torch.Generator().manual_seed(s) for s in (5, 6, 7)], "cpu")
+        for i, s in enumerate((5, 6, 7)):
+            expected = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(s))
+            torch.testing.assert_close(noise[i : i + 1], expected, rtol=0, atol=0)
+        one = inferer.initial_noise((3, 8, 4, 4), torch.Generator().manual_seed(5), "cpu")
+        torch.testing.assert_close(one, torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(5)))
+
+    def test_stochastic_steps_are_seeded_by_a_single_generator(self):
+        """A single generator for a 2D batch (the evaluator's way) seeds the DDPM step noise too: the same generator
+        seed gives the same sample, the global RNG is not used, another seed gives another sample."""
+        torch.manual_seed(0)
+        net = tiny_msgldm().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, False, True, True], [True, False, False, False]])
+        inferer = MultiContrastDiffusionInferer(ddpm(), num_inference_steps=4)
+        self.assertTrue(inferer.stochastic_steps)
+        self.assertFalse(MultiContrastDiffusionInferer(ddim()).stochastic_steps)
+        self.assertTrue(MultiContrastDiffusionInferer(ddim(), eta=0.3).stochastic_steps)
+        self.assertFalse(MultiContrastDiffusionInferer(rflow()).stochastic_steps)
+        rng = torch.get_rng_state()
+        a = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(1))
+        self.assertTrue(torch.equal(torch.get_rng_state(), rng))
+        b = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # same initial noise, other step noise: the steps are seeded from the generator, not fixed
+        noise = inferer.initial_noise((2, 8, 4, 4), torch.Generator().manual_seed(1), "cpu")
+        c = inferer.sample(images, net, available, noise=noise, generator=torch.Generator().manual_seed(2))
+        self.assertFalse(torch.allclose(a[~available], c[~available]))
 
     @parameterized.expand([("msgldm", tiny_msgldm), ("plain", tiny_plain_ldm)])
     def test_keeps_given_ignores_absent_and_is_seeded(self, _, make_net):
@@ -166,6 +237,15 @@ class TestSamplingPath(unittest.TestCase):
             inferer.sample(torch.randn(1, 3, 16, 16), net, torch.ones(1, 3, dtype=torch.bool))
         with self.assertRaisesRegex(ValueError, "noise of shape"):
             inferer.sample(images, net, torch.ones(1, 4, dtype=torch.bool), noise=torch.randn(1, 8, 2, 2))
+        two = [torch.Generator(), torch.Generator()]
+        with self.assertRaisesRegex(ValueError, r"one generator per batch item \(1\), got 2"):
+            inferer.sample(images, net, torch.ones(1, 4, dtype=torch.bool), generator=two)
+        with self.assertRaisesRegex(ValueError, "torch.Generator or a sequence"):
+            inferer.sample(images, net, torch.ones(1, 4, dtype=torch.bool), generator=[0])
+        with self.assertRaisesRegex(ValueError, "eta in"):
+            MultiContrastDiffusionInferer(ddim(), eta=-0.1)
+        with self.assertRaisesRegex(ValueError, "only with a DDIMScheduler"):
+            MultiContrastDiffusionInferer(ddpm(), eta=0.5)
         with self.assertRaisesRegex(ValueError, "num_inference_steps in"):
             MultiContrastDiffusionInferer(ddim(), num_inference_steps=0)
         with self.assertRaisesRegex(ValueError, "num_inference_steps in"):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from parameterized import parameterized
+from scipy.stats import chi2
 
 from monai_msgldm.transforms import (
     ApplyModalityMask,
@@ -83,8 +84,11 @@ class TestRandModalityDropout(unittest.TestCase):
             counts[int(dropped.sum())] += 1
             per_channel += dropped
         self.assertEqual(set(counts), expected_counts)
-        # the number dropped is uniform over its range: every value well represented
-        self.assertGreater(min(counts.values()), 400 / len(expected_counts) * 0.6)
+        # the number dropped is uniform over its range: Pearson's chi-square against the uniform counts stays
+        # below its 99.9 % quantile (a value never or twice as often drawn would exceed it by far)
+        expected = 400 / len(expected_counts)
+        statistic = sum((counts[k] - expected) ** 2 / expected for k in expected_counts)
+        self.assertLess(statistic, chi2.ppf(0.999, df=len(expected_counts) - 1), counts)
         if max(expected_counts) > 0:
             self.assertTrue((per_channel > 0).all(), per_channel)  # every channel gets dropped sometimes
 
@@ -218,6 +222,27 @@ class TestRandModalityDropoutd(unittest.TestCase):
 
         self.assertEqual(draws(11), draws(11))
         self.assertNotEqual(draws(11), draws(12))
+
+    @parameterized.expand([("all",), ("some",)])
+    def test_mask_key_draws_without_touching_the_data(self, case):
+        """With mask_key the drawn mask is written there; the images and the data mask stay the same objects, and
+        the draws are RandModalityDropout.draw_mask's for the same seed (the oracle)."""
+        img = _image()
+        given = torch.ones(4, dtype=torch.bool) if case == "all" else torch.tensor([True, False, True, True])
+        t = RandModalityDropoutd("image", mask_key="input_available", min_available=1).set_random_state(4)
+        oracle = RandModalityDropout(prob=1.0, min_available=1).set_random_state(4)
+        for _ in range(30):
+            out = t({"image": img, "available": given})
+            self.assertIs(out["image"], img)
+            self.assertIs(out["available"], given)
+            self.assertEqual(out["input_available"].dtype, torch.bool)
+            self.assertEqual(out["input_available"].tolist(), oracle.draw_mask(given.numpy()).tolist())
+            self.assertFalse(bool((out["input_available"] & ~given).any()))
+
+    @parameterized.expand([("available",), ("image",), (3,)])
+    def test_mask_key_invalid(self, key):
+        with self.assertRaisesRegex(ValueError, "mask_key"):
+            RandModalityDropoutd("image", mask_key=key)
 
     def test_errors(self):
         with self.assertRaises(KeyError):

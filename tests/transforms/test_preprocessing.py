@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import unittest
 import warnings
@@ -103,7 +104,10 @@ class TestBratsPreprocessing(unittest.TestCase):
 
     @parameterized.expand([("brats2020", (32, 32)), ("brats2023", (32, 32)), ("brats2020", (24, 20))])
     def test_outputs(self, naming, size):
-        out = brats_preprocessing_transforms(spatial_size=size, naming=naming)(dict(self.cases[naming]))
+        # the 24 x 20 field of view is smaller than the brain: cropped on request (the default raises)
+        out = brats_preprocessing_transforms(spatial_size=size, naming=naming, field_of_view="crop")(
+            dict(self.cases[naming])
+        )
         self.assertEqual(set(out), {"image", "available", "seg"})
         image, seg = out["image"], out["seg"]
         self.assertIsInstance(image, MetaTensor)
@@ -188,10 +192,37 @@ class TestBratsPreprocessing(unittest.TestCase):
         files[modality] = _save(data, os.path.join(folder, f"{modality}_{name}.nii.gz"))
         self.assertCauseRaises(regex, files)
 
+    def test_working_grid_is_a_no_op_on_data_at_that_grid(self):
+        """pixdim equal to the data's voxel size (BraTS at 1 mm, axis-aligned) changes nothing; another one
+        resamples, and the inverse restores the file's grid."""
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        files = {}
+        for key, path in self.cases["brats2020"].items():  # the same case, axis-aligned (RAI) at 1 x 1.2 x 2.5 mm
+            files[key] = os.path.join(folder, os.path.basename(path))
+            nib.save(nib.Nifti1Image(np.asarray(nib.load(path).dataobj), np.diag([1.0, -1.2, -2.5, 1.0])), files[key])
+        plain = brats_preprocessing_transforms(spatial_size=(32, 32))(dict(files))
+        pre_same = brats_preprocessing_transforms(spatial_size=(32, 32), pixdim=(1.0, 1.2, 2.5))
+        same = pre_same(dict(files))
+        torch.testing.assert_close(same["image"].as_tensor(), plain["image"].as_tensor(), rtol=0, atol=1e-5)
+        torch.testing.assert_close(same["seg"].as_tensor(), plain["seg"].as_tensor(), rtol=0, atol=0)
+        pre = brats_preprocessing_transforms(spatial_size=(32, 32), pixdim=(2.0, 2.0, 2.0))
+        coarse = pre(dict(files))
+        np.testing.assert_allclose(coarse["image"].pixdim.numpy(), [2.0, 2.0, 2.0], atol=1e-5)
+        self.assertEqual(set(torch.unique(coarse["seg"]).tolist()), {0.0, 1.0})  # nearest for the labels
+        # the inverse goes back to the file's grid through the resampling too
+        inverted = Invertd(keys="image", transform=pre, orig_keys="image", nearest_interp=False)(coarse)["image"]
+        self.assertEqual(tuple(inverted.shape), (4, *SHAPE))
+        np.testing.assert_allclose(inverted.affine.numpy(), np.diag([1.0, -1.2, -2.5, 1.0]), atol=1e-4)
+        restored = Invertd(keys="image", transform=pre_same, orig_keys="image", nearest_interp=False)(same)["image"]
+        inside = torch.as_tensor(BRAIN)
+        corr = np.corrcoef(inverted[0][inside].numpy(), restored[0][inside].numpy())[0, 1]
+        self.assertGreater(corr, 0.8)  # 2 mm and back: smoother, still the same image
+
     @parameterized.expand([("brats2020", None), ("brats2023", "t1")])
     def test_inversion(self, naming, missing):
         files = {k: v for k, v in self.cases[naming].items() if k != missing}
-        pre = brats_preprocessing_transforms(spatial_size=(24, 20), naming=naming)
+        pre = brats_preprocessing_transforms(spatial_size=(24, 20), naming=naming, field_of_view="crop")
         out = pre(files)
         inverted = Invertd(keys="image", transform=pre, orig_keys="image", nearest_interp=False)(out)["image"]
         self.assertEqual(tuple(inverted.shape), (4, *SHAPE))

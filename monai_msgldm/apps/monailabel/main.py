@@ -22,6 +22,7 @@ from monai_msgldm.apps.monailabel.lib.compat import define_torchvision_schemas
 
 define_torchvision_schemas()
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -60,6 +61,9 @@ class MSGLDMApp(MONAILabelApp):
                     f"MSG-LDM app: the bundle at '{self.bundle_path}' has no {required} "
                     "(give --conf bundle <bundle folder> with a trained models/model.pt)."
                 )
+        # contrasts on different grids are registered by the bundle's preprocessing when its inference.json aligns
+        with open(os.path.join(self.bundle_path, "configs", "inference.json")) as f:
+            self.same_grid = not bool(json.load(f).get("align", False))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -86,8 +90,8 @@ class MSGLDMApp(MONAILabelApp):
                 resolve_targets(request.get("target"), list(files))
             except StudyError as e:
                 raise HTTPException(status_code=e.status, detail=str(e)) from e
-            try:  # readable 3D NIfTI, no NaN, one grid: the bundle's input checks, before anything runs
-                check_case_files(files, case_name=study, source=f"study '{study}'")
+            try:  # readable 3D NIfTI, no NaN (one grid unless the bundle aligns): the bundle's input checks
+                check_case_files(files, case_name=study, source=f"study '{study}'", same_grid=self.same_grid)
             except (ValueError, FileNotFoundError, OSError) as e:
                 raise HTTPException(status_code=422, detail=str(e)) from e
             request = {**request, "study": study, "study_files": files, "image": next(iter(files.values()))}

@@ -149,7 +149,21 @@ def _make_bundle_and_studies(root: str) -> tuple[str, str]:
             if name.endswith(".nii.gz") and not name.endswith("_seg.nii.gz"):
                 if not (i == 0 and name.endswith("_flair.nii.gz")):
                     shutil.copy(os.path.join(data, case, name), studies)
-    # a third study whose T2 has NaN voxels (sorted after the phantom studies)
+    # a study whose T2 is on its own grid (2.5 x 2.5 x 5 mm) and moved 8 degrees and 4 mm: the app registers it
+    from tests.bundles.test_clinical_input import _regrid, _rigid
+
+    t1_path = os.path.join(data, cases[1], f"{cases[1]}_t1.nii.gz")
+    shutil.copy(t1_path, os.path.join(studies, "ZY_grids_t1.nii.gz"))
+    ref = nib.load(t1_path)
+    centre = ref.affine[:3, :3] @ (np.asarray(ref.shape) / 2) + ref.affine[:3, 3]
+    grid = np.diag([2.5, 2.5, 5.0, 1.0])
+    grid[:3, 3] = ref.affine[:3, 3] - 5.0
+    shape = tuple(int(n * 4.0 // z) + 4 for n, z in zip(ref.shape, (2.5, 2.5, 5.0)))
+    t2_path = os.path.join(data, cases[1], f"{cases[1]}_t2.nii.gz")
+    _regrid(
+        t2_path, grid, shape, os.path.join(studies, "ZY_grids_t2.nii.gz"), moved=_rigid((0, 5, 6), (3, -2, 2), centre)
+    )
+    # a study whose T2 has NaN voxels (sorted after the phantom studies)
     t1 = nib.load(os.path.join(data, cases[0], f"{cases[0]}_t1.nii.gz"))
     nib.save(t1, os.path.join(studies, "ZZ_nan_t1.nii.gz"))
     broken = np.asarray(t1.dataobj, dtype=np.float32)
@@ -246,6 +260,18 @@ class TestMONAILabelServer(unittest.TestCase):
             self.assertFalse(np.allclose(volume, given), modality)
             scaled = (given - given.min()) / max(float(np.ptp(given)), 1e-6) * 2 - 1
             self.assertFalse(np.allclose(volume, scaled, atol=1e-3), modality)
+
+    def test_contrasts_on_different_grids_are_registered(self):
+        response = self._infer("ZY_grids", {"target": "flair"}, output="json")
+        self.assertEqual(response.status_code, 200, response.text[:500])
+        self.assertEqual(response.json()["inputs"], ["t1", "t2"])
+        response = self._infer("ZY_grids", {"target": "flair"})
+        self.assertEqual(response.status_code, 200, response.text[:500])
+        out = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(response.content))
+        ref = nib.load(os.path.join(self.studies, "ZY_grids_t1.nii.gz"))  # the reference: the T1's grid
+        self.assertEqual(out.shape, ref.shape)
+        np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
+        self.assertTrue(np.isfinite(out.get_fdata()).all())
 
     def test_json_result_and_present_target(self):
         response = self._infer(self._study(1), {"target": "t2"}, output="json")

@@ -97,6 +97,14 @@ class MSGLDMSynthesisTask(BundleInferTask):
         req["image"] = next(iter(inputs.values()))
         return super().__call__(req, callbacks)
 
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:  # type: ignore[override]
+        """MONAI Label's pre-transforms run, with MONAI Label's string items ``image_path``... set aside: MONAI's
+        ``Spacingd`` (the working grid) updates every ``image_*`` item with the image's meta data."""
+        aside = {k: data.pop(k) for k in list(data) if str(k).startswith("image_") and not isinstance(data[k], dict)}
+        out = super().run_pre_transforms(data, transforms)
+        out.update(aside)
+        return out
+
     def inferer(self, data: Mapping[str, Any] | None = None):  # type: ignore[override]
         """The bundle's inferer, given the study's availability mask: MONAI Label calls ``inferer(inputs, network)``
         without the batch, so the mask the preprocessing made (``StackModalitiesd`` writes it under ``available``)
