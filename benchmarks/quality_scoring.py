@@ -55,6 +55,7 @@ def test_cases(budget: Mapping[str, Any]) -> list[dict]:
         {
             "bundle_root": str(BUNDLE),
             "spatial_size": preset_values("demo")["spatial_size"],
+            "pixdim": [float(budget["phantom_resolution"])] * 3,  # the models' working grid: the phantom's own
             "check_content": False,
             "output_dir": tempfile.mkdtemp(prefix="msgldm_quality_split_"),
             **data_overrides(budget),

@@ -101,7 +101,9 @@ def phantom_volume(
     split = build_brats_datalist(root, val_ratio=0.0, test_ratio=0.0, check_content=False)
     case = {k: os.path.join(split["data_root"], v) for k, v in split["training"][0].items() if k != "subject"}
     case.pop("seg", None)
-    image = brats_preprocessing_transforms(seg_key=None, spatial_size=(size, size))(case)["image"]
+    # a volume of exactly size x size in-plane: a brain larger than that is centre-cropped (a timing input)
+    pre = brats_preprocessing_transforms(seg_key=None, spatial_size=(size, size), field_of_view="crop")
+    image = pre(case)["image"]
     image = SpatialPad((-1, -1, depth), value=-1.0)(image)
     image = CenterSpatialCrop((-1, -1, depth))(image)
     return torch.as_tensor(image).float().unsqueeze(0)

@@ -5,4 +5,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MSGLDM_EXTRAS="${MSGLDM_EXTRAS:-dev,label}" bash "$root/scripts/setup.sh"
 cd "$root"
-exec "${MSGLDM_VENV:-$root/.venv}/bin/python" -m pytest tests -q "$@"
+# two workers (pytest-xdist), one test file each at a time: the tests run one torch thread each (tests/conftest.py),
+# so two files in parallel use both cores of a 2-core machine
+exec "${MSGLDM_VENV:-$root/.venv}/bin/python" -m pytest tests -q -n "${MSGLDM_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -27,7 +27,7 @@ from monai_msgldm.data.phantom import ensure_phantom_dataset
 
 __all__: list[str] = []
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 TINY_NETS = {
     "autoencoder_def#channels": [8, 8, 8],
@@ -104,7 +104,9 @@ class TestBundleTiming(unittest.TestCase):
         self.assertEqual((values["spatial_size"], values["prediction_type"]), (64, "v_prediction"))
         self.assertEqual(values["unet_def"]["channels"], [32, 64, 64])
         self.assertEqual(common.preset_parser("default").get_parsed_content("spatial_size"), 192)
-        self.assertEqual(timing.preset_values("default"), {})
+        # the default preset trains on the 2 mm phantom: its working grid is what inference.json must be told
+        self.assertEqual(timing.preset_values("default"), {"pixdim": [2.0, 2.0, 2.0]})
+        self.assertEqual(values["pixdim"], [3.0, 3.0, 3.0])
 
 
 class TestSpeedBenchmark(unittest.TestCase):
