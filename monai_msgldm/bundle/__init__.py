@@ -15,6 +15,7 @@ from __future__ import annotations
 from .served import write_served_bundle
 from .stages import (
     init_process_group,
+    resume_checkpoint,
     run_bundle_workflow,
     run_training_stages,
     running_config,
@@ -25,6 +26,7 @@ from .stages import (
 
 __all__ = [
     "init_process_group",
+    "resume_checkpoint",
     "run_bundle_workflow",
     "run_training_stages",
     "running_config",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import glob
 import inspect
 import json
 import logging
@@ -33,6 +34,7 @@ __all__ = [
     "running_config",
     "running_parser",
     "running_values",
+    "resume_checkpoint",
     "stage_is_finished",
 ]
 
@@ -70,6 +72,28 @@ def stage_is_finished(final_ckpt: str) -> bool:
             f"{final_ckpt} stopped at iteration {iteration} of {int(epoch_length) * int(max_epochs)}: not finished."
         )
     return done
+
+
+def resume_checkpoint(ckpt_dir: str | os.PathLike, file_prefix: str | None, final_filename: str) -> str | None:
+    """The checkpoint a stage resumes from: its latest periodic ``CheckpointSaver`` file
+    ``<ckpt_dir>/<file_prefix>_checkpoint_epoch=<N>.pt`` (largest N), or None when there is none or when the stage's
+    final checkpoint ``<ckpt_dir>/<final_filename>`` marks a finished run (:func:`stage_is_finished`).
+
+    Example::
+
+        >>> resume_checkpoint("models", "diffusion", "diffusion.pt")  # doctest: +SKIP
+        'models/diffusion_checkpoint_epoch=30.pt'
+    """
+    ckpt_dir = os.fspath(ckpt_dir)
+    if stage_is_finished(os.path.join(ckpt_dir, final_filename)):
+        return None
+    prefix = f"{file_prefix}_" if file_prefix else ""
+    pattern = os.path.join(glob.escape(ckpt_dir), f"{prefix}checkpoint_epoch=*.pt")
+
+    def epoch(path: str) -> int:
+        return int(os.path.basename(path)[: -len(".pt")].rsplit("=", 1)[-1])
+
+    return max(glob.glob(pattern), key=epoch, default=None)
 
 
 def running_parser() -> ConfigParser:

@@ -23,7 +23,13 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from monai_msgldm.bundle import run_training_stages, running_config, running_parser, stage_is_finished
+from monai_msgldm.bundle import (
+    resume_checkpoint,
+    run_training_stages,
+    running_config,
+    running_parser,
+    stage_is_finished,
+)
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 
 __all__: list[str] = []
@@ -234,6 +240,25 @@ class TestStageHelpers(unittest.TestCase):
         self.assertFalse(stage_is_finished(path))
         torch.save({"model": {}, "trainer": {"iteration": 4, "epoch_length": 2, "max_epochs": 2}}, path)
         self.assertTrue(stage_is_finished(path))
+
+    def test_resume_checkpoint(self):
+        root = tempfile.mkdtemp(suffix="[x]")  # glob characters in the folder name are taken literally
+        self.addCleanup(shutil.rmtree, root, True)
+        self.assertIsNone(resume_checkpoint(root, "diffusion", "diffusion.pt"))
+        for name in ("diffusion_checkpoint_epoch=2.pt", "diffusion_checkpoint_epoch=10.pt", "x_checkpoint_epoch=99.pt"):
+            torch.save({"model": {}}, os.path.join(root, name))
+        torch.save({"model": {}}, os.path.join(root, "checkpoint_epoch=7.pt"))
+        # the largest epoch of the stage's own prefix (10 > 2: a number, not a string comparison)
+        self.assertEqual(
+            resume_checkpoint(root, "diffusion", "diffusion.pt"), os.path.join(root, "diffusion_checkpoint_epoch=10.pt")
+        )
+        self.assertEqual(resume_checkpoint(root, None, "final.pt"), os.path.join(root, "checkpoint_epoch=7.pt"))
+        # an unfinished final checkpoint (saved on an exception) still resumes; a finished one does not
+        final = os.path.join(root, "diffusion.pt")
+        torch.save({"model": {}, "trainer": {"iteration": 3, "epoch_length": 2, "max_epochs": 2}}, final)
+        self.assertTrue(resume_checkpoint(root, "diffusion", "diffusion.pt").endswith("epoch=10.pt"))
+        torch.save({"model": {}, "trainer": {"iteration": 4, "epoch_length": 2, "max_epochs": 2}}, final)
+        self.assertIsNone(resume_checkpoint(root, "diffusion", "diffusion.pt"))
 
     def test_bad_arguments(self):
         stage = {"name": "autoencoder", "config": str(STAGE_CONFIGS["autoencoder"]), "final_ckpt": "autoencoder.pt"}
