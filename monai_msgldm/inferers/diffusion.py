@@ -99,6 +99,11 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         progress: show a progress bar over the denoising steps.
         eta: the ``eta`` of ``DDIMScheduler.step`` (0 = deterministic DDIM; > 0 adds noise at each step); only
             for a ``DDIMScheduler``.
+        known_contrast_guidance: anchor the sampler to what was acquired (RePaint-style replacement): before each
+            denoiser call, the channels of the joint latent that belong to a sample's given contrasts are replaced by
+            their encodings (scaled posterior means) noised to that timestep with the sample's own initial noise
+            (``scheduler.add_noise(z_given, noise, t)``), and after the last step by the encodings themselves; the
+            missing contrasts' channels evolve as without guidance, but always beside the true given ones.
 
     Example::
 
@@ -117,6 +122,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         amp: bool = True,
         progress: bool = False,
         eta: float = 0.0,
+        known_contrast_guidance: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -143,6 +149,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         self.eta = float(eta)
         self.amp = bool(amp)
         self.progress = bool(progress)
+        self.known_contrast_guidance = bool(known_contrast_guidance)
         self.rectified_flow = isinstance(scheduler, RFlowScheduler)
         self.prediction_type = "v_prediction" if self.rectified_flow else str(scheduler.prediction_type)
         self.step_kwargs: dict[str, Any] = {"eta": self.eta} if isinstance(scheduler, DDIMScheduler) else {}
@@ -176,6 +183,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         available: torch.Tensor,
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,6 +196,10 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             available: ``(B, M)`` bool (or 0/1), the contrasts the condition may use (drawn per sample).
             noise: ``(B, M * latent_channels, *L)``; drawn when ``None``.
             timesteps: ``(B,)``; drawn when ``None`` (:py:meth:`training_timesteps`).
+            latents: the scaled joint latent ``z0`` of ``inputs`` ``(B, M * latent_channels, *L)`` when the caller
+                has it (a sample of the cached posterior of the frozen autoencoder, see
+                :py:class:`~monai_msgldm.engines.LatentDiffusionTrainer`); ``network.encode(inputs)`` when ``None``.
+                The condition is still computed from ``inputs`` (and these latents).
 
         Returns:
             ``(prediction, target)``, both ``(B, M * latent_channels, *L)``.
@@ -204,8 +216,11 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             raise ValueError(f"{type(self).__name__} expects noise of shape {shape}, got {tuple(noise.shape)}.")
         if timesteps is None:
             timesteps = self.training_timesteps(noise)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"{type(self).__name__} expects latents of shape {shape}, got {tuple(latents.shape)}.")
         with torch.no_grad():
-            latents = model.encode(inputs)
+            if latents is None:
+                latents = model.encode(inputs)
             condition = model.condition(inputs, available, latents=latents)
         noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         prediction = network(torch.cat([noisy, condition.to(noisy.dtype)], dim=1), timesteps=timesteps)
@@ -219,12 +234,15 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         condition: torch.Tensor,
         progress: bool | None = None,
         generator: Generators = None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoising loop: from ``noise`` to a clean joint latent, conditioned on ``condition``.
 
-        For each timestep of the scheduler: predict with ``network(cat([latents, condition]), t)`` (the whole
-        batch at once), then take the scheduler step (rectified flow steps to the next timestep explicitly; see
-        :py:meth:`step`).
+        For each timestep of the scheduler: with ``known``, replace the ``known_mask`` channels of the latents by
+        ``scheduler.add_noise(known, noise, t)``; predict with ``network(cat([latents, condition]), t)`` (the whole
+        batch at once); take the scheduler step (rectified flow steps to the next timestep explicitly; see
+        :py:meth:`step`). With ``known``, the ``known_mask`` channels of the result are ``known`` exactly.
 
         Args:
             network: the denoiser (the latent diffusion network).
@@ -233,10 +251,15 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             progress: progress bar over the steps; default: the constructor's ``progress``.
             generator: the noise of stochastic scheduler steps: ``None`` (the global RNG of the latents' device),
                 one generator on that device for the batch, or one per item (steps taken item by item).
+            known: ``(B, M * latent_channels, *L)`` clean latents of the given contrasts (known-contrast guidance);
+                ``None``: no guidance.
+            known_mask: bool, broadcastable to the latents: the channels ``known`` holds (required with ``known``).
 
         Returns:
             ``(B, M * latent_channels, *L)``.
         """
+        if known is not None and known_mask is None:
+            raise ValueError(f"{type(self).__name__}.denoise expects known_mask with known.")
         scheduler = self.scheduler
         if self.rectified_flow:
             numel = int(torch.tensor(noise.shape[2:]).prod())
@@ -256,12 +279,18 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         condition = condition.to(noise.dtype)
         latents = noise
         for t in timesteps:
+            if known is not None:  # 0. the given contrasts' channels: their encodings noised to t
+                t_batch = torch.full((noise.shape[0],), int(t), device=noise.device, dtype=torch.long)
+                noised = scheduler.add_noise(original_samples=known, noise=noise, timesteps=t_batch)
+                latents = torch.where(known_mask, noised.to(latents.dtype), latents)
             # 1. predict (noise, velocity or sample, as the scheduler says) from the current latents
             t_input = torch.full((1,), float(t), device=noise.device)
             prediction = network(torch.cat([latents, condition], dim=1), timesteps=t_input)
             # 2. scheduler step
             to = next_timestep[t.item()] if self.rectified_flow else None
             latents = self.step(prediction, t, latents, generator, next_timestep=to)
+        if known is not None:
+            latents = torch.where(known_mask, known.to(latents.dtype), latents)
         return latents
 
     def step(
@@ -328,23 +357,61 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         noise on every device), with the step noise of stochastic schedulers from :py:meth:`step_generators`,
         decodes only the missing contrasts and keeps the given ones exactly. With one generator per item, item
         ``i``'s result depends on ``generator[i]`` only (see the class)."""
-        model = unwrap_network(network)
-        grid = model.check_images(inputs)
-        shape = (inputs.shape[0], model.latent_channels(), *grid)
+        shape = self._latent_shape(inputs, network)
         if noise is None:
             noise = self.initial_noise(shape, generator, inputs.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"{type(self).__name__} expects noise of shape {shape}, got {tuple(noise.shape)}.")
         step_generator = self.step_generators(generator, inputs.device)
+        return self._synthesize(inputs, network, available, noise, step_generator, repeats=1)[0]
+
+    def synthesize_many(self, inputs, network, available, generators) -> torch.Tensor:
+        """``N = len(generators)`` samples in one batch of ``N * B`` (called by :py:meth:`sample_many`): the
+        condition (and the given contrasts' encodings) computed once for the ``B`` inputs, the denoising loop and
+        the decoding run once on the ``N * B`` latents. Sample ``n`` draws what :py:meth:`synthesize` would draw from
+        ``generators[n]``, so it equals ``sample(..., generator=generators[n])``. Taken one sample after the other
+        when ``generators`` mixes kinds or holds single generators for the batch."""
+        if not (all(g is None for g in generators) or all(isinstance(g, Sequence) for g in generators)):
+            return super().synthesize_many(inputs, network, available, generators)
+        shape = self._latent_shape(inputs, network)
+        noise = torch.cat([self.initial_noise(shape, g, inputs.device) for g in generators])
+        steps = [self.step_generators(g, inputs.device) for g in generators]
+        step_generator = None if any(s is None for s in steps) else [g for s in steps for g in s]
+        return self._synthesize(inputs, network, available, noise, step_generator, repeats=len(generators))
+
+    def _latent_shape(self, inputs: torch.Tensor, network: nn.Module) -> tuple[int, ...]:
+        model = unwrap_network(network)
+        return (inputs.shape[0], model.latent_channels(), *model.check_images(inputs))
+
+    def _synthesize(self, inputs, network, available, noise, step_generator, repeats: int) -> torch.Tensor:
+        """``repeats`` samples ``(repeats, B, M, *S)`` from ``noise`` ``(repeats * B, ...)`` (sample ``n`` of item
+        ``b`` at ``n * B + b``); the condition and the guidance encodings are computed once for the ``B`` inputs."""
+        model = unwrap_network(network)
+        b, spatial = inputs.shape[0], inputs.shape[2:]
         missing = torch.nonzero(~available.all(dim=0)).flatten().tolist()
-        output = inputs.clone()
+        output = inputs.unsqueeze(0).repeat(repeats, *([1] * inputs.ndim))
         if not missing:
             return output
         use_amp = self.amp and inputs.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
             condition = model.condition(inputs, available)
-            latents = self.denoise(network, noise, condition, generator=step_generator)
+            known = known_mask = None
+            if self.known_contrast_guidance:
+                known = model.given_latents(inputs, available)
+                per_contrast = known.shape[1] // model.num_modalities
+                known_mask = available.repeat_interleave(per_contrast, dim=1)
+                known_mask = known_mask.view(*known_mask.shape, *([1] * (known.ndim - 2)))
+                known, known_mask = _tile(known, repeats), _tile(known_mask, repeats)
+            latents = self.denoise(
+                network, noise, _tile(condition, repeats), generator=step_generator, known=known, known_mask=known_mask
+            )
             decoded = model.decode(latents, modalities=missing).to(inputs.dtype)
-        keep = available[:, missing].view(inputs.shape[0], len(missing), *([1] * (inputs.ndim - 2)))
-        output[:, missing] = torch.where(keep, inputs[:, missing], decoded)
+        decoded = decoded.view(repeats, b, len(missing), *spatial)
+        keep = available[:, missing].view(1, b, len(missing), *([1] * len(spatial)))
+        output[:, :, missing] = torch.where(keep, inputs[:, missing].unsqueeze(0), decoded)
         return output
+
+
+def _tile(x: torch.Tensor, repeats: int) -> torch.Tensor:
+    """``x`` ``(B, ...)`` repeated ``repeats`` times along the batch: ``(repeats * B, ...)``."""
+    return x if repeats == 1 else x.repeat(repeats, *([1] * (x.ndim - 1)))

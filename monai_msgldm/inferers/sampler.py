@@ -88,6 +88,39 @@ class SynthesisSampler(Inferer):
         available = self.availability(inputs, network, available, checked)
         return self.synthesize(inputs, network, available, noise, generator)
 
+    @torch.no_grad()
+    def sample_many(
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        available: torch.Tensor,
+        generators: Sequence[Generators],
+        checked: bool = False,
+    ) -> torch.Tensor:
+        """``N = len(generators)`` samples of :py:meth:`sample`, sample ``n`` drawn from ``generators[n]`` (each
+        ``None``, one generator or one per item, as for :py:meth:`sample`): ``(N, B, M, *S)``, with sample ``n``
+        equal to ``sample(inputs, network, available, generator=generators[n])``. The posterior mean and the
+        per-voxel spread of a stochastic sampler come from these (:py:class:`ModalitySynthesisInferer` with
+        ``num_samples``); a deterministic sampler returns ``N`` equal samples.
+
+        Raises:
+            ValueError: no generators, or one that does not fit ``inputs`` (see :py:meth:`sample`).
+        """
+        if isinstance(generators, torch.Generator) or not isinstance(generators, Sequence) or not generators:
+            raise ValueError(
+                f"{type(self).__name__}.sample_many expects a non-empty sequence of generators (one per sample), "
+                f"got {generators!r}."
+            )
+        self.check_inputs(inputs, network)
+        for generator in generators:
+            self.check_generator(inputs, generator)
+        available = self.availability(inputs, network, available, checked)
+        return self.synthesize_many(inputs, network, available, list(generators))
+
+    def synthesize_many(self, inputs, network, available, generators) -> torch.Tensor:
+        """:py:meth:`sample_many` after the checks; default: :py:meth:`synthesize` once per generator."""
+        return torch.stack([self.synthesize(inputs, network, available, None, g) for g in generators])
+
     def check_generator(self, inputs: torch.Tensor, generator: Generators) -> None:
         """``generator`` is ``None``, a ``torch.Generator`` or a sequence of one generator per item of ``inputs``."""
         if generator is None or isinstance(generator, torch.Generator):

@@ -99,6 +99,14 @@ class ModalitySynthesisInferer(Inferer):
         progress: show a progress bar over slice batches.
         skip_empty_slices: do not sample slices without content (see above).
         channels_last: run 2D models in ``channels_last`` memory format.
+        num_samples: ``N`` samples per item (:py:meth:`SynthesisSampler.sample_many`, one batch of ``N`` times the
+            slice batch): the result is their voxel-wise mean (the posterior mean of a diffusion sampler). Sample
+            ``0`` of an item is drawn from :py:meth:`item_generator` ``(seed, b, k)``, sample ``n > 0`` from
+            ``(seed, b, k, n)``; so ``num_samples=1`` is plain sampling.
+        return_std: also return the per-voxel standard deviation over the ``N`` samples (``torch.std``, unbiased;
+            zero for ``N = 1``, for the given contrasts and for skipped slices): the result is then
+            ``cat([mean, std], dim=1)``, ``(B, 2 * M, *S)``; :py:class:`~monai_msgldm.transforms.SplitSynthesisStdd`
+            splits it. This is the uncertainty map of the synthesis.
 
     Example::
 
@@ -118,6 +126,8 @@ class ModalitySynthesisInferer(Inferer):
         progress: bool = True,
         skip_empty_slices: bool = True,
         channels_last: bool = False,
+        num_samples: int = 1,
+        return_std: bool = False,
     ) -> None:
         super().__init__()
         sampler = _default_sampler() if sampler is None else sampler
@@ -128,6 +138,15 @@ class ModalitySynthesisInferer(Inferer):
             )
         if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
             raise ValueError(f"ModalitySynthesisInferer expects slice_batch_size >= 1, got {slice_batch_size!r}.")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"ModalitySynthesisInferer expects num_samples >= 1, got {num_samples!r}.")
+        if num_samples > 1 and not callable(getattr(sampler, "sample_many", None)):
+            raise ValueError(
+                f"ModalitySynthesisInferer expects a sampler with sample_many() for num_samples > 1, got "
+                f"{type(sampler).__name__}."
+            )
+        self.num_samples = num_samples
+        self.return_std = bool(return_std)
         self.sampler = sampler
         self.slice_batch_size = slice_batch_size
         self.slice_axis = slice_axis
@@ -146,7 +165,8 @@ class ModalitySynthesisInferer(Inferer):
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        """Synthesize the missing modalities of ``inputs`` ``(B, M, *S)``; returns ``(B, M, *S)``.
+        """Synthesize the missing modalities of ``inputs`` ``(B, M, *S)``; returns ``(B, M, *S)`` (the mean of
+        ``num_samples`` samples), or ``(B, 2 * M, *S)`` (mean and standard deviation) with ``return_std``.
 
         ``available``: ``(B, M)`` / ``(M,)`` bools or modality names; default: the constructor's ``available``.
         """
@@ -180,39 +200,47 @@ class ModalitySynthesisInferer(Inferer):
             model.to(memory_format=torch.channels_last)
         try:
             if n_spatial == model.spatial_dims:
-                out = self._run(network, images, mask, self._generators((b, 0) for b in range(images.shape[0])))
+                out, std = self._run(network, images, mask, [(b, 0) for b in range(images.shape[0])])
             elif n_spatial == 3 and model.spatial_dims == 2:
-                out = self._run_slices(network, images, mask)
+                out, std = self._run_slices(network, images, mask)
             else:
                 raise ValueError(
                     f"inputs with {n_spatial} spatial dims cannot be synthesized by a {model.spatial_dims}D model."
                 )
         finally:
             model.train(was_training)
+        if self.return_std:
+            out = torch.cat([out, std], dim=1)
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return out
 
     @staticmethod
-    def item_generator(seed: int, batch_index: int, slice_index: int = 0) -> torch.Generator:
+    def item_generator(seed: int, batch_index: int, slice_index: int = 0, sample_index: int = 0) -> torch.Generator:
         """The CPU generator of one item: slice ``slice_index`` of input ``batch_index`` (``slice_index`` 0 for 2D
         inputs and 3D models), seeded by ``(seed, batch_index, slice_index)`` through ``numpy.random.SeedSequence``
-        (well-mixed 64-bit seeds: no two items of a call or of nearby seeds share a stream). ``seed`` is taken
-        modulo 2**64, as ``torch.manual_seed`` does."""
+        (well-mixed 64-bit seeds: no two items of a call or of nearby seeds share a stream); sample
+        ``sample_index > 0`` of that item (``num_samples``) by ``(seed, batch_index, slice_index, sample_index)``.
+        ``seed`` is taken modulo 2**64, as ``torch.manual_seed`` does."""
         entropy = [int(seed) % 2**64, int(batch_index), int(slice_index)]
+        if sample_index:
+            entropy.append(int(sample_index))
         state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
         return torch.Generator().manual_seed(int(state))
 
-    def _generators(self, items) -> list[torch.Generator] | None:
-        """One generator per ``(batch_index, slice_index)`` of ``items``; ``None`` (the global RNG) without a seed."""
+    def _generators(self, items, sample_index: int = 0) -> list[torch.Generator] | None:
+        """One generator per ``(batch_index, slice_index)`` of ``items`` for sample ``sample_index``; ``None`` (the
+        global RNG) without a seed."""
         if self.seed is None:
             return None
-        return [self.item_generator(self.seed, b, k) for b, k in items]
+        return [self.item_generator(self.seed, b, k, sample_index) for b, k in items]
 
     def _run(
-        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, generator: list[torch.Generator] | None
-    ) -> torch.Tensor:
-        """Synthesize ``(B, M, *S)`` with padding to the model's ``size_divisor`` and cropping back."""
+        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor, items: Sequence[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Synthesize ``(B, M, *S)`` with padding to the model's ``size_divisor`` and cropping back: the mean of
+        ``num_samples`` samples and, with ``return_std``, their standard deviation (else ``None``); ``items`` are
+        the ``(batch_index, slice_index)`` of the batch's items (their generators)."""
         factor = int(getattr(unwrap_network(network), "size_divisor", 1))
         spatial = tuple(images.shape[2:])
         crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
@@ -224,10 +252,16 @@ class ModalitySynthesisInferer(Inferer):
             background = background.view(*images.shape[:2], *([1] * len(spatial)))
             padded = background.expand(*images.shape[:2], *padded_shape).clone()
             padded[crop] = images
-        out = self.sampler.sample(padded, network, mask, generator=generator, checked=True)
-        return out[crop]
+        if self.num_samples == 1:
+            out = self.sampler.sample(padded, network, mask, generator=self._generators(items), checked=True)[crop]
+            return out, (torch.zeros_like(out) if self.return_std else None)
+        generators = [self._generators(items, n) for n in range(self.num_samples)]
+        samples = self.sampler.sample_many(padded, network, mask, generators, checked=True)[(slice(None), *crop)]
+        return samples.mean(dim=0), (samples.std(dim=0) if self.return_std else None)
 
-    def _run_slices(self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _run_slices(
+        self, network: nn.Module, images: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Slice-wise synthesis of volumes ``(B, M, X, Y, Z)`` with a 2D model; the noise of slice ``k`` of volume
         ``b`` is drawn from its own generator (``(seed, b, k)``), whatever batch it is sampled in."""
         axis = 2 + (self.slice_axis % 3)
@@ -240,6 +274,7 @@ class ModalitySynthesisInferer(Inferer):
         low, high = flat.amin(dim=-1), flat.amax(dim=-1)  # (b * n, M)
         background = torch.where(slice_mask, low, torch.full_like(low, float("inf"))).amin(dim=1)
         out = torch.where(slice_mask[:, :, None, None], slices, background[:, None, None, None].to(slices.dtype))
+        std = torch.zeros_like(out) if self.return_std else None
         if self.skip_empty_slices:
             todo = torch.nonzero(((high > low) & slice_mask).any(dim=1)).flatten()
         else:
@@ -250,7 +285,12 @@ class ModalitySynthesisInferer(Inferer):
         for start in bar:
             index = todo[start : start + self.slice_batch_size]
             # flat index i = b * n + k: slice k of volume b
-            items = (divmod(i, n) for i in flat_indices[start : start + self.slice_batch_size])
-            out[index] = self._run(network, slices[index], slice_mask[index], self._generators(items))
-        out = out.reshape(b, n, m, *vol.shape[3:]).permute(0, 2, 1, 3, 4)
-        return out.movedim(2, axis)
+            items = [divmod(i, n) for i in flat_indices[start : start + self.slice_batch_size]]
+            out[index], batch_std = self._run(network, slices[index], slice_mask[index], items)
+            if std is not None:
+                std[index] = batch_std
+
+        def to_volume(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(b, n, m, *vol.shape[3:]).permute(0, 2, 1, 3, 4).movedim(2, axis)
+
+        return to_volume(out), (None if std is None else to_volume(std))

@@ -21,6 +21,7 @@ import torch.nn as nn
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
 from monai_msgldm.networks.nets.modality_autoencoder import ModalityWiseAutoencoder
+from monai_msgldm.utils.availability import check_availability_shape
 
 __all__ = ["MultiContrastLDM", "default_contrast_autoencoder", "default_diffusion_unet"]
 
@@ -156,6 +157,45 @@ class MultiContrastLDM(nn.Module):
             latents: the scaled joint latent of ``images`` when the caller has it already (training), else None.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement condition().")
+
+    def given_latents(
+        self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The scaled joint latent of the available contrasts, zero in the channels of absent ones:
+        ``(B, M, *S) -> (B, M * latent_channels, *S / f)``.
+
+        Args:
+            images: ``(B, M, *S)``; channels of absent contrasts are ignored.
+            available: ``(B, M)`` bool, validated by the caller (only its shape and dtype are checked here).
+            latents: the scaled joint latent of ``images`` when the caller has it (training passes the sampled one
+                it diffuses); ``None``: the posterior mean of the contrasts available in some sample of the batch
+                (deterministic, as at inference; the others are not encoded).
+        """
+        grid = self.check_images(images)
+        check_availability_shape(available, images.shape[0], self.num_modalities, type(self).__name__)
+        b, m, c = images.shape[0], self.num_modalities, self.autoencoder.latent_channels
+        if latents is None:
+            present = torch.nonzero(available.any(dim=0)).flatten().tolist()
+            per_modality = images.new_zeros((b, m, c, *grid))
+            z = self.autoencoder.encode_mean_of(images[:, present]) * self.scale_factor
+            per_modality[:, present] = z.reshape(b, len(present), c, *grid).to(per_modality.dtype)
+            latents = per_modality.reshape(b, m * c, *grid)
+        keep = available.view(b, m, 1, *([1] * self.spatial_dims))
+        masked = torch.where(keep, latents.reshape(b, m, c, *grid), torch.zeros((), dtype=latents.dtype))
+        return masked.reshape(b, m * c, *grid)
+
+    def latent_condition(
+        self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``cat([given latents, mask])``: :py:meth:`given_latents` and the availability mask broadcast to the latent
+        grid (so that a zero latent and an absent contrast can be told apart):
+        ``(B, M, *S) -> (B, M * latent_channels + M, *S / f)``. The condition of
+        :py:class:`~monai_msgldm.networks.nets.PlainConditionalLDM`, and the latent part of MSG-LDM's hybrid
+        condition."""
+        given = self.given_latents(images, available, latents)
+        b, m, grid = images.shape[0], self.num_modalities, given.shape[2:]
+        mask = available.to(given.dtype).view(b, m, *([1] * self.spatial_dims)).expand(b, m, *grid)
+        return torch.cat([given, mask], dim=1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled joint latent of all modalities (sampled): ``(B, M, *S) -> (B, M * latent_channels, *S / f)``."""

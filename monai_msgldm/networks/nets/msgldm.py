@@ -71,10 +71,16 @@ class MSGLDM(MultiContrastLDM):
         autoencoder: a single-channel MONAI ``AutoencoderKL``; default: 4 levels (factor 8), 4 latent channels.
         structure_net: a :py:class:`StructureStyleNet` with ``num_modalities`` modalities; default: the paper's sizes
             with 3 segmentation channels (TC, WT, ET, as ``brats_preprocessing_transforms`` gives).
-        unet: a MONAI ``DiffusionModelUNet`` with ``M * latent_channels + structure_channels`` input channels and
+        unet: a MONAI ``DiffusionModelUNet`` with ``M * latent_channels + structure_channels`` input channels
+            (``2 * M * latent_channels + structure_channels + M`` with ``hybrid_condition``) and
             ``M * latent_channels`` output channels; default: channels (128, 128, 256), attention at the two lower
             levels, 32 channels per head, 1 residual block.
         scale_factor: latent scaling applied before diffusion (see :py:meth:`calibrate_scale_factor`).
+        hybrid_condition: condition on ``F_s`` and the latents of the given contrasts,
+            ``cat([F_s, given latents, mask])`` (:py:meth:`latent_condition`: zero and masked for absent contrasts),
+            so that the UNet sees what was acquired directly and not only through the structure map; the UNet then
+            has ``M * latent_channels`` more input channels for the latents and ``M`` for the mask. ``False`` (the
+            paper): ``F_s`` alone.
 
     Example::
 
@@ -97,6 +103,7 @@ class MSGLDM(MultiContrastLDM):
         structure_net: StructureStyleNet | None = None,
         unet: DiffusionModelUNet | None = None,
         scale_factor: float = 1.0,
+        hybrid_condition: bool = False,
     ) -> None:
         if structure_net is None:
             # 3 segmentation channels: tumour core, whole tumour, enhancing (what the BraTS preprocessing produces)
@@ -111,19 +118,21 @@ class MSGLDM(MultiContrastLDM):
         structure_channels = int(structure_net.structure_channels[-1])
         if autoencoder is None:
             autoencoder = default_contrast_autoencoder(spatial_dims)
+        latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
+        condition_channels = structure_channels + (latent_ch + num_modalities if hybrid_condition else 0)
         if unet is None:
-            latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
-            unet = default_diffusion_unet(spatial_dims, latent_ch + structure_channels, latent_ch)
+            unet = default_diffusion_unet(spatial_dims, latent_ch + condition_channels, latent_ch)
         super().__init__(
             spatial_dims=spatial_dims,
             num_modalities=num_modalities,
             autoencoder=autoencoder,
             unet=unet,
-            condition_channels=structure_channels,
+            condition_channels=condition_channels,
             scale_factor=scale_factor,
         )
         self.structure_net = structure_net
         self.structure_channels = structure_channels
+        self.hybrid_condition = bool(hybrid_condition)
 
     @property
     def size_divisor(self) -> int:
@@ -153,5 +162,10 @@ class MSGLDM(MultiContrastLDM):
     def condition(
         self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``F_s`` (:py:meth:`encode_structure`); ``latents`` is not needed."""
-        return self.encode_structure(images, available)
+        """``F_s`` (:py:meth:`encode_structure`), followed with ``hybrid_condition`` by
+        :py:meth:`latent_condition` (the given contrasts' latents, from ``latents`` when given, as in training, or
+        their posterior means): ``(B, condition_channels, *S / f)``."""
+        structure = self.encode_structure(images, available)
+        if not self.hybrid_condition:
+            return structure
+        return torch.cat([structure, self.latent_condition(images, available, latents).to(structure.dtype)], dim=1)

@@ -22,7 +22,6 @@ from monai_msgldm.networks.nets.latent_diffusion import (
     default_diffusion_unet,
 )
 from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
-from monai_msgldm.utils.availability import check_availability_shape
 
 __all__ = ["PlainConditionalLDM"]
 
@@ -89,16 +88,4 @@ class PlainConditionalLDM(MultiContrastLDM):
             latents: the scaled joint latent of ``images`` (training passes the sampled one it diffuses); None:
                 the posterior mean of the available contrasts (deterministic, as at inference).
         """
-        grid = self.check_images(images)
-        check_availability_shape(available, images.shape[0], self.num_modalities, "PlainConditionalLDM")
-        b, m, c = images.shape[0], self.num_modalities, self.autoencoder.latent_channels
-        if latents is None:  # encode only the contrasts available in some sample of the batch
-            present = torch.nonzero(available.any(dim=0)).flatten().tolist()
-            per_modality = images.new_zeros((b, m, c, *grid))
-            z = self.autoencoder.encode_mean_of(images[:, present]) * self.scale_factor
-            per_modality[:, present] = z.reshape(b, len(present), c, *grid)
-            latents = per_modality.reshape(b, m * c, *grid)
-        keep = available.view(b, m, 1, *([1] * self.spatial_dims))
-        masked = torch.where(keep, latents.reshape(b, m, c, *grid), torch.zeros((), dtype=latents.dtype))
-        mask = available.to(latents.dtype).view(b, m, *([1] * self.spatial_dims)).expand(b, m, *grid)
-        return torch.cat([masked.reshape(b, m * c, *grid), mask], dim=1)
+        return self.latent_condition(images, available, latents)

@@ -21,8 +21,9 @@ from monai_msgldm.networks.nets import MSGLDM, ModalityWiseAutoencoder, Structur
 from monai_msgldm.networks.nets.msgldm import resize_to_grid
 
 
-def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4) -> MSGLDM:
-    """A tiny MSG-LDM: autoencoder factor 4, structure strides (1, 2, 2) -> same grid as the latent."""
+def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4, hybrid_condition: bool = False) -> MSGLDM:
+    """A tiny MSG-LDM: autoencoder factor 4, structure strides (1, 2, 2) -> same grid as the latent; with
+    ``hybrid_condition`` the UNet also takes the given latents (2 channels per contrast) and the mask."""
     ae = AutoencoderKL(
         spatial_dims=spatial_dims,
         channels=(8, 8, 8),
@@ -44,7 +45,7 @@ def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4) -> MSGLDM:
     )
     unet = DiffusionModelUNet(
         spatial_dims=spatial_dims,
-        in_channels=num_modalities * 2 + 8,
+        in_channels=num_modalities * 2 + 8 + (num_modalities * 3 if hybrid_condition else 0),
         out_channels=num_modalities * 2,
         channels=(8, 8),
         attention_levels=(False, True),
@@ -52,7 +53,14 @@ def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4) -> MSGLDM:
         norm_num_groups=4,
         num_head_channels=4,
     )
-    return MSGLDM(spatial_dims, num_modalities, autoencoder=ae, structure_net=structure, unet=unet)
+    return MSGLDM(
+        spatial_dims,
+        num_modalities,
+        autoencoder=ae,
+        structure_net=structure,
+        unet=unet,
+        hybrid_condition=hybrid_condition,
+    )
 
 
 class TestModalityWiseAutoencoder(unittest.TestCase):
