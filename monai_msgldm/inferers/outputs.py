@@ -42,6 +42,16 @@ def _record(record: Mapping) -> dict:
     return {k: _first(v) for k, v in record.items()}
 
 
+def _like(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A float32 NIfTI image of ``data`` with the affine, qform/sform codes and units of ``reference``."""
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine)
+    image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    image.header.set_xyzt_units(*reference.header.get_xyzt_units())
+    image.set_data_dtype(np.float32)
+    return image
+
+
 def _to_uint8(slice_2d: np.ndarray) -> np.ndarray:
     return np.round((np.clip(slice_2d, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
@@ -61,7 +71,11 @@ class SaveSynthesizedModalitiesd(MapTransform):
     overlays that file voxel by voxel. Intensities stay in the model's [-1, 1] range (values outside it
     are clipped when ``clip``): a missing modality has no original intensity scale to restore.
     ``<case>_preview.png`` shows ``preview_fractions`` axial slices (rows) of every modality (columns: given ones as
-    preprocessed, synthesized ones marked "synth").
+    preprocessed, synthesized ones marked "synth"). With ``std_key``, when the data holds the synthesis' per-voxel
+    standard deviation under that key (``(M, X, Y, Z)``, restored like the synthesis; see
+    :py:class:`~monai_msgldm.transforms.SplitSynthesisStdd`), each missing modality's map is written beside it as
+    ``<case>_<modality>_<postfix>_std.nii.gz`` (same geometry, not clipped) and shown in extra preview columns
+    marked "std" (its own grey scale, 0 black to the case's largest std white).
 
     All files of a case are first written under temporary names in the case folder
     (:func:`monai_msgldm.utils.files.atomic_path`), then renamed together: an error leaves no output file. The
@@ -79,6 +93,7 @@ class SaveSynthesizedModalitiesd(MapTransform):
         allow_missing_keys: don't raise an exception if a key is missing.
         also_on: given modalities on whose own grid the missing ones are written too (see above); a listed
             modality that is absent from a case, or already on the reference grid, is skipped.
+        std_key: key of the std map of the synthesis (written when present, see above); ``None``: none.
 
     Example::
 
@@ -100,8 +115,10 @@ class SaveSynthesizedModalitiesd(MapTransform):
         preview_fractions: Sequence[float] = (0.25, 0.5, 0.75),
         allow_missing_keys: bool = False,
         also_on: Sequence[str] = (),
+        std_key: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.std_key = std_key
         also_on = (also_on,) if isinstance(also_on, str) else tuple(also_on or ())
         unknown = [m for m in also_on if m not in tuple(modalities)]
         if unknown:
@@ -141,10 +158,11 @@ class SaveSynthesizedModalitiesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[f"{key}_files"] = self._save(d[key], d.get(self.case_key))
+            std = d.get(self.std_key) if self.std_key else None
+            d[f"{key}_files"] = self._save(d[key], d.get(self.case_key), std)
         return d
 
-    def _save(self, pred: Any, case: Any) -> list[str]:
+    def _save(self, pred: Any, case: Any, std: Any = None) -> list[str]:
         name = "SaveSynthesizedModalitiesd"
         if isinstance(case, (list, tuple)) and len(case) == 1:
             case = case[0]
@@ -175,6 +193,16 @@ class SaveSynthesizedModalitiesd(MapTransform):
             )
         if not np.isfinite(volume).all():
             raise ValueError(f"{name}: the synthesized case '{case}' has non-finite values.")
+        std_volume = None
+        if std is not None:
+            std_volume = convert_to_numpy(std, wrap_sequence=True).astype(np.float32)
+            if std_volume.shape != volume.shape:
+                raise ValueError(
+                    f"{name} expects the std map '{self.std_key}' of the synthesis' shape {volume.shape}, "
+                    f"got {std_volume.shape}."
+                )
+            if not np.isfinite(std_volume).all() or (std_volume < 0).any():
+                raise ValueError(f"{name}: the std map of case '{case}' has negative or non-finite values.")
         if self.clip:
             volume = np.clip(volume, -1.0, 1.0)
         missing = [m for m in self.modalities if m not in given]
@@ -190,12 +218,12 @@ class SaveSynthesizedModalitiesd(MapTransform):
                     final = os.path.join(case_dir, f"{case}_{modality}_{self.output_postfix}.nii.gz")
                     tmp = stack.enter_context(atomic_path(final))
                     written.append(final)
-                    image = nib.Nifti1Image(volume[self.modalities.index(modality)], reference.affine)
-                    image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-                    image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-                    image.header.set_xyzt_units(*reference.header.get_xyzt_units())
-                    image.set_data_dtype(np.float32)
-                    nib.save(image, tmp)
+                    nib.save(_like(volume[self.modalities.index(modality)], reference), tmp)
+                    if std_volume is not None:
+                        final = os.path.join(case_dir, f"{case}_{modality}_{self.output_postfix}_std.nii.gz")
+                        tmp = stack.enter_context(atomic_path(final))
+                        written.append(final)
+                        nib.save(_like(std_volume[self.modalities.index(modality)], reference), tmp)
                     for other in self.also_on:
                         if other not in records:  # absent, or on the reference grid already
                             continue
@@ -217,14 +245,14 @@ class SaveSynthesizedModalitiesd(MapTransform):
                     final = os.path.join(case_dir, f"{case}_preview.png")
                     tmp = stack.enter_context(atomic_path(final))
                     written.append(final)
-                    self._preview(volume, missing, reference.affine).save(tmp, format="PNG")
+                    self._preview(volume, missing, reference.affine, std_volume).save(tmp, format="PNG")
         except BaseException:
             if created and not os.listdir(case_dir):
                 os.rmdir(case_dir)
             raise
         return written
 
-    def _preview(self, volume: np.ndarray, missing: Sequence[str], affine: np.ndarray):
+    def _preview(self, volume: np.ndarray, missing: Sequence[str], affine: np.ndarray, std: np.ndarray | None = None):
         from PIL import Image, ImageDraw
 
         codes = nib.aff2axcodes(affine)
@@ -235,12 +263,17 @@ class SaveSynthesizedModalitiesd(MapTransform):
         h, w = volume.shape[1 + in_plane[1]], volume.shape[1 + in_plane[0]]
         zoom = max(1, int(np.ceil(128 / max(h, w))))
         th, tw, header = h * zoom, w * zoom, 14
-        grid = Image.new("L", (tw * len(self.modalities), header + th * len(indices)), color=0)
+        # columns: every modality (as given or synthesized), then the std map of each synthesized one
+        columns = [(f"{m} (synth)" if m in missing else m, volume[i]) for i, m in enumerate(self.modalities)]
+        if std is not None:
+            peak = max(float(std[self.modalities.index(m)].max()) for m in missing) if missing else 0.0
+            for m in missing:  # [0, peak] -> [-1, 1] for _to_uint8
+                columns.append((f"{m} (std)", std[self.modalities.index(m)] / max(peak, 1e-12) * 2.0 - 1.0))
+        grid = Image.new("L", (tw * len(columns), header + th * len(indices)), color=0)
         draw = ImageDraw.Draw(grid)
-        for col, modality in enumerate(self.modalities):
-            label = f"{modality} (synth)" if modality in missing else modality
+        for col, (label, data) in enumerate(columns):
             draw.text((col * tw + 2, 1), label, fill=255)
-            channel = np.moveaxis(volume[col], [*in_plane, axial], [0, 1, 2])
+            channel = np.moveaxis(data, [*in_plane, axial], [0, 1, 2])
             for row, z in enumerate(indices):
                 tile = np.rot90(channel[:, :, z])  # (second in-plane axis, first) with the first axis left->right
                 tile = np.kron(_to_uint8(tile), np.ones((zoom, zoom), dtype=np.uint8))

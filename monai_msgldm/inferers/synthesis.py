@@ -13,8 +13,10 @@ slice with a 2D model, or on 3D volumes with a 3D model."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,6 +61,16 @@ def resolve_availability(
     if mask.ndim == 1 and mask.shape[0] == m:
         mask = mask.unsqueeze(0).expand(batch_size, m)
     return validate_availability(mask, batch_size, m, device, "available")
+
+
+def _check_num_samples(num_samples: Any, sampler: Any) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"ModalitySynthesisInferer expects num_samples >= 1, got {num_samples!r}.")
+    if num_samples > 1 and not callable(getattr(sampler, "sample_many", None)):
+        raise ValueError(
+            f"ModalitySynthesisInferer expects a sampler with sample_many() for num_samples > 1, got "
+            f"{type(sampler).__name__}."
+        )
 
 
 def _default_sampler() -> MultiContrastDiffusionInferer:
@@ -138,13 +150,7 @@ class ModalitySynthesisInferer(Inferer):
             )
         if isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1:
             raise ValueError(f"ModalitySynthesisInferer expects slice_batch_size >= 1, got {slice_batch_size!r}.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"ModalitySynthesisInferer expects num_samples >= 1, got {num_samples!r}.")
-        if num_samples > 1 and not callable(getattr(sampler, "sample_many", None)):
-            raise ValueError(
-                f"ModalitySynthesisInferer expects a sampler with sample_many() for num_samples > 1, got "
-                f"{type(sampler).__name__}."
-            )
+        _check_num_samples(num_samples, sampler)
         self.num_samples = num_samples
         self.return_std = bool(return_std)
         self.sampler = sampler
@@ -214,6 +220,16 @@ class ModalitySynthesisInferer(Inferer):
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return out
+
+    def with_samples(self, num_samples: int, return_std: bool | None = None) -> ModalitySynthesisInferer:
+        """A copy of this inferer that draws ``num_samples`` samples per item, with the std map when ``return_std``
+        (default: ``num_samples > 1``); this one is unchanged (e.g. a MONAI Label request parameter on the
+        bundle's inferer)."""
+        _check_num_samples(num_samples, self.sampler)
+        other = copy.copy(self)
+        other.num_samples = num_samples
+        other.return_std = num_samples > 1 if return_std is None else bool(return_std)
+        return other
 
     @staticmethod
     def item_generator(seed: int, batch_index: int, slice_index: int = 0, sample_index: int = 0) -> torch.Generator:

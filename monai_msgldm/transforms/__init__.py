@@ -59,9 +59,14 @@ from .slicing import (
     extract_axial_slice,
 )
 from .stack import StackModalitiesD, StackModalitiesd, StackModalitiesDict
+from .uncertainty import SplitSynthesisStd, SplitSynthesisStdD, SplitSynthesisStdd, SplitSynthesisStdDict
 from .value_checks import CheckImageValues, CheckImageValuesD, CheckImageValuesd, CheckImageValuesDict
 
 __all__ = [
+    "SplitSynthesisStd",
+    "SplitSynthesisStdd",
+    "SplitSynthesisStdD",
+    "SplitSynthesisStdDict",
     "AlignModalitiesd",
     "AlignModalitiesD",
     "AlignModalitiesDict",

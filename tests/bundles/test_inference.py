@@ -154,6 +154,55 @@ class TestInferenceWorkflow(unittest.TestCase):
         self.assertEqual(wf.evaluator.state.iteration, 1)
         self._check_case("Phantom_000", given)
 
+    def test_posterior_mean_and_std_map(self):
+        """``num_samples=2``: each missing contrast is the mean of two samples, written with its std map. Sample 0 is
+        the plain (seeded) synthesis, so with two samples ``std = sqrt(2) |sample 0 - mean|`` before the inversion;
+        the inverse resampling is linear and the clipping 1-Lipschitz, so on the file grid
+        ``std >= sqrt(2) |plain - mean|`` with equality where no interpolation mixes voxels."""
+        given = {m: _file(m) for m in ("t1", "t2")}
+        self._run(**given)
+        case_dir = os.path.join(self.out, "Phantom_000")
+        plain = {
+            m: nib.load(os.path.join(case_dir, f"Phantom_000_{m}_synth.nii.gz")).get_fdata() for m in ("t1ce", "flair")
+        }
+        shutil.rmtree(case_dir)
+        wf = self._run(**given, num_samples=2)
+        inferer = wf.parser.get_parsed_content("inferer")
+        self.assertEqual((inferer.num_samples, inferer.return_std), (2, True))
+        names = sorted(os.listdir(case_dir))
+        self.assertEqual(
+            names,
+            sorted(
+                [f"Phantom_000_{m}_synth{s}.nii.gz" for m in ("t1ce", "flair") for s in ("", "_std")]
+                + ["Phantom_000_preview.png"]
+            ),
+        )
+        ref = nib.load(_file("t1"))
+        for m in ("t1ce", "flair"):
+            mean = nib.load(os.path.join(case_dir, f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
+            std_img = nib.load(os.path.join(case_dir, f"Phantom_000_{m}_synth_std.nii.gz"))
+            np.testing.assert_allclose(std_img.affine, ref.affine, atol=1e-5)
+            std = std_img.get_fdata()
+            self.assertTrue(np.isfinite(std).all() and std.min() >= 0.0)
+            self.assertGreater(std.max(), 1e-3)
+            self.assertEqual(std[0, 0, 0], 0.0)  # outside the synthesized field of view: no spread
+            bound = np.sqrt(2.0) * np.abs(plain[m] - mean)
+            self.assertTrue(np.all(std >= bound - 1e-4), float((bound - std).max()))
+            self.assertFalse(np.allclose(mean, plain[m]))
+        with Image.open(os.path.join(case_dir, "Phantom_000_preview.png")) as png:  # 4 contrasts + 2 std columns
+            self.assertEqual(png.width % 6, 0)
+            self.assertEqual(png.width // 6 * 4 % len(MODALITIES), 0)
+
+    def test_sampling_switches_reach_the_sampler_and_network(self):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIG))
+        parser.update({**TINY, "known_contrast_guidance": True, "hybrid_condition": True})
+        self.assertTrue(parser.get_parsed_content("sampler").known_contrast_guidance)
+        network = parser.get_parsed_content("network_def")
+        self.assertTrue(network.hybrid_condition)
+        self.assertEqual(network.condition_channels, 8 + 4 * 4 + 4)
+        self.assertFalse(parser.get_parsed_content("inferer").return_std)
+
     def test_datalist(self):
         datalist = os.path.join(self.out, "list", "datalist.json")
         os.makedirs(os.path.dirname(datalist))
@@ -254,6 +303,7 @@ class TestInferenceWorkflow(unittest.TestCase):
             "unet_def",
             "network_def",
             "prediction_type",
+            "hybrid_condition",
             "sampling_scheduler",
             "spatial_size",
         ):

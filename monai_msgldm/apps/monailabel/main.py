@@ -33,7 +33,12 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 
 from monai_msgldm.apps.monailabel.lib.infers import MSGLDMSynthesisTask  # noqa: E402
-from monai_msgldm.apps.monailabel.lib.studies import StudyError, resolve_study, resolve_targets  # noqa: E402
+from monai_msgldm.apps.monailabel.lib.studies import (  # noqa: E402
+    StudyError,
+    resolve_num_samples,
+    resolve_study,
+    resolve_targets,
+)
 from monai_msgldm.inferers.case_io import check_case_files  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -80,7 +85,8 @@ class MSGLDMApp(MONAILabelApp):
         return {MODEL_NAME: task}
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
-        """Resolve the study (404 when unknown) and the targets (400 when unknown), and check its files (422 when
+        """Resolve the study (404 when unknown), the targets (400 when unknown) and ``num_samples`` (400 unless a
+        whole number >= 1), and check its files (422 when
         unreadable, with NaN voxels or on different grids) before running the task."""
         if request.get("model") == MODEL_NAME:
             store = datastore if datastore else self.datastore()
@@ -88,6 +94,8 @@ class MSGLDMApp(MONAILabelApp):
             try:
                 study, files = resolve_study(str(request.get("image", "")), images)
                 resolve_targets(request.get("target"), list(files))
+                if request.get("num_samples") is not None:
+                    resolve_num_samples(request["num_samples"])
             except StudyError as e:
                 raise HTTPException(status_code=e.status, detail=str(e)) from e
             try:  # readable 3D NIfTI, no NaN (one grid unless the bundle aligns): the bundle's input checks

@@ -31,7 +31,13 @@ import nibabel as nib
 import numpy as np
 from parameterized import parameterized
 
-from monai_msgldm.apps.monailabel.lib.studies import StudyError, parse_image_id, resolve_study, resolve_targets
+from monai_msgldm.apps.monailabel.lib.studies import (
+    StudyError,
+    parse_image_id,
+    resolve_num_samples,
+    resolve_study,
+    resolve_targets,
+)
 
 __all__: list[str] = []
 
@@ -93,6 +99,15 @@ class TestStudies(unittest.TestCase):
     )
     def test_targets(self, target, present, expected):
         self.assertEqual(resolve_targets(target, present), expected)
+
+    @parameterized.expand([(1, 1), ("4", 4), (" 2 ", 2)])
+    def test_num_samples(self, value, expected):
+        self.assertEqual(resolve_num_samples(value), expected)
+
+    @parameterized.expand([(0,), ("two",), (True,), (-1,), (1.5,)])
+    def test_num_samples_errors(self, value):
+        with self.assertRaisesRegex(StudyError, "num_samples must be an integer >= 1"):
+            resolve_num_samples(value)
 
     @parameterized.expand(
         [
@@ -288,6 +303,25 @@ class TestMONAILabelServer(unittest.TestCase):
         ref = nib.load(os.path.join(self.studies, f"{study}_t1.nii.gz"))
         self.assertEqual(out.shape, (*ref.shape, 2))
 
+    def test_num_samples_adds_the_std_map(self):
+        """``num_samples=2``: a 4D answer, the mean synthesis then its std map (``channels`` names them). Sample 0 is
+        the plain seeded answer, so ``std >= sqrt(2) |plain - mean|`` on the study's grid (equality before the
+        linear inverse resampling; the clipping of the synthesis is 1-Lipschitz)."""
+        study = self._study(0)
+        response = self._infer(study, {"target": "flair", "num_samples": 2}, output="json")
+        self.assertEqual(response.status_code, 200, response.text[:500])
+        self.assertEqual(response.json()["channels"], ["flair", "flair_std"])
+        response = self._infer(study, {"target": "flair", "num_samples": 2})
+        self.assertEqual(response.status_code, 200, response.text[:500])
+        out = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(response.content)).get_fdata()
+        plain_response = self._infer(study, {"target": "flair"})
+        plain = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(plain_response.content)).get_fdata()
+        ref = nib.load(os.path.join(self.studies, f"{study}_t1.nii.gz"))
+        self.assertEqual(out.shape, (*ref.shape, 2))
+        mean, std = out[..., 0], out[..., 1]
+        self.assertTrue(np.isfinite(std).all() and std.min() >= 0.0 and std.max() > 1e-3)
+        self.assertTrue(np.all(std >= np.sqrt(2.0) * np.abs(plain - mean) - 1e-4))
+
     def test_concurrent_requests(self):
         study = self._study(0)
         with ThreadPoolExecutor(max_workers=10) as pool:
@@ -303,6 +337,8 @@ class TestMONAILabelServer(unittest.TestCase):
             ("unknown study", "NoSuchStudy", None, 404, "no study 'NoSuchStudy'"),
             ("unknown modality", 0, {"target": "pd"}, 400, "unknown target modality"),
             ("nothing missing", 1, None, 400, "name the modality to synthesize"),
+            ("bad num_samples", 0, {"num_samples": "two"}, 400, "num_samples must be an integer >= 1"),
+            ("zero num_samples", 0, {"num_samples": 0}, 400, "num_samples must be an integer >= 1"),
             ("NaN voxels", "ZZ_nan", None, 422, "non-finite voxels (1 NaN, 0 Inf)"),
         ]
     )

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from monai_msgldm.constants import BRATS2020_SUFFIXES, BRATS2023_SUFFIXES, MODALITIES
 
-__all__ = ["StudyError", "parse_image_id", "resolve_study", "resolve_targets"]
+__all__ = ["StudyError", "parse_image_id", "resolve_num_samples", "resolve_study", "resolve_targets"]
 
 _PATTERNS = [
     (re.compile(rf"^(?P<study>.+)_(?P<suffix>{'|'.join(BRATS2020_SUFFIXES[m] for m in MODALITIES)})$"), 2020),
@@ -116,3 +117,15 @@ def resolve_targets(target: str | Sequence[str] | None, present: Sequence[str]) 
     if not inputs:
         raise StudyError(f"no input contrast left: the study has {list(present)} and the targets are {targets}.", 400)
     return targets
+
+
+def resolve_num_samples(value: Any) -> int:
+    """The request parameter ``num_samples`` (samples averaged per voxel) as an int >= 1.
+
+    Raises:
+        StudyError: (400) anything but a whole number >= 1, e.g. ``"two"``, ``0`` or ``True``.
+    """
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise StudyError(f"num_samples must be an integer >= 1, got {value!r}.", 400)
+    return int(text)

@@ -35,7 +35,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 from monai_msgldm.constants import MODALITIES  # noqa: E402
 from monai_msgldm.inferers.outputs import SaveSynthesizedModalitiesd  # noqa: E402
 
-from ..studies import StudyError, resolve_targets  # noqa: E402
+from ..studies import StudyError, resolve_num_samples, resolve_targets  # noqa: E402
 
 __all__ = ["MSGLDMSynthesisTask"]
 
@@ -54,7 +54,11 @@ class MSGLDMSynthesisTask(BundleInferTask):
     - restore: the bundle's own ``Invertd`` (linear) brings the synthesis back to the input grid; MONAI Label's
       nearest-neighbour ``Restored`` is not added;
     - output: float32 NIfTI with the affine and header of the study's first input file: 3D for one target,
-      4D (``X, Y, Z, K``) for several, in the order given by the result's ``synthesized`` list.
+      4D (``X, Y, Z, K``) for several, in the order given by the result's ``synthesized`` list;
+    - uncertainty: the request parameter ``num_samples`` (an integer, default the bundle's ``num_samples``) makes
+      the synthesis the mean of that many samples; with more than one, the answer is 4D with each target's
+      per-voxel standard deviation after the targets (the result's ``channels`` list names every volume, e.g.
+      ``["flair", "flair_std"]``).
 
     Args:
         path: the bundle folder (with ``configs/inference.json`` and ``models/model.pt``).
@@ -78,7 +82,10 @@ class MSGLDMSynthesisTask(BundleInferTask):
     def info(self) -> dict[str, Any]:
         d = super().info()
         d["modalities"] = list(MODALITIES)
-        d["params"] = {"target": "modality name(s), comma-separated; default: every missing one"}
+        d["params"] = {
+            "target": "modality name(s), comma-separated; default: every missing one",
+            "num_samples": "samples averaged per voxel (int >= 1); more than one adds their std maps to the answer",
+        }
         return d
 
     def __call__(self, request: Mapping[str, Any], callbacks: Any = None):  # type: ignore[override]
@@ -94,6 +101,8 @@ class MSGLDMSynthesisTask(BundleInferTask):
         req["case"] = str(request.get("study", "study"))
         req["synthesize"] = targets
         req["synthesis_inputs"] = list(inputs)
+        if request.get("num_samples") is not None:
+            req["num_samples"] = resolve_num_samples(request["num_samples"])
         req["image"] = next(iter(inputs.values()))
         return super().__call__(req, callbacks)
 
@@ -110,6 +119,8 @@ class MSGLDMSynthesisTask(BundleInferTask):
         without the batch, so the mask the preprocessing made (``StackModalitiesd`` writes it under ``available``)
         is bound here, as the bundle's evaluator passes it with ``PrepareBatchExtraInput``."""
         inferer = super().inferer(data)
+        if data is not None and data.get("num_samples") is not None and hasattr(inferer, "with_samples"):
+            inferer = inferer.with_samples(int(data["num_samples"]))
         if data is None or "available" not in data:
             return inferer
         available = torch.as_tensor(data["available"], dtype=torch.bool).reshape(1, -1)
@@ -119,16 +130,25 @@ class MSGLDMSynthesisTask(BundleInferTask):
         targets: Sequence[str] = data["synthesize"]
         folder = tempfile.mkdtemp(prefix="msgldm_label_")
         try:
-            saver = SaveSynthesizedModalitiesd("pred", output_dir=folder, case_key="case", preview=False)
+            saver = SaveSynthesizedModalitiesd(
+                "pred", output_dir=folder, case_key="case", preview=False, std_key="pred_std"
+            )
             written = saver(data)["pred_files"]
-            by_modality = {m: p for p in written for m in MODALITIES if p.endswith(f"_{m}_synth.nii.gz")}
+            by_name = {
+                f"{m}{std}": p
+                for p in written
+                for m in MODALITIES
+                for std in ("", "_std")
+                if p.endswith(f"_{m}_synth{std}.nii.gz")
+            }
+            channels = list(targets) + ([f"{m}_std" for m in targets] if "pred_std" in data else [])
             fd, result = tempfile.mkstemp(prefix="msgldm_", suffix=".nii.gz")
             os.close(fd)
-            if len(targets) == 1:  # the saver's file (float32, the input's header) is the answer as it is
-                os.replace(by_modality[targets[0]], result)
+            if len(channels) == 1:  # the saver's file (float32, the input's header) is the answer as it is
+                os.replace(by_name[channels[0]], result)
                 shape = list(nib.load(result).shape)
-            else:  # several targets: one 4D volume, the targets along the last axis
-                images = [nib.load(by_modality[m]) for m in targets]
+            else:  # several volumes: one 4D volume, the targets (then their std maps) along the last axis
+                images = [nib.load(by_name[m]) for m in channels]
                 volume = np.stack([np.asarray(im.dataobj, dtype=np.float32) for im in images], axis=-1)
                 out = nib.Nifti1Image(volume, images[0].affine, header=images[0].header)
                 out.set_data_dtype(np.float32)
@@ -139,6 +159,7 @@ class MSGLDMSynthesisTask(BundleInferTask):
         params = {
             "study": data["case"],
             "synthesized": list(targets),
+            "channels": channels,
             "inputs": list(data["synthesis_inputs"]),
             "shape": shape,
             "intensity_range": [-1.0, 1.0],
