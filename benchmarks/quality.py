@@ -16,11 +16,17 @@ iterations of each stage, the same for every model), then synthesizes the held-o
 
 - the 3 -> 1 and 1 -> 3 scenarios for every model at ``--ddim-steps`` (20) steps: slice PSNR / SSIM in the brain
   mask per target, and the 3D SSIM inside the tumour (``monai_msgldm.evaluation.evaluate_synthesis``);
-- the 3 -> 1 scenarios at 10, 20, 50 and 100 DDIM steps for MSG-LDM and the plain LDM (steps-versus-quality).
+- the 3 -> 1 scenarios at 10, 20, 50 and 100 DDIM steps for MSG-LDM and the plain LDM (steps-versus-quality);
+- the latent models with each ``--sampling`` variant (``quality_scoring.SAMPLING``: known-contrast guidance, the
+  mean of 4 samples, both), each a row of its own (``msgldm+guided``...);
+- learning curves (``--budgets 1 2 4``): MSG-LDM, the plain LDM and the regression U-Net trained again with the
+  stage-2 / baseline epochs times each budget multiplier (``msgldm@2x``..., sharing stages 0 and 1), scored on
+  3 -> 1 and 1 -> 3 with plain sampling.
 
 The models:
 
 - ``msgldm``: ``train.json`` + ``demo.json`` (the three stages);
+- ``msgldm_hybrid``: MSG-LDM with the hybrid condition (``F_s`` and the given contrasts' latents; stage 2 only);
 - ``msgldm_no_*`` / ``msgldm_mean_fusion``: the same with one switch of the bundle config (an override of a
   ``train.json`` id):
   no HFIB, no MSSE, no style-consistency loss, no structure-aware loss, mean fusion instead of the MMSF gates;
@@ -51,18 +57,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_description  # noqa: E402
-from quality_models import BUDGET, MODELS, model_dir  # noqa: E402
+from quality_models import BUDGET, MODELS, model_dir, parse_model  # noqa: E402
 from quality_models import train_model as _train_model  # noqa: E402
 from quality_report import iterations_text, plot_comparison, render  # noqa: E402
 from quality_scoring import (  # noqa: E402
+    METRICS,
+    SAMPLING,
     autoencoder_ceiling,
     evaluate_model,
+    mean_metric,
     steps_curve,
     subject_name,
     summarize,
     target_checks,
     test_cases,
 )
+
+#: the models of the learning curves
+CURVE_MODELS = ("msgldm", "plain_ldm", "regression")
 
 __all__ = ["BUDGET", "MODELS", "main", "train_model", "evaluate_model"]
 
@@ -88,11 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--curve-steps", type=int, nargs="*", default=[10, 20, 50, 100], help="steps of the steps-versus-quality curve"
     )
+    parser.add_argument(
+        "--sampling",
+        nargs="+",
+        default=list(SAMPLING),
+        choices=list(SAMPLING),
+        help="sampling variants (latent models)",
+    )
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=[1], help="learning-curve budget multipliers of the stage-2 epochs"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
+    if any(k < 1 for k in args.budgets):
+        parser.error(f"--budgets expects multipliers >= 1, got {args.budgets}")
+    curve_names = [f"{m}@{k}x" for m in CURVE_MODELS if m in args.models for k in args.budgets if k > 1]
     train_seconds = {}
-    for name in args.models:
+    for name in [*args.models, *curve_names]:
         train_model(name, args.work_dir)
         record = os.path.join(model_dir(args.work_dir, name), "train_time.json")
         if os.path.isfile(record):
@@ -103,10 +128,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = test_cases(BUDGET)
     logger.info(f"{len(cases)} test subjects")
     rows: list[dict] = []
+    eval_seconds: dict[str, float] = {}
     for name in args.models:
-        start = time.perf_counter()
+        latent = MODELS[parse_model(name)[0]][0] != "baseline_regression"
+        for sampling in args.sampling if latent else ["plain"]:
+            start = time.perf_counter()
+            rows += evaluate_model(name, args.work_dir, cases, ["3->1", "1->3"], args.ddim_steps, sampling)
+            label = name if sampling == "plain" else f"{name}+{sampling}"
+            eval_seconds[label] = time.perf_counter() - start
+            logger.info(f"{label}: evaluated in {eval_seconds[label]:.0f} s")
+    learning: dict[str, dict[str, dict]] = {}
+    for name in curve_names:
         rows += evaluate_model(name, args.work_dir, cases, ["3->1", "1->3"], args.ddim_steps)
-        logger.info(f"{name}: evaluated in {time.perf_counter() - start:.0f} s")
+    for base in [m for m in CURVE_MODELS if m in args.models]:
+        for k in sorted(set(args.budgets)):
+            label = base if k == 1 else f"{base}@{k}x"
+            learning.setdefault(base, {})[str(k)] = {
+                group: {
+                    m: mean_metric([r for r in rows if r["model"] == label and r["group"] == group], m) for m in METRICS
+                }
+                | {"train_seconds": train_seconds.get(label)}
+                for group in ("3->1", "1->3")
+            }
     rows += autoencoder_ceiling(args.work_dir, cases)
     summary = summarize(rows)
     curve_models = [m for m in ("msgldm", "plain_ldm") if m in args.models]
@@ -119,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ddim_steps": args.ddim_steps,
         "test_cases": [subject_name(c, i) for i, c in enumerate(cases)],
         "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "learning_curves": learning,
         "summary": summary,
         "steps_curve": curve,
         "checks": target_checks(summary, curve),

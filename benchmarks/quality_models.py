@@ -28,6 +28,9 @@ from common import BUNDLE, CONFIGS, preset_configs, write_json
 __all__ = [
     "BUDGET",
     "MODELS",
+    "STAGE2_ONLY",
+    "parse_model",
+    "scaled_budget",
     "data_overrides",
     "model_dir",
     "served_checkpoint",
@@ -57,9 +60,36 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "msgldm_no_style_loss": ("msgldm", {"style_weight": 0.0}),
     "msgldm_no_structure_loss": ("msgldm", {"structure_weight": 0.0}),
     "msgldm_mean_fusion": ("msgldm", {"structure_def#use_fusion_gates": False}),
+    "msgldm_hybrid": ("msgldm", {"hybrid_condition": True}),
     "plain_ldm": ("baseline_ldm", {}),
     "regression": ("baseline_regression", {}),
 }
+
+
+#: MSG-LDM variants that differ from ``msgldm`` in stage 2 only: they reuse its stage-0 and stage-1 checkpoints
+STAGE2_ONLY = ("msgldm_hybrid",)
+
+
+def parse_model(name: str) -> tuple[str, int]:
+    """``(model of MODELS, budget multiplier)`` of a benchmark model name: ``"msgldm"`` -> ``("msgldm", 1)``,
+    ``"plain_ldm@4x"`` -> ``("plain_ldm", 4)`` (the stage-2 / baseline epochs of the budget times 4; a learning-curve
+    point)."""
+    base, sep, multiplier = name.partition("@")
+    if base not in MODELS or (sep and not (multiplier.endswith("x") and multiplier[:-1].isdigit())):
+        raise ValueError(
+            f"unknown benchmark model {name!r}; expected one of {sorted(MODELS)}, optionally followed by @<k>x."
+        )
+    k = int(multiplier[:-1]) if sep else 1
+    if k < 1:
+        raise ValueError(f"benchmark model {name!r}: the budget multiplier must be >= 1.")
+    return base, k
+
+
+def scaled_budget(budget: Mapping[str, Any], multiplier: int) -> dict[str, Any]:
+    """``budget`` with the stage-2 (and baseline) epochs times ``multiplier``; stages 0 and 1 unchanged."""
+    epochs = dict(budget["epochs"])
+    epochs["diffusion"] = int(epochs["diffusion"]) * int(multiplier)
+    return {**budget, "epochs": epochs}
 
 
 def data_overrides(budget: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,9 +115,8 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
     """
     from monai_msgldm.bundle import run_bundle_workflow
 
-    if name not in MODELS:
-        raise ValueError(f"train_model: unknown model {name!r}; expected one of {sorted(MODELS)}.")
-    kind, overrides = MODELS[name]
+    base, multiplier = parse_model(name)
+    kind, overrides = MODELS[base]
     out = model_dir(work_dir, name)
     if os.path.isfile(served_checkpoint(work_dir, name)):
         logger.info(f"{name}: trained already ({served_checkpoint(work_dir, name)})")
@@ -96,10 +125,12 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
     os.makedirs(ckpt_dir, exist_ok=True)
     if kind != "baseline_regression" and name != "msgldm":  # the latent models share msgldm's stage-0 autoencoder
         train_model("msgldm", work_dir, budget)
-        shutil.copyfile(
-            os.path.join(model_dir(work_dir, "msgldm"), "models", "autoencoder.pt"),
-            os.path.join(ckpt_dir, "autoencoder.pt"),
-        )
+        shared = ["autoencoder.pt"]
+        if kind == "msgldm" and (base in STAGE2_ONLY or (base == "msgldm" and multiplier > 1)):
+            shared.append("structure.pt")  # and, when only stage 2 differs, its stage-1 structure net
+        for file in shared:
+            shutil.copyfile(os.path.join(model_dir(work_dir, "msgldm"), "models", file), os.path.join(ckpt_dir, file))
+    budget = scaled_budget(budget, multiplier)
     meta, logging_file = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
     logger.info(f"{name}: training ({kind}, overrides {overrides})")
     start = time.perf_counter()
@@ -135,7 +166,7 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> A
     import torch
     from monai.bundle import ConfigParser
 
-    kind, overrides = MODELS[name]
+    kind, overrides = MODELS[parse_model(name)[0]]
     files = preset_configs("demo")
     if kind != "msgldm":
         files += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
@@ -150,17 +181,23 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> A
     return net.to(device).eval()
 
 
-def model_sampler(name: str, ddim_steps: int) -> Any:
+def model_sampler(name: str, ddim_steps: int, known_contrast_guidance: bool = False) -> Any:
     """The sampling inferer of model ``name``: the regression baseline's single pass, or DDIM with ``ddim_steps``
-    steps on the schedule and prediction type the model was trained with (the bundle's ``sampling_scheduler``)."""
+    steps on the schedule and prediction type the model was trained with (the bundle's ``sampling_scheduler``),
+    with or without known-contrast guidance."""
     from monai.bundle import ConfigParser
 
     from monai_msgldm.inferers import MultiContrastDiffusionInferer, RegressionSynthesisInferer
 
-    kind, _ = MODELS[name]
+    kind, _ = MODELS[parse_model(name)[0]]
     if kind == "baseline_regression":
         return RegressionSynthesisInferer(amp=False)
     parser = ConfigParser()
     parser.read_config(preset_configs("demo"))  # the schedule and prediction type the models trained with
     parser["bundle_root"] = str(BUNDLE)
-    return MultiContrastDiffusionInferer(parser.get_parsed_content("sampling_scheduler"), ddim_steps, amp=False)
+    return MultiContrastDiffusionInferer(
+        parser.get_parsed_content("sampling_scheduler"),
+        ddim_steps,
+        amp=False,
+        known_contrast_guidance=known_contrast_guidance,
+    )

@@ -105,6 +105,29 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             ]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
+    learning = result.get("learning_curves") or {}
+    budgets = sorted({int(k) for c in learning.values() for k in c})
+    if len(budgets) > 1:
+        lines += [
+            "## Learning curves (plain sampling; stage-2 / baseline epochs times the budget multiplier)",
+            "",
+            "| model | " + " | ".join(f"{k}x: 3->1 / 1->3 PSNR, train min" for k in budgets) + " |",
+            "|---" * (len(budgets) + 1) + "|",
+        ]
+        for model, curve in learning.items():
+            cells = []
+            for k in budgets:
+                point = curve.get(str(k))
+                if point is None:
+                    cells.append("-")
+                    continue
+                minutes = point["3->1"].get("train_seconds")
+                cells.append(
+                    f"{_fmt(point['3->1']['psnr'])} / {_fmt(point['1->3']['psnr'])}, "
+                    f"{_fmt(minutes / 60 if minutes else None, 1, 1)}"
+                )
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Targets", ""]
     for check in checks:
         lines.append(f"- {'met' if check['met'] else 'NOT met'}: {check['target']} ({check['figures']})")
@@ -160,6 +183,30 @@ def plot_steps_curve(curve: Mapping[str, Any], path: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("3->1 synthesis quality against DDIM steps")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=_DPI)
+
+
+def plot_learning_curves(learning: Mapping[str, Any], path: str) -> str:
+    """Mean PSNR of 3->1 and 1->3 against the training budget multiplier, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, group in zip(axes, ("3->1", "1->3")):
+        for model, curve in learning.items():
+            budgets = sorted(int(k) for k in curve)
+            values = [curve[str(k)][group]["psnr"] for k in budgets]
+            ax.plot(budgets, [float("nan") if v is None else v for v in values], "o-", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stage-2 budget (x today's iterations)")
+        ax.set_ylabel("mean PSNR (dB)")
+        ax.set_title(group)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Quality against training budget")
     fig.tight_layout()
     return save_figure(fig, path, dpi=_DPI)
 
@@ -224,4 +271,7 @@ def render(result: Mapping[str, Any], output_dir: str) -> str:
     plot_quality_bars(result["summary"], os.path.join(output_dir, "quality_bars.png"))
     if result["steps_curve"]:
         plot_steps_curve(result["steps_curve"], os.path.join(output_dir, "steps_vs_quality.png"))
+    learning = result.get("learning_curves") or {}
+    if len({k for c in learning.values() for k in c}) > 1:
+        plot_learning_curves(learning, os.path.join(output_dir, "learning_curves.png"))
     return report

@@ -167,19 +167,42 @@ class TestQualityBenchmark(unittest.TestCase):
         }
         out = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, out, True)
-        models = ["msgldm", "msgldm_no_msse", "plain_ldm", "regression"]
+        models = ["msgldm", "msgldm_hybrid", "plain_ldm", "regression"]
         args = ["--work-dir", os.path.join(out, "models"), "--output-dir", out, "--models", *models]
-        self.assertEqual(quality.main(args + ["--ddim-steps", "2", "--curve-steps", "1", "2"]), 0)
+        args += ["--sampling", "plain", "guided", "--budgets", "1", "2"]
+        self.assertEqual(quality.main(args + ["--ddim-steps", "2", "--curve-steps", "2"]), 0)
         with open(os.path.join(out, "quality.json")) as f:
             result = json.load(f)
-        self.assertEqual(list(result["summary"]), models + ["autoencoder_ceiling"])
-        for model in models:
+        variants = ["msgldm+guided", "msgldm_hybrid+guided", "plain_ldm+guided"]
+        curve_points = ["msgldm@2x", "plain_ldm@2x", "regression@2x"]
+        self.assertEqual(sorted(result["summary"]), sorted(models + variants + curve_points + ["autoencoder_ceiling"]))
+        for model in models + variants + curve_points:
             self.assertEqual(set(result["summary"][model]), {"3->1", "1->3"})
             self.assertEqual(set(result["summary"][model]["3->1"]["targets"]), {"t1", "t1ce", "t2", "flair"})
+        # the hybrid and the 2x MSG-LDM reuse msgldm's stages 0 and 1; only stage 2 trained again
+        work = os.path.join(out, "models")
+        for name in ("msgldm_hybrid", "msgldm@2x"):
+            for ckpt in ("autoencoder.pt", "structure.pt"):
+                with open(os.path.join(work, "msgldm", "models", ckpt), "rb") as a:
+                    with open(os.path.join(work, name, "models", ckpt), "rb") as b:
+                        self.assertEqual(a.read(), b.read(), (name, ckpt))
+        self.assertEqual(set(result["learning_curves"]), {"msgldm", "plain_ldm", "regression"})
+        self.assertEqual(set(result["learning_curves"]["msgldm"]), {"1", "2"})
+        self.assertEqual(
+            result["learning_curves"]["msgldm"]["2"]["3->1"]["psnr"],
+            result["summary"]["msgldm@2x"]["3->1"]["mean"]["psnr"],
+        )
         self.assertEqual(set(result["steps_curve"]), {"msgldm", "plain_ldm"})
-        self.assertEqual(set(result["steps_curve"]["msgldm"]), {"1", "2"})
-        self.assertEqual(len(result["checks"]), 2)  # ahead of the two baselines (no 20/100-step pair here)
-        for name in ("quality.md", "quality_bars.png", "steps_vs_quality.png", "comparison_flair.png"):
+        self.assertEqual(set(result["steps_curve"]["msgldm"]), {"2"})
+        # ahead of the two baselines in each group, the ceiling gap and the 3->1 over 1->3 gain (no 20/100 pair)
+        self.assertEqual(len(result["checks"]), 6)
+        for name in (
+            "quality.md",
+            "quality_bars.png",
+            "steps_vs_quality.png",
+            "comparison_flair.png",
+            "learning_curves.png",
+        ):
             self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
         # a second run trains nothing again
         self.assertEqual(quality.train_model("plain_ldm", os.path.join(out, "models")), 0.0)
