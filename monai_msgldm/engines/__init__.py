@@ -15,6 +15,7 @@ from __future__ import annotations
 from .autoencoder import AutoencoderEvaluator, AutoencoderKeys, AutoencoderTrainer, available_modality_slices
 from .checkpoints import load_stage_checkpoint
 from .diffusion import LatentDiffusionTrainer, SynthesisEvaluator, freeze_msgldm_conditioning
+from .latent_cache import LatentCache, StaleLatentError, check_cacheable_transforms
 from .regression import RegressionSynthesisTrainer
 from .structure import StructureStyleEvaluator, StructureStyleKeys, StructureStyleTrainer
 from .utils import (
@@ -34,10 +35,12 @@ __all__ = [
     "AutoencoderEvaluator",
     "AutoencoderKeys",
     "AutoencoderTrainer",
+    "LatentCache",
     "LatentDiffusionTrainer",
     "ModalityMaskSampler",
     "PrepareMultiModalBatch",
     "RegressionSynthesisTrainer",
+    "StaleLatentError",
     "StructureStyleEvaluator",
     "StructureStyleKeys",
     "StructureStyleTrainer",
@@ -45,6 +48,7 @@ __all__ = [
     "attach_ema",
     "autocast_context",
     "available_modality_slices",
+    "check_cacheable_transforms",
     "evaluate_with_ema_weights",
     "freeze_msgldm_conditioning",
     "kl_divergence",

@@ -25,6 +25,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
 from monai_msgldm.constants import MODALITIES
+from monai_msgldm.engines.latent_cache import LatentCache, check_cacheable_transforms
 from monai_msgldm.engines.utils import (
     PrepareMultiModalBatch,
     attach_ema,
@@ -106,6 +107,18 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     net.unet}`` run after the one loading ``"network"``). :py:func:`attach_ema` attaches the same handler from a
     config when the trainer is built without ``ema_decay``.
 
+    Latent cache: the autoencoder is frozen, so the posterior ``N(mean, std^2)`` of a slice never changes. With
+    ``latent_cache`` (a :py:class:`~monai_msgldm.engines.LatentCache`, or ``True`` for the default one keyed by the
+    batch's ``subject`` and the slices' ``slice_index`` meta data) each slice is encoded the first time it is seen and
+    every later iteration only draws ``z0 = scale_factor * (mean + std * eps)`` from the cache, which is passed to
+    the inferer (``inferer(image, network, mask, noise=..., timesteps=..., latents=z0)``); the condition (``F_s``)
+    is still computed from the images. The draws are made in the inferer's order (noise, timesteps, then ``eps``
+    as ``AutoencoderKL.sampling`` draws it), so in fp32 a run with the cache takes the same steps as one without,
+    up to float rounding. The cache is valid only if a slice's image is the same at every visit: the data set's
+    transforms are checked here (:py:func:`~monai_msgldm.engines.check_cacheable_transforms`, a ``ValueError`` for
+    random augmentation) and every cached image against its fingerprint
+    (:py:class:`~monai_msgldm.engines.StaleLatentError`).
+
     ``engine.state.output``: ``image``, ``available`` (drawn mask) and ``loss``.
 
     Args:
@@ -128,6 +141,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA.
+        latent_cache: a :py:class:`~monai_msgldm.engines.LatentCache`, ``True`` (``LatentCache(image_key=image_key)``)
+            or ``None`` / ``False`` (encode every slice at every iteration); see above.
         kwargs: further ``SupervisedTrainer`` arguments.
 
     Example::
@@ -155,10 +170,23 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         available_key: str = "available",
         input_mask_key: str | None = None,
         amp: bool = False,
+        latent_cache: LatentCache | bool | None = None,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
         net = freeze_msgldm_conditioning(network)
+        if latent_cache is True:
+            latent_cache = LatentCache(image_key=image_key)
+        elif latent_cache is False:
+            latent_cache = None
+        if latent_cache is not None:
+            if not isinstance(latent_cache, LatentCache):
+                raise ValueError(
+                    f"{name} expects latent_cache to be a monai_msgldm.engines.LatentCache, a bool or None, got "
+                    f"{type(latent_cache).__name__}."
+                )
+            transform = getattr(getattr(train_data_loader, "dataset", None), "transform", None)
+            check_cacheable_transforms(transform, f"{name} with latent_cache")
         frozen = {id(p) for m in net.frozen_modules() for p in m.parameters()}
         if any(id(p) in frozen for group in optimizer.param_groups for p in group["params"]):
             raise ValueError(
@@ -191,6 +219,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.msgldm = net
+        self.latent_cache: LatentCache | None = latent_cache
         self.calibrate_scale_factor = bool(calibrate_scale_factor)
         self._scale_checked = False
         attach_mask_sampler(self, min_available, max_missing, seed, input_mask_key)
@@ -212,6 +241,16 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         if self.calibrate_scale_factor and float(self.msgldm.scale_factor) == 1.0:
             self.msgldm.calibrate_scale_factor(images)
 
+    def _cached_draws(self, batchdata: dict[str, Any], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``noise``, ``timesteps`` and ``latents`` for the inferer from the latent cache, drawn in the order of the
+        inferer's own training path (noise, timesteps, then the posterior sample's ``eps``)."""
+        cache = self.latent_cache
+        mean, std = cache.posterior(self.msgldm, images, cache.keys(batchdata))  # type: ignore[union-attr]
+        noise = torch.randn(mean.shape, device=images.device, dtype=images.dtype)
+        timesteps = self.inferer.training_timesteps(noise)
+        latents = LatentCache.sample(mean, std, self.msgldm.scale_factor)
+        return {"noise": noise, "timesteps": timesteps, "latents": latents}
+
     def _iteration(self, engine: LatentDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("LatentDiffusionTrainer must be given batch data for the current iteration.")
@@ -225,7 +264,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         freeze_msgldm_conditioning(engine.network)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(engine):
-            prediction, target = engine.inferer(images, engine.network, mask)
+            draws = {} if engine.latent_cache is None else engine._cached_draws(batchdata, images)
+            prediction, target = engine.inferer(images, engine.network, mask, **draws)
             loss = engine.loss_function(prediction.float(), target.float())
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = loss

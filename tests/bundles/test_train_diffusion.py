@@ -29,6 +29,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
+from monai_msgldm.engines import LatentCache
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
 from tests.bundles.utils import assert_tensorboard_images, state_equal
 
@@ -179,6 +180,12 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
             seen["rng"] = torch.get_rng_state()  # the calibration's draw of the posterior sample comes next
 
         trainer.add_event_handler(Events.ITERATION_STARTED(once=1), first_batch)
+        # the latents are cached per (subject, slice index) by default (cache_latents)
+        self.assertIsInstance(trainer.latent_cache, LatentCache)
+        slice_keys: list = []
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED, lambda e: slice_keys.extend(trainer.latent_cache.keys(e.state.batch))
+        )
         trainer.add_event_handler(
             Events.ITERATION_COMPLETED,
             lambda e: seen["steps"].append({k: v.detach().clone() for k, v in net.unet.state_dict().items()}),
@@ -192,6 +199,14 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         self.assertIsInstance(wf.evaluator.inferer.scheduler, DDIMScheduler)
         self.assertIsInstance(trainer.inferer.scheduler, DDPMScheduler)
         self.assertEqual(wf.evaluator.targets, [3])  # flair
+        cache = trainer.latent_cache
+        subjects = {os.path.basename(k[0]) for k in slice_keys}
+        self.assertTrue(subjects and all(s.startswith("Phantom_") for s in subjects), slice_keys)
+        self.assertTrue(all(k in cache for k in slice_keys))
+        self.assertEqual(
+            (len(cache), cache.misses, cache.hits),
+            (len(set(slice_keys)), len(set(slice_keys)), 4 - len(set(slice_keys))),
+        )
         wf.finalize()
 
         # scale factor: 1 / std of the first batch's joint latent, the same posterior draw replayed
@@ -256,6 +271,8 @@ class TestDefaultNetworks(unittest.TestCase):
         parser = ConfigParser()
         parser.read_config(CONFIG)
         self.assertEqual(parser.get_parsed_content("ema_decay"), 0.9999)
+        self.assertIs(parser.get_parsed_content("cache_latents"), True)
+        self.assertEqual(parser.get("train#trainer#latent_cache"), "@cache_latents")
         self.assertEqual(parser.get_parsed_content("val_ddim_steps"), 10)
         self.assertEqual(parser.get_parsed_content("learning_rate"), 1e-4)
         self.assertEqual(parser.get_parsed_content("spatial_size"), 192)
@@ -297,13 +314,14 @@ class TestDefaultNetworks(unittest.TestCase):
 
 class TestTrainDiffusionCLI(unittest.TestCase):
     def test_run_training_without_ema(self):
+        """The CLI run, without EMA and without the latent cache (both switches off from the command line)."""
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
         ckpt_dir = os.path.join(root, "models")
         stage_states = _write_stage_checkpoints(ckpt_dir)
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
         cmd += ["--config_file", json.dumps(CONFIG), "--logging_file", str(LOGGING)]
-        cmd += ["--bundle_root", root, "--dataset_dir", _DATA, "--ema_decay", "$None"]
+        cmd += ["--bundle_root", root, "--dataset_dir", _DATA, "--ema_decay", "$None", "--cache_latents", "False"]
         for key, value in TINY.items():
             cmd += [f"--{key}", json.dumps(value)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
