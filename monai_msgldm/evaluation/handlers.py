@@ -30,13 +30,28 @@ from monai_msgldm.visualize import representative_slices, save_synthesis_grid
 from .metrics import BrainSlicePSNRSSIMMetric, RegionVolumeSSIMMetric, brain_mask_from_available
 from .report import write_metrics
 from .scenarios import scenario_group, scenario_name
+from .segmentation import DOWNSTREAM_DICE_NAMES
+from .uncertainty import UNCERTAINTY_NAMES
 
-__all__ = ["DEFAULT_METRIC_COLUMNS", "ExtraInputMetricHandler", "SynthesisGridSaver", "SynthesisMetricsWriter"]
+__all__ = [
+    "DEFAULT_METRIC_COLUMNS",
+    "OPTIONAL_METRIC_COLUMNS",
+    "ExtraInputMetricHandler",
+    "SynthesisGridSaver",
+    "SynthesisMetricsWriter",
+]
 
 #: Metric name (in the evaluator) -> the row columns of the last axis of its ``engine.state.metric_details`` entry.
 DEFAULT_METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
     "slice_psnr_ssim": BrainSlicePSNRSSIMMetric.value_names,
     "volume_ssim": RegionVolumeSSIMMetric.value_names,
+}
+
+#: The same for the metrics an evaluation may run or not (``evaluate.json``'s ``downstream_dice`` and
+#: ``uncertainty_metrics`` switches): their columns are written when the evaluator has their details.
+OPTIONAL_METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
+    "downstream_dice": DOWNSTREAM_DICE_NAMES,
+    "uncertainty": UNCERTAINTY_NAMES,
 }
 
 
@@ -45,6 +60,17 @@ def _stacked(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
         return torch.stack([torch.as_tensor(v) for v in value])
     return value
+
+
+def _keyword_map(keys: Mapping[str, str | None] | Sequence[str] | str | None) -> dict[str, str | None]:
+    """keyword -> key, from a mapping, a sequence of names or one name (the same name for both), or None (none)."""
+    if keys is None:
+        return {}
+    if isinstance(keys, str):
+        return {keys: keys}
+    if isinstance(keys, Mapping):
+        return dict(keys)
+    return {k: k for k in keys}
 
 
 def _batch_scenarios(engine: Engine, batch_transform: Callable, modalities: Sequence[str]) -> list[tuple]:
@@ -68,14 +94,18 @@ class ExtraInputMetricHandler(IgniteMetricHandler):
     evaluator output holds only the image, the label and the prediction; the synthesis metrics also need per-item
     inputs of the data: the scenario's availability mask and the segmentation. As
     ``monai.engines.PrepareBatchExtraInput`` does for the inferer, ``extra_keys`` maps keyword names of the metric to
-    keys of ``engine.state.batch``; keys that are None or absent from the batch are left out. A decollated output or
-    batch (lists of items) is stacked back into batch-first tensors.
+    keys of ``engine.state.batch``; keys that are None or absent from the batch are left out. ``output_keys`` does
+    the same with keys of ``engine.state.output`` (what the evaluator computed beside ``pred``, e.g. the per-voxel
+    standard deviation of several samples); a key that is not None must be in the output (a ``KeyError`` naming it
+    otherwise: the metric was asked for an input the evaluator does not make). A decollated output or batch (lists
+    of items) is stacked back into batch-first tensors.
 
     Args:
         metric_fn: a ``CumulativeIterationMetric`` whose ``__call__`` takes the keywords.
         extra_keys: keyword -> batch key (a sequence or a string: the same name for both).
         output_transform: ``engine.state.output`` -> ``(y_pred, y)``; None: ``from_engine(["pred", "label"])``.
         save_details: keep the per-item values in ``engine.state.metric_details[name]``.
+        output_keys: keyword -> key of ``engine.state.output`` (a sequence or a string: the same name for both).
 
     Example::
 
@@ -89,16 +119,12 @@ class ExtraInputMetricHandler(IgniteMetricHandler):
         extra_keys: Mapping[str, str | None] | Sequence[str] | str | None = None,
         output_transform: Callable | None = None,
         save_details: bool = True,
+        output_keys: Mapping[str, str | None] | Sequence[str] | str | None = None,
     ) -> None:
         output_transform = output_transform or from_engine([CommonKeys.PRED, CommonKeys.LABEL])
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-        if extra_keys is None:
-            extra_keys = {}
-        elif isinstance(extra_keys, str):
-            extra_keys = {extra_keys: extra_keys}
-        elif not isinstance(extra_keys, Mapping):
-            extra_keys = {k: k for k in extra_keys}
-        self.extra_keys = dict(extra_keys)
+        self.extra_keys = _keyword_map(extra_keys)
+        self.output_keys = _keyword_map(output_keys)
         self._extra: dict[str, Any] = {}
 
     @torch.no_grad()
@@ -111,6 +137,20 @@ class ExtraInputMetricHandler(IgniteMetricHandler):
         for name, key in self.extra_keys.items():
             if key is not None and items and all(isinstance(d, Mapping) and key in d for d in items):
                 self._extra[name] = batch[key] if isinstance(batch, Mapping) else _stacked([d[key] for d in items])
+        state_output = engine.state.output
+        outputs = state_output if isinstance(state_output, (list, tuple)) else [state_output]
+        for name, key in self.output_keys.items():
+            if key is None:
+                continue
+            if not outputs or not all(isinstance(d, Mapping) and key in d for d in outputs):
+                found = sorted(outputs[0]) if outputs and isinstance(outputs[0], Mapping) else type(state_output)
+                raise KeyError(
+                    f"ExtraInputMetricHandler: the metric input '{name}' is the evaluator output '{key}', which the "
+                    f"evaluator does not give (its output keys: {found})."
+                )
+            self._extra[name] = (
+                state_output[key] if isinstance(state_output, Mapping) else _stacked([d[key] for d in outputs])
+            )
         output = self._output_transform(engine.state.output)
         if not isinstance(output, Sequence) or len(output) != 2:
             raise ValueError("ExtraInputMetricHandler expects output_transform to give (y_pred, y).")
@@ -134,16 +174,18 @@ class SynthesisMetricsWriter:
     (``batch_transform`` gives their case names and availability masks), gathered over ranks, and matched with
     ``engine.state.metric_details``, which must hold, for each metric of ``metric_columns``, a
     ``(N, M, len(columns))`` tensor (NaN for the available contrasts), as
-    :class:`~monai_msgldm.evaluation.ExtraInputMetricHandler` with ``save_details=True`` leaves it. The rows are also
-    kept in :attr:`rows`.
+    :class:`~monai_msgldm.evaluation.ExtraInputMetricHandler` with ``save_details=True`` leaves it. The metrics of
+    ``optional_metric_columns`` (the downstream Dice, the uncertainty scores) are written the same way when the
+    evaluator ran them, and left out otherwise. The rows are also kept in :attr:`rows`.
 
     Args:
         output_dir: folder of the three files; None: only keep :attr:`rows`.
-        metric_columns: metric name -> the row columns of the last axis of its details.
+        metric_columns: metric name -> the row columns of the last axis of its details (each must be there).
         modalities: modality names in channel order.
         batch_transform: ``engine.state.batch`` -> ``(case names, (B, M) availability masks)``; None:
             ``from_engine(["case", "available"])``.
         save_rank: the rank that writes the files.
+        optional_metric_columns: the same for metrics that may be absent; None: :data:`OPTIONAL_METRIC_COLUMNS`.
 
     Example::
 
@@ -157,9 +199,12 @@ class SynthesisMetricsWriter:
         modalities: Sequence[str] = MODALITIES,
         batch_transform: Callable | None = None,
         save_rank: int = 0,
+        optional_metric_columns: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.metric_columns = {k: tuple(v) for k, v in (metric_columns or DEFAULT_METRIC_COLUMNS).items()}
+        optional = OPTIONAL_METRIC_COLUMNS if optional_metric_columns is None else optional_metric_columns
+        self.optional_metric_columns = {k: tuple(v) for k, v in optional.items() if k not in self.metric_columns}
         self.modalities = tuple(modalities)
         self.batch_transform = batch_transform or from_engine(["case", "available"])
         self.save_rank = save_rank
@@ -186,7 +231,9 @@ class SynthesisMetricsWriter:
             raise ValueError("SynthesisMetricsWriter: the evaluator gave no item (an empty test split?).")
         details = getattr(engine.state, "metric_details", {})
         values = {}
-        for name, columns in self.metric_columns.items():
+        metric_columns = dict(self.metric_columns)
+        metric_columns.update({k: v for k, v in self.optional_metric_columns.items() if k in details})
+        for name, columns in metric_columns.items():
             if name not in details:
                 raise ValueError(
                     f"SynthesisMetricsWriter expects the per-item details of metric '{name}' (save_details=True), "
@@ -211,7 +258,7 @@ class SynthesisMetricsWriter:
                     "available": subset,
                     "target": target,
                 }
-                for name, columns in self.metric_columns.items():
+                for name, columns in metric_columns.items():
                     row.update({col: float(values[name][i, c, k]) for k, col in enumerate(columns)})
                 if "num_slices" in row:
                     row["num_slices"] = int(row["num_slices"])

@@ -28,7 +28,18 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai_msgldm.constants import MODALITIES
 from monai_msgldm.data import build_brats_datalist
 from monai_msgldm.data.phantom import generate_phantom_dataset
-from monai_msgldm.evaluation import brain_mask_from_available, masked_slice_psnr_ssim, volume_ssim_by_region
+from monai_msgldm.evaluation import (
+    DOWNSTREAM_DICE_NAMES,
+    UNCERTAINTY_NAMES,
+    brain_mask_from_available,
+    complete_case,
+    load_segmenter,
+    masked_slice_psnr_ssim,
+    region_dice,
+    segment_case,
+    uncertainty_scores,
+    volume_ssim_by_region,
+)
 from tests.bundles.test_inference import TINY as INFERENCE_TINY
 
 __all__: list[str] = []
@@ -70,6 +81,31 @@ def _reference_rows(rows: list[dict], **overrides) -> list[dict]:
         out.append(
             {"num_slices": n, "psnr": psnr, "ssim": ssim, **volume_ssim_by_region(pred[c], truth[0, c], brain, tumour)}
         )
+    return out
+
+
+def _reference_dice(rows: list[dict], segmenter_path: str, **overrides) -> list[dict]:
+    """For each metrics row: the case completed with the synthesis made by hand (as in :func:`_reference_rows`) and the
+    case with all real contrasts, segmented by the frozen segmenter and scored per region against the label."""
+    parser = ConfigParser()
+    parser.read_config(CONFIG)
+    parser.update({**TINY, "bundle_root": _BUNDLE, "output_dir": tempfile.mkdtemp(dir=_TMP), **overrides})
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(os.path.join(_BUNDLE, "models", "model.pt"), weights_only=True))
+    inferer = parser.get_parsed_content("inferer")
+    segmenter = load_segmenter(parser.get_parsed_content("segmenter_def"), segmenter_path)
+    (case,) = list(parser.get_parsed_content("dataloader"))
+    truth, seg = case["image"].as_tensor()[0], case["seg"].as_tensor()[0] > 0.5
+    real = region_dice(segment_case(segmenter, truth), seg).tolist()
+    out = []
+    for r in rows:
+        flags = torch.tensor([m in r["available"].split("+") for m in MODALITIES])
+        inputs = truth[None].clone()
+        inputs[:, ~flags] = -1.0
+        with torch.no_grad():
+            pred = torch.as_tensor(inferer(inputs, network, available=flags[None]))[0]
+        completed = region_dice(segment_case(segmenter, complete_case(pred, truth, flags)), seg).tolist()
+        out.append(dict(zip(DOWNSTREAM_DICE_NAMES, completed + real)))
     return out
 
 
@@ -228,6 +264,108 @@ class TestEvaluateConfig(unittest.TestCase):
             chain.append(chain[-1].__cause__)
         self.assertTrue(any(isinstance(e, FileNotFoundError) and "--model_path" in str(e) for e in chain), chain)
         self.assertFalse(os.path.exists(os.path.join(self.out, "metrics.csv")))
+
+    def _segmenter_checkpoint(self) -> str:
+        """A (random) segmenter of evaluate.json's segmenter_def, saved as train_segmenter.json saves it."""
+        parser = ConfigParser()
+        parser.read_config(CONFIG)
+        torch.manual_seed(1)
+        path = os.path.join(tempfile.mkdtemp(dir=_TMP), "segmenter.pt")
+        torch.save({"model": parser.get_parsed_content("segmenter_def").state_dict(), "trainer": {}}, path)
+        return path
+
+    def test_downstream_dice(self):
+        segmenter = self._segmenter_checkpoint()
+        self._run(
+            dataset_dir=_DATA,
+            test_ratio=0.5,
+            scenarios=["t1+t1ce+t2", "t1"],
+            figures=False,
+            downstream_dice=True,
+            segmenter_checkpoint=segmenter,
+        )
+        rows, doc, md = self._read()
+        self.assertEqual([(r["scenario"], r["target"]) for r in rows],
+                         [("t1+t1ce+t2->flair", "flair"), ("t1->t1ce+t2+flair", "t1ce"),
+                          ("t1->t1ce+t2+flair", "t2"), ("t1->t1ce+t2+flair", "flair")])  # fmt: skip
+        # each value is the frozen segmenter's Dice on the case completed by hand with the served model's synthesis
+        # (and on the real case), against the case's label
+        for r, ref in zip(rows, _reference_dice(rows, segmenter, dataset_dir=_DATA, test_ratio=0.5)):
+            for name in DOWNSTREAM_DICE_NAMES:
+                self.assertAlmostEqual(float(r[name]), ref[name], places=6, msg=f"{r['scenario']} {name}")
+        # the Dice with all real contrasts: one value per case beside every scenario; one scenario, one value
+        self.assertEqual(len({tuple(r[f"dice_real_{k}"] for k in ("tc", "wt", "et")) for r in rows}), 1)
+        self.assertEqual(len({tuple(r[n] for n in DOWNSTREAM_DICE_NAMES) for r in rows[1:]}), 1)
+        self.assertEqual(doc["metrics"][-len(DOWNSTREAM_DICE_NAMES) :], list(DOWNSTREAM_DICE_NAMES))
+        self.assertEqual(
+            [e["scenario"] for e in doc["aggregate"]["downstream_dice_by_scenario"]],
+            ["t1+t1ce+t2->flair", "t1->t1ce+t2+flair"],
+        )
+        self.assertIn("## Downstream Dice (BraSyn)", md)
+        self.assertIn("| 1->3 | t1->t1ce+t2+flair | 1 |", md)
+
+    def test_downstream_dice_switch(self):
+        # off by default: no segmenter is built or read, no handler, no column
+        parser = ConfigParser()
+        parser.read_config(CONFIG)
+        parser.update({**TINY, "bundle_root": os.path.join(self.out, "no_bundle")})
+        self.assertFalse(parser.get_parsed_content("downstream_dice"))
+        self.assertEqual(sorted(parser.get_parsed_content("additional_metrics")), ["volume_ssim"])
+        self.assertIsNone(parser.get_parsed_content("segmenter"))
+        self.assertEqual(
+            parser.get_parsed_content("segmenter_checkpoint"),
+            os.path.join(self.out, "no_bundle", "models", "segmenter.pt"),
+        )
+        # on without the checkpoint: a clear error naming the file and the option, before any synthesis
+        missing = os.path.join(self.out, "nowhere", "segmenter.pt")
+        with self.assertRaises(Exception) as ctx:
+            self._run(dataset_dir=_DATA, test_ratio=0.5, downstream_dice=True, segmenter_checkpoint=missing)
+        chain = [ctx.exception]
+        while chain[-1].__cause__ is not None:
+            chain.append(chain[-1].__cause__)
+        errors = [e for e in chain if isinstance(e, FileNotFoundError)]
+        self.assertTrue(errors, chain)
+        self.assertIn(missing, str(errors[0]))
+        self.assertIn("--segmenter_checkpoint", str(errors[0]))
+        self.assertFalse(os.path.exists(os.path.join(self.out, "metrics.csv")))
+
+    def test_uncertainty_metrics(self):
+        # several samples give a std map beside the mean (the evaluator output 'pred_std'): the uncertainty columns are
+        # the metric functions on the mean, the truth and that map, inside the brain
+        overrides = {"dataset_dir": _DATA, "test_ratio": 0.5, "num_samples": 2}
+        self._run(**overrides, scenarios=["t1+t1ce+t2"], figures=False, uncertainty_metrics=True)
+        rows, doc, md = self._read()
+        self.assertEqual([(r["scenario"], r["target"]) for r in rows], [("t1+t1ce+t2->flair", "flair")])
+        self.assertEqual(doc["metrics"][-len(UNCERTAINTY_NAMES) :], list(UNCERTAINTY_NAMES))
+        parser = ConfigParser()
+        parser.read_config(CONFIG)
+        parser.update({**TINY, "bundle_root": _BUNDLE, "output_dir": tempfile.mkdtemp(dir=_TMP), **overrides})
+        network = parser.get_parsed_content("network")
+        network.load_state_dict(torch.load(os.path.join(_BUNDLE, "models", "model.pt"), weights_only=True))
+        (case,) = list(parser.get_parsed_content("dataloader"))
+        truth = case["image"].as_tensor()
+        flags = torch.tensor([True, True, True, False])
+        inputs = truth.clone()
+        inputs[:, ~flags] = -1.0
+        with torch.no_grad():
+            out = torch.as_tensor(parser.get_parsed_content("inferer")(inputs, network, available=flags[None]))[0]
+        pred, std = out[:4], out[4:]  # the mean and the std of the samples
+        self.assertGreater(float(std[3].max()), 0.0)
+        brain = brain_mask_from_available(truth[0], flags)
+        ref = uncertainty_scores(pred[3], truth[0, 3], std[3], brain)
+        for name in UNCERTAINTY_NAMES:
+            self.assertAlmostEqual(float(rows[0][name]), ref[name], places=6, msg=name)
+        self.assertIn("## Uncertainty", md)
+        # on exactly when there is a std map (num_samples > 1); forced on without one: a clear error naming the key
+        self.assertEqual(ConfigParser.load_config_file(CONFIG[1])["uncertainty_metrics"], "@std_map")
+        with self.assertRaises(Exception) as ctx:
+            self._run(
+                dataset_dir=_DATA, test_ratio=0.5, scenarios=["t1+t1ce+t2"], figures=False, uncertainty_metrics=True
+            )
+        chain = [ctx.exception]
+        while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        self.assertTrue(any(isinstance(e, KeyError) and "pred_std" in str(e) for e in chain), chain)
 
     def test_empty_split(self):
         with self.assertRaises(Exception) as ctx:  # the config parser wraps the ValueError in a RuntimeError
