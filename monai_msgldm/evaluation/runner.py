@@ -22,11 +22,13 @@ from monai.data import DataLoader, PatchDataset
 from monai.engines import PrepareBatchExtraInput, SupervisedEvaluator
 
 from monai_msgldm.constants import MODALITIES
-from monai_msgldm.transforms import ApplyModalityMaskd
+from monai_msgldm.transforms import ApplyModalityMaskd, SplitSynthesisStdd
 
 from .handlers import ExtraInputMetricHandler, SynthesisGridSaver, SynthesisMetricsWriter
 from .metrics import BrainSlicePSNRSSIMMetric, RegionVolumeSSIMMetric
 from .scenarios import ScenarioSamples
+from .segmentation import DownstreamDiceMetric
+from .uncertainty import SynthesisUncertaintyMetric
 
 __all__ = ["evaluate_synthesis"]
 
@@ -45,6 +47,7 @@ def evaluate_synthesis(
     lower: float = 0.5,
     upper: float = 99.5,
     figures: bool = False,
+    segmenter: nn.Module | None = None,
 ) -> list[dict[str, Any]]:
     """Synthesize every scenario of every case with MONAI's ``SupervisedEvaluator`` and score each missing target.
 
@@ -54,7 +57,11 @@ def evaluate_synthesis(
     set to -1 by ``ApplyModalityMaskd``); the evaluator calls ``inferer(image, network, available=mask)`` through
     ``PrepareBatchExtraInput``; :class:`BrainSlicePSNRSSIMMetric` and :class:`RegionVolumeSSIMMetric` (tumour: channel
     ``tumour_channel`` of ``batch[seg_key]``; none when ``seg_key`` is None or absent) score each missing target;
-    :class:`SynthesisMetricsWriter` makes the rows.
+    :class:`SynthesisMetricsWriter` makes the rows. With a ``segmenter`` (the frozen BraSyn segmenter,
+    :func:`load_segmenter`), :class:`DownstreamDiceMetric` adds the Dice of the completed and of the all-real case
+    (needs ``seg_key``). When the inferer returns the std map of several samples (``ModalitySynthesisInferer(
+    num_samples=N, return_std=True)``), ``SplitSynthesisStdd`` splits it from the synthesis and
+    :class:`SynthesisUncertaintyMetric` adds the uncertainty columns, as ``evaluate.json`` does.
 
     Args:
         network: the MSGLDM model.
@@ -71,6 +78,7 @@ def evaluate_synthesis(
         upper: upper percentile of the BraSyn rescaling.
         figures: with ``output_dir``, also write one PNG grid per case and scenario to ``output_dir/figures``
             (:class:`SynthesisGridSaver`).
+        segmenter: the frozen segmenter of the downstream Dice, or None (no Dice columns).
 
     Returns:
         one row per case x scenario x target: ``case, scenario, group, available, target, num_slices`` and
@@ -94,6 +102,20 @@ def evaluate_synthesis(
     handlers: list[Any] = [writer]
     if figures and output_dir is not None:
         handlers.append(SynthesisGridSaver(os.path.join(output_dir, "figures"), modalities))
+    additional: dict[str, Any] = {
+        "volume_ssim": ExtraInputMetricHandler(RegionVolumeSSIMMetric(tumour_channel, lower, upper), extra_keys)
+    }
+    if segmenter is not None:
+        if seg_key is None:
+            raise ValueError("evaluate_synthesis: the downstream Dice (segmenter) needs the label: give seg_key.")
+        additional["downstream_dice"] = ExtraInputMetricHandler(
+            DownstreamDiceMetric(segmenter), {"available": "available", "seg": seg_key, "case": "case"}
+        )
+    return_std = bool(getattr(inferer, "return_std", False))
+    if return_std:
+        additional["uncertainty"] = ExtraInputMetricHandler(
+            SynthesisUncertaintyMetric(), {"available": "available"}, output_keys={"std": "pred_std"}
+        )
     evaluator = SupervisedEvaluator(
         device=next(network.parameters()).device if device is None else device,
         val_data_loader=DataLoader(dataset, batch_size=1, num_workers=0),
@@ -103,9 +125,8 @@ def evaluate_synthesis(
         key_val_metric={
             "slice_psnr_ssim": ExtraInputMetricHandler(BrainSlicePSNRSSIMMetric(min_brain_voxels), extra_keys)
         },
-        additional_metrics={
-            "volume_ssim": ExtraInputMetricHandler(RegionVolumeSSIMMetric(tumour_channel, lower, upper), extra_keys)
-        },
+        additional_metrics=additional,
+        postprocessing=(SplitSynthesisStdd("pred", "pred_std", len(modalities), channel_dim=1) if return_std else None),
         val_handlers=handlers,
         decollate=False,
     )

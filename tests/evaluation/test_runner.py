@@ -28,7 +28,9 @@ from monai_msgldm.evaluation import (
     evaluate_synthesis,
     masked_slice_psnr_ssim,
     missing_modality_scenarios,
+    region_dice,
 )
+from tests.evaluation.test_segmentation import ThresholdSegmenter
 
 __all__: list[str] = []
 
@@ -111,6 +113,42 @@ class TestEvaluateSynthesis(unittest.TestCase):
             c = ("t1", "t1ce", "t2", "flair").index(r["target"])
             brain = brain_mask_from_available(truth, flags)
             self.assertEqual(r["ssim"], masked_slice_psnr_ssim(truth[c] + 0.1, truth[c], brain)[1])
+
+    def test_downstream_dice_and_uncertainty(self):
+        """A stand-in segmenter (region r = input channel sources[r] > 0.5) and an inferer that returns the mean
+        and a std map equal to its own error: the Dice columns are the closed form on the completed and on the real
+        case; the Spearman correlation of std and |error| is 1."""
+        truth = self.batch["image"]
+        g = torch.Generator().manual_seed(3)
+        error = torch.rand(truth.shape, generator=g) * 0.3
+
+        class _MeanAndStd(_Oracle):
+            return_std = True
+
+            def __call__(self, inputs, network, available):
+                self.calls.append((inputs.clone(), available.clone()))
+                return torch.cat([self.truth + error, error], dim=1)
+
+        seg = torch.zeros(1, 3, 16, 16, 5)
+        seg[:, :, 4:10, 4:10, 1:4] = 1
+        batch = dict(self.batch, seg=seg)
+        segmenter = ThresholdSegmenter(sources=(1, 3, 2))
+        rows = evaluate_synthesis(
+            self.net, _MeanAndStd(truth), [batch], scenarios=["t1+t2"], segmenter=segmenter, seg_key="seg"
+        )
+        self.assertEqual([r["target"] for r in rows], ["t1ce", "flair"])
+        completed = truth.clone()
+        completed[:, [1, 3]] = truth[:, [1, 3]] + error[:, [1, 3]]
+        expected = region_dice(completed[0, [1, 3, 2]] > 0.5, seg[0] > 0.5)
+        real = region_dice(truth[0, [1, 3, 2]] > 0.5, seg[0] > 0.5)
+        for r in rows:
+            for i, region in enumerate(("tc", "wt", "et")):
+                self.assertAlmostEqual(r[f"dice_{region}"], float(expected[i]), places=6)
+                self.assertAlmostEqual(r[f"dice_real_{region}"], float(real[i]), places=6)
+            self.assertAlmostEqual(r["uncertainty_spearman"], 1.0, places=6)
+            self.assertGreater(r["error_top10"], r["error_rest"])
+        with self.assertRaisesRegex(ValueError, "needs the label"):
+            evaluate_synthesis(self.net, _Oracle(truth), [batch], segmenter=segmenter, seg_key=None)
 
     def test_errors(self):
         batch = dict(self.batch, available=torch.tensor([[True, False, True, True]]))
