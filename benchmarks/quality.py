@@ -57,7 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_description  # noqa: E402
-from quality_models import BUDGET, MODELS, model_dir, parse_model  # noqa: E402
+from quality_models import BUDGET, MODELS, load_segmenter_model, model_dir, parse_model, train_segmenter  # noqa: E402
 from quality_models import train_model as _train_model  # noqa: E402
 from quality_report import iterations_text, plot_comparison, render  # noqa: E402
 from quality_scoring import (  # noqa: E402
@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--budgets", type=int, nargs="+", default=[1], help="learning-curve budget multipliers of the stage-2 epochs"
     )
+    parser.add_argument("--no-dice", action="store_true", help="skip the downstream Dice (no segmenter training)")
+    parser.add_argument("--dice-epochs", type=int, default=None, help="segmenter epochs (train_segmenter.json's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -123,8 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.path.isfile(record):
             with open(record) as f:
                 train_seconds[name] = json.load(f)["seconds"]
+    if not args.no_dice:
+        train_seconds["segmenter"] = train_segmenter(args.work_dir, BUDGET, args.dice_epochs) or train_seconds.get(
+            "segmenter"
+        )
     if args.train_only:
         return 0
+    segmenter = None if args.no_dice else load_segmenter_model(args.work_dir)
     cases = test_cases(BUDGET)
     logger.info(f"{len(cases)} test subjects")
     rows: list[dict] = []
@@ -133,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         latent = MODELS[parse_model(name)[0]][0] != "baseline_regression"
         for sampling in args.sampling if latent else ["plain"]:
             start = time.perf_counter()
-            rows += evaluate_model(name, args.work_dir, cases, ["3->1", "1->3"], args.ddim_steps, sampling)
+            rows += evaluate_model(
+                name, args.work_dir, cases, ["3->1", "1->3"], args.ddim_steps, sampling, segmenter=segmenter
+            )
             label = name if sampling == "plain" else f"{name}+{sampling}"
             eval_seconds[label] = time.perf_counter() - start
             logger.info(f"{label}: evaluated in {eval_seconds[label]:.0f} s")

@@ -37,6 +37,9 @@ __all__ = [
     "train_model",
     "load_model",
     "model_sampler",
+    "segmenter_checkpoint",
+    "train_segmenter",
+    "load_segmenter_model",
 ]
 
 logger = logging.getLogger("quality")
@@ -159,6 +162,49 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
     seconds = time.perf_counter() - start
     write_json(os.path.join(out, "train_time.json"), {"seconds": seconds})
     return seconds
+
+
+def segmenter_checkpoint(work_dir: str | os.PathLike) -> str:
+    """The frozen BraSyn segmenter of the benchmark: ``<work_dir>/segmenter/models/segmenter.pt``."""
+    return os.path.join(model_dir(work_dir, "segmenter"), "models", "segmenter.pt")
+
+
+def train_segmenter(work_dir: str | os.PathLike, budget: Mapping[str, Any], epochs: int | None = None) -> float:
+    """Train the downstream-Dice segmenter once (``train_segmenter.json``: a 2D SegResNet on the four real contrasts
+    of the benchmark's training split, the demo's slices) unless its checkpoint exists; ``epochs``: the config's
+    own (200) when None. Returns the training wall time in seconds (0 when trained already)."""
+    from monai_msgldm.bundle import run_bundle_workflow
+
+    out = model_dir(work_dir, "segmenter")
+    if os.path.isfile(segmenter_checkpoint(work_dir)):
+        logger.info(f"segmenter: trained already ({segmenter_checkpoint(work_dir)})")
+        return 0.0
+    os.makedirs(os.path.join(out, "models"), exist_ok=True)
+    logger.info("segmenter: training (train_segmenter.json)")
+    start = time.perf_counter()
+    overrides = {} if epochs is None else {"epochs#segmenter": int(epochs)}
+    run_bundle_workflow(
+        [*preset_configs("demo"), str(CONFIGS / "train_segmenter.json")],
+        str(CONFIGS / "metadata.json"),
+        str(CONFIGS / "logging.conf"),
+        run_id="training",
+        workflow_type="train",
+        **{**data_overrides(budget), **overrides, "bundle_root": str(BUNDLE), "demo_dir": out, "progress": False},
+    )
+    seconds = time.perf_counter() - start
+    write_json(os.path.join(out, "train_time.json"), {"seconds": seconds})
+    return seconds
+
+
+def load_segmenter_model(work_dir: str | os.PathLike) -> Any:
+    """The trained, frozen segmenter (eval mode, no gradients) built from ``evaluate.json``'s ``segmenter_def``."""
+    from monai.bundle import ConfigParser
+
+    from monai_msgldm.evaluation import load_segmenter
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
+    return load_segmenter(parser.get_parsed_content("segmenter_def"), segmenter_checkpoint(work_dir), device="cpu")
 
 
 def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> Any:

@@ -105,6 +105,39 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             ]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
+    extra_rows = [
+        (model, group, g["mean"])
+        for model, groups in summary.items()
+        for group, g in groups.items()
+        if "dice_wt" in g["mean"] or "uncertainty_spearman" in g["mean"]
+    ]
+    if extra_rows:
+        lines += [
+            "## Downstream Dice (BraSyn) and uncertainty",
+            "",
+            "Dice (%) of the frozen segmenter on the cases completed with the synthesis (all real contrasts in "
+            "brackets); Spearman(std, |error|) and the mean |error| in the 10 % most uncertain voxels against the rest "
+            "for the variants with several samples.",
+            "",
+            "| model | group | WT | TC | ET | Spearman | error top 10 % / rest |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for model, group, mean in extra_rows:
+            dice = [
+                f"{_fmt(mean.get(f'dice_{r}'), 100, 1)} ({_fmt(mean.get(f'dice_real_{r}'), 100, 1)})"
+                for r in ("wt", "tc", "et")
+            ]
+            errors = (
+                f"{_fmt(mean.get('error_top10'), 1, 3)} / {_fmt(mean.get('error_rest'), 1, 3)}"
+                if "error_top10" in mean
+                else "-"
+            )
+            lines.append(
+                f"| {model} | {group} | "
+                + " | ".join(dice)
+                + f" | {_fmt(mean.get('uncertainty_spearman'))} | {errors} |"
+            )
+        lines.append("")
     learning = result.get("learning_curves") or {}
     budgets = sorted({int(k) for c in learning.values() for k in c})
     if len(budgets) > 1:

@@ -46,6 +46,20 @@ logger = logging.getLogger("quality")
 #: the metrics of a row of ``evaluate_synthesis``: slice PSNR and SSIM in the brain mask, 3D SSIM in the tumour
 METRICS = ("psnr", "ssim", "ssim3d_tumour")
 
+#: the further columns a summary averages when the rows have them: downstream Dice (completed and all-real cases)
+#: and the uncertainty scores of the sampling variants with several samples
+EXTRA_METRICS = (
+    "dice_tc",
+    "dice_wt",
+    "dice_et",
+    "dice_real_tc",
+    "dice_real_wt",
+    "dice_real_et",
+    "uncertainty_spearman",
+    "error_top10",
+    "error_rest",
+)
+
 #: sampling variants of the latent models: name -> (known-contrast guidance, number of samples averaged)
 SAMPLING: dict[str, tuple[bool, int]] = {
     "plain": (False, 1),
@@ -92,6 +106,7 @@ def synthesis_inferer(name: str, ddim_steps: int, sampling: str = "plain") -> An
         seed=0,
         progress=False,
         num_samples=num_samples,
+        return_std=num_samples > 1,
     )
 
 
@@ -102,14 +117,16 @@ def evaluate_model(
     scenarios: Sequence[str],
     ddim_steps: int,
     sampling: str = "plain",
+    segmenter: Any = None,
 ) -> list[dict]:
     """Rows of ``evaluate_synthesis`` (one per case x scenario x target) for one model at ``ddim_steps`` with the
-    ``sampling`` variant; the rows' ``model`` is :func:`variant_name`."""
+    ``sampling`` variant; the rows' ``model`` is :func:`variant_name`. With ``segmenter``, the downstream Dice
+    columns; with several samples, the uncertainty columns."""
     from monai_msgldm.evaluation import evaluate_synthesis
 
     net = load_model(name, work_dir)
     inferer = synthesis_inferer(name, ddim_steps, sampling)
-    rows = evaluate_synthesis(net, inferer, cases, scenarios=list(scenarios), device="cpu")
+    rows = evaluate_synthesis(net, inferer, cases, scenarios=list(scenarios), device="cpu", segmenter=segmenter)
     for row in rows:
         row.update({"model": variant_name(name, sampling), "sampling": sampling, "ddim_steps": ddim_steps})
     return rows
@@ -190,7 +207,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 "targets": {
                     t: {m: mean_metric([r for r in members if r["target"] == t], m) for m in METRICS} for t in targets
                 },
-                "mean": {m: mean_metric(members, m) for m in METRICS},
+                "mean": {m: mean_metric(members, m) for m in METRICS}
+                | {m: v for m in EXTRA_METRICS if (v := mean_metric(members, m)) is not None},
             }
     return out
 
@@ -255,6 +273,38 @@ def target_checks(summary: Mapping[str, Any], curve: Mapping[str, Any]) -> list[
                 "met": bool(gain >= 1.0),
                 "figures": f"3->1 {ours31[1]['mean']['psnr']:.2f} dB, 1->3 {ours13[1]['mean']['psnr']:.2f} dB "
                 f"(gain {gain:.2f} dB)",
+            }
+        )
+    for group in ("3->1", "1->3"):
+        best = _best(summary, "msgldm", group)
+        if best is None or best[1]["mean"].get("dice_wt") is None:
+            continue
+        mean = best[1]["mean"]
+        gaps = {r: 100 * (mean[f"dice_real_{r}"] - mean[f"dice_{r}"]) for r in ("tc", "wt", "et")}
+        checks.append(
+            {
+                "target": f"Dice of {group} cases completed by MSG-LDM within 2 points of the Dice with all real "
+                "contrasts (WT, TC, ET)",
+                "met": bool(all(g <= 2.0 for g in gaps.values())),
+                "figures": f"{best[0]}: "
+                + ", ".join(
+                    f"{r.upper()} {100 * mean[f'dice_{r}']:.1f} vs {100 * mean[f'dice_real_{r}']:.1f}"
+                    for r in ("wt", "tc", "et")
+                ),
+            }
+        )
+    spearman = {
+        name: groups["3->1"]["mean"]["uncertainty_spearman"]
+        for name, groups in summary.items()
+        if name.startswith("msgldm") and "3->1" in groups and "uncertainty_spearman" in groups["3->1"]["mean"]
+    }
+    if spearman:
+        name, value = max(spearman.items(), key=lambda kv: kv[1])
+        checks.append(
+            {
+                "target": "Uncertainty that predicts error: Spearman(std, |error|) above 0.3 (3->1, mean over cases)",
+                "met": bool(value > 0.3),
+                "figures": ", ".join(f"{n} {v:.2f}" for n, v in spearman.items()),
             }
         )
     mine = curve.get("msgldm", {})

@@ -167,21 +167,21 @@ class TestQualityBenchmark(unittest.TestCase):
         }
         out = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, out, True)
-        models = ["msgldm", "msgldm_hybrid", "plain_ldm", "regression"]
+        models = ["msgldm", "plain_ldm", "regression"]
         args = ["--work-dir", os.path.join(out, "models"), "--output-dir", out, "--models", *models]
-        args += ["--sampling", "plain", "guided", "--budgets", "1", "2"]
+        args += ["--sampling", "plain", "guided", "--budgets", "1", "2", "--dice-epochs", "1"]
         self.assertEqual(quality.main(args + ["--ddim-steps", "2", "--curve-steps", "2"]), 0)
         with open(os.path.join(out, "quality.json")) as f:
             result = json.load(f)
-        variants = ["msgldm+guided", "msgldm_hybrid+guided", "plain_ldm+guided"]
+        variants = ["msgldm+guided", "plain_ldm+guided"]
         curve_points = ["msgldm@2x", "plain_ldm@2x", "regression@2x"]
         self.assertEqual(sorted(result["summary"]), sorted(models + variants + curve_points + ["autoencoder_ceiling"]))
         for model in models + variants + curve_points:
             self.assertEqual(set(result["summary"][model]), {"3->1", "1->3"})
             self.assertEqual(set(result["summary"][model]["3->1"]["targets"]), {"t1", "t1ce", "t2", "flair"})
-        # the hybrid and the 2x MSG-LDM reuse msgldm's stages 0 and 1; only stage 2 trained again
+        # the 2x MSG-LDM reuses msgldm's stages 0 and 1 (as msgldm_hybrid does); only stage 2 trained again
         work = os.path.join(out, "models")
-        for name in ("msgldm_hybrid", "msgldm@2x"):
+        for name in ("msgldm@2x",):
             for ckpt in ("autoencoder.pt", "structure.pt"):
                 with open(os.path.join(work, "msgldm", "models", ckpt), "rb") as a:
                     with open(os.path.join(work, name, "models", ckpt), "rb") as b:
@@ -194,8 +194,14 @@ class TestQualityBenchmark(unittest.TestCase):
         )
         self.assertEqual(set(result["steps_curve"]), {"msgldm", "plain_ldm"})
         self.assertEqual(set(result["steps_curve"]["msgldm"]), {"2"})
-        # ahead of the two baselines in each group, the ceiling gap and the 3->1 over 1->3 gain (no 20/100 pair)
-        self.assertEqual(len(result["checks"]), 6)
+        # ahead of the two baselines in each group, the ceiling gap, the 3->1 over 1->3 gain and the downstream
+        # Dice of each group (no 20/100 pair; no variant with several samples, so no Spearman)
+        self.assertEqual(len(result["checks"]), 8)
+        for model in models + variants:
+            for group in ("3->1", "1->3"):
+                mean = result["summary"][model][group]["mean"]
+                self.assertTrue(0.0 <= mean["dice_wt"] <= 1.0 and 0.0 <= mean["dice_real_wt"] <= 1.0, model)
+        self.assertTrue(os.path.isfile(os.path.join(work, "segmenter", "models", "segmenter.pt")))
         for name in (
             "quality.md",
             "quality_bars.png",
