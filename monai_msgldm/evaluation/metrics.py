@@ -283,11 +283,13 @@ class _MissingContrastMetric(CumulativeIterationMetric):
         for b in range(y.shape[0]):
             brain = brain_mask_from_available(y[b], mask[b])
             for c in torch.nonzero(~mask[b]).flatten().tolist():
-                out[b, c] = torch.tensor(self._score(y_pred[b, c], y[b, c], brain, b, **kwargs), dtype=torch.float64)
+                scores = self._score(y_pred[b, c], y[b, c], brain, b, channel=c, **kwargs)
+                out[b, c] = torch.tensor(scores, dtype=torch.float64)
         return out
 
     def _score(self, pred: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor, index: int, **kwargs: Any):
-        """The :attr:`value_names` values of one missing contrast ``pred``/``truth`` of batch item ``index``."""
+        """The :attr:`value_names` values of one missing contrast ``pred``/``truth`` of batch item ``index`` (its
+        channel is ``kwargs["channel"]``)."""
         raise NotImplementedError(f"Subclass {type(self).__name__} must implement this method.")
 
     def aggregate(self) -> float:  # type: ignore[override]

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .metrics import _MissingContrastMetric, brain_mask_from_available
+from .metrics import _MissingContrastMetric
 
 __all__ = [
     "UNCERTAINTY_NAMES",
@@ -228,28 +228,16 @@ class SynthesisUncertaintyMetric(_MissingContrastMetric):
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, available: Any = None, std: Any = None, **kwargs: Any
     ) -> torch.Tensor:
         name = type(self).__name__
-        if y is None or y_pred.shape != y.shape or y_pred.ndim < 3:
-            shape = None if y is None else tuple(y.shape)
-            raise ValueError(
-                f"{name} expects y_pred and y of one (B, M, *spatial) shape, got {tuple(y_pred.shape)} and {shape}."
-            )
         if std is None:
             raise ValueError(
                 f"{name} expects the per-voxel standard deviation 'std' of the samples (B, M, *spatial), got None: "
                 "the evaluator must sample several times and output the std map (std_key)."
             )
-        std = torch.as_tensor(std, device=y.device)
-        if std.shape != y.shape:
+        std = torch.as_tensor(std, device=y_pred.device)
+        if y is not None and std.shape != y.shape:
             raise ValueError(f"{name} expects std of shape {tuple(y.shape)}, got {tuple(std.shape)}.")
-        if available is None:
-            raise ValueError(f"{name} expects the (B, M) availability mask 'available', got None.")
-        mask = torch.as_tensor(available, device=y.device).bool()
-        if tuple(mask.shape) != tuple(y.shape[:2]):
-            raise ValueError(f"{name} expects available of shape {tuple(y.shape[:2])}, got {tuple(mask.shape)}.")
-        out = torch.full((*y.shape[:2], len(self.value_names)), math.nan, dtype=torch.float64)
-        for b in range(y.shape[0]):
-            brain = brain_mask_from_available(y[b], mask[b])
-            for c in torch.nonzero(~mask[b]).flatten().tolist():
-                scores = uncertainty_scores(y_pred[b, c], y[b, c], std[b, c], brain, self.fraction)
-                out[b, c] = torch.tensor([scores[n] for n in self.value_names], dtype=torch.float64)
-        return out
+        return super()._compute_tensor(y_pred, y, available, std=std, **kwargs)
+
+    def _score(self, pred, truth, brain, index, std=None, channel: int = 0, **kwargs):
+        scores = uncertainty_scores(pred, truth, std[index, channel], brain, self.fraction)
+        return [scores[n] for n in self.value_names]
