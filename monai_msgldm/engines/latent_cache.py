@@ -82,6 +82,13 @@ def _as_plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
+def _first_of(batch: Mapping, batch_key: str, meta: Mapping, meta_key: str) -> Any:
+    """``batch[batch_key]``, else ``meta[meta_key]``, else ``None``."""
+    if batch_key in batch:
+        return batch[batch_key]
+    return meta.get(meta_key)
+
+
 def _to_list(value: Any, n: int, what: str) -> list:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().reshape(-1).tolist()
@@ -188,11 +195,8 @@ class LatentCache:
         images = batchdata[self.image_key]
         n = len(images)
         meta = images.meta if isinstance(images, MetaTensor) else {}
-        if self.case_key in batchdata:
-            cases = batchdata[self.case_key]
-        elif ImageMetaKey.FILENAME_OR_OBJ in meta:
-            cases = meta[ImageMetaKey.FILENAME_OR_OBJ]
-        else:
+        cases = _first_of(batchdata, self.case_key, meta, ImageMetaKey.FILENAME_OR_OBJ)
+        if cases is None:
             raise ValueError(
                 f"LatentCache needs a case identifier per slice: batch key '{self.case_key}' (e.g. the datalist's "
                 f"'subject') or the images' '{ImageMetaKey.FILENAME_OR_OBJ}' meta data; got keys {list(batchdata)} "
@@ -201,11 +205,8 @@ class LatentCache:
         cases = [str(c) if isinstance(c, (str, bytes)) else c for c in _to_list(cases, n, f"case ('{self.case_key}')")]
         if self.slice_key is None:
             return [(c,) for c in cases]
-        if self.slice_key in batchdata:
-            indices = batchdata[self.slice_key]
-        elif self.slice_key in meta:
-            indices = meta[self.slice_key]
-        else:
+        indices = _first_of(batchdata, self.slice_key, meta, self.slice_key)
+        if indices is None:
             raise ValueError(
                 f"LatentCache needs the slice index of every item: batch key or image meta data '{self.slice_key}' "
                 "(RandAxialSliceSamplesd records it in the slices' meta data; keep meta data tracking on), or "

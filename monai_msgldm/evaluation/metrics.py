@@ -253,6 +253,26 @@ def volume_ssim_by_region(
     return out
 
 
+def check_synthesis_inputs(name: str, y_pred: torch.Tensor, y: torch.Tensor | None, available: Any) -> torch.Tensor:
+    """The inputs every per-missing-contrast metric takes: ``y_pred`` and ``y`` of one ``(B, M, *spatial)`` shape
+    and the ``(B, M)`` availability mask; returns the mask as a bool tensor on ``y``'s device.
+
+    Raises:
+        ValueError: naming ``name`` (the metric) and what was expected.
+    """
+    if y is None or y_pred.shape != y.shape or y_pred.ndim < 4:
+        shape = None if y is None else tuple(y.shape)
+        raise ValueError(
+            f"{name} expects y_pred and y of one (B, M, *spatial) shape, got {tuple(y_pred.shape)} and {shape}."
+        )
+    if available is None:
+        raise ValueError(f"{name} expects the (B, M) availability mask 'available', got None.")
+    mask = torch.as_tensor(available, device=y.device).bool()
+    if tuple(mask.shape) != tuple(y.shape[:2]):
+        raise ValueError(f"{name} expects available of shape {tuple(y.shape[:2])}, got {tuple(mask.shape)}.")
+    return mask
+
+
 class _MissingContrastMetric(CumulativeIterationMetric):
     """Scores the missing contrasts of each item of a batch, one row of :attr:`value_names` per contrast.
 
@@ -268,17 +288,7 @@ class _MissingContrastMetric(CumulativeIterationMetric):
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, available: Any = None, **kwargs: Any
     ) -> torch.Tensor:
-        name = type(self).__name__
-        if y is None or y_pred.shape != y.shape or y_pred.ndim < 4:
-            shape = None if y is None else tuple(y.shape)
-            raise ValueError(
-                f"{name} expects y_pred and y of one (B, M, *spatial) shape, got {tuple(y_pred.shape)} and {shape}."
-            )
-        if available is None:
-            raise ValueError(f"{name} expects the (B, M) availability mask 'available', got None.")
-        mask = torch.as_tensor(available, device=y.device).bool()
-        if tuple(mask.shape) != tuple(y.shape[:2]):
-            raise ValueError(f"{name} expects available of shape {tuple(y.shape[:2])}, got {tuple(mask.shape)}.")
+        mask = check_synthesis_inputs(type(self).__name__, y_pred, y, available)
         out = torch.full((*y.shape[:2], len(self.value_names)), math.nan, dtype=torch.float64)
         for b in range(y.shape[0]):
             brain = brain_mask_from_available(y[b], mask[b])

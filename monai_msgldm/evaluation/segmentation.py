@@ -44,7 +44,7 @@ from monai.metrics import CumulativeIterationMetric, DiceMetric
 
 from monai_msgldm.inferers.model_loading import load_model_weights, require_checkpoint
 
-from .metrics import finite_stats
+from .metrics import check_synthesis_inputs, finite_stats
 
 __all__ = [
     "BRATS_REGIONS",
@@ -306,16 +306,7 @@ class DownstreamDiceMetric(CumulativeIterationMetric):
         **kwargs: Any,
     ) -> torch.Tensor:
         name = type(self).__name__
-        if y is None or y_pred.shape != y.shape or y_pred.ndim < 4:
-            shape = None if y is None else tuple(y.shape)
-            raise ValueError(
-                f"{name} expects y_pred and y of one (B, M, *spatial) shape, got {tuple(y_pred.shape)} and {shape}."
-            )
-        if available is None:
-            raise ValueError(f"{name} expects the (B, M) availability mask 'available', got None.")
-        mask = torch.as_tensor(available, device=y.device).bool()
-        if tuple(mask.shape) != tuple(y.shape[:2]):
-            raise ValueError(f"{name} expects available of shape {tuple(y.shape[:2])}, got {tuple(mask.shape)}.")
+        mask = check_synthesis_inputs(name, y_pred, y, available)
         if seg is None:
             raise ValueError(
                 f"{name} expects the case's label 'seg' (B, 3, *spatial), got None: the downstream Dice needs the "
