@@ -20,6 +20,7 @@ __all__ = [
     "BRATS_LABELS_2020",
     "BRATS_LABELS_2023",
     "WMH_MODALITIES",
+    "WMH_LABELS",
 ]
 
 #: The four contrasts, in the channel order used everywhere (images are (M, ...) in this order).
@@ -37,6 +38,9 @@ BRATS_LABELS_2023: dict[str, int] = {"necrosis": 1, "edema": 2, "enhancing": 3}
 
 #: WMH challenge modalities (FLAIR and T1), channel order.
 WMH_MODALITIES: tuple[str, ...] = ("flair", "t1")
+
+#: WMH challenge label values: white-matter hyperintensities, other pathology (ignored by the challenge's metrics).
+WMH_LABELS: dict[str, int] = {"wmh": 1, "other": 2}
 
 #: Meta-data key of a contrast's registration record (``transforms.AlignModalitiesd``); the stacked image keeps each
 #: resampled contrast's record as ``"<modality>_registration"``.

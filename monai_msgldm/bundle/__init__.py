@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from .metadata import contrast_network_data_format
 from .served import write_served_bundle
 from .stages import (
     init_process_group,
@@ -25,6 +26,7 @@ from .stages import (
 )
 
 __all__ = [
+    "contrast_network_data_format",
     "init_process_group",
     "resume_checkpoint",
     "run_bundle_workflow",

@@ -22,6 +22,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 
+from monai_msgldm.bundle.metadata import contrast_network_data_format
 from monai_msgldm.bundle.stages import running_values
 
 __all__ = ["write_served_bundle"]
@@ -29,6 +30,27 @@ __all__ = ["write_served_bundle"]
 #: locations of the source run, never baked in: the served bundle uses its own folders
 _LOCAL_IDS = ("bundle_root", "config_dir", "ckpt_dir", "model_path", "output_dir", "eval_dir")
 _COPIED = ("configs/metadata.json", "configs/logging.conf", "LICENSE", "docs/README.md", "schema/meta_schema.json")
+
+
+def _write_contrast_metadata(folder: str, serving_config: str) -> None:
+    """Rewrite ``folder/configs/metadata.json``'s ``network_data_format`` for the contrast set and slice size the
+    written ``serving_config`` (``inference.json``) holds, so that the metadata describes the served model."""
+    meta_path = os.path.join(folder, "configs", "metadata.json")
+    if not os.path.isfile(meta_path):
+        return
+    parser = ConfigParser()
+    parser.read_config(os.path.join(folder, "configs", serving_config))
+    if "modalities" not in parser:
+        return
+    with open(meta_path) as f:
+        meta = json.load(f)
+    size = parser.get_parsed_content("spatial_size") if "spatial_size" in parser else None
+    meta["network_data_format"] = contrast_network_data_format(
+        meta["network_data_format"], parser.get_parsed_content("modalities"), size
+    )
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=4)
+        f.write("\n")
 
 
 def write_served_bundle(
@@ -44,7 +66,8 @@ def write_served_bundle(
     without overrides) use e.g. the network sizes a model was trained with.
 
     ``output_dir`` gets ``configs/<each of configs>`` (parsed with ``ConfigParser``, ``overrides`` applied where the
-    config defines the id or the root of a nested id, written as JSON), ``configs/metadata.json``,
+    config defines the id or the root of a nested id, written as JSON), ``configs/metadata.json`` (its
+    ``network_data_format`` rewritten for the served ``modalities`` and ``spatial_size``),
     ``configs/logging.conf``, ``LICENSE``, ``docs/README.md``, ``schema/meta_schema.json`` (those that exist) and
     ``models/model.pt`` (a copy of ``model_path``). Everything is written to a temporary folder next to
     ``output_dir`` first, which then replaces ``output_dir``.
@@ -96,6 +119,7 @@ def write_served_bundle(
             if os.path.isfile(src):
                 os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
                 shutil.copy2(src, os.path.join(tmp, rel))
+        _write_contrast_metadata(tmp, configs[0])
         os.makedirs(os.path.join(tmp, "models"))
         shutil.copy2(model_path, os.path.join(tmp, "models", "model.pt"))
         if os.path.isdir(output_dir):

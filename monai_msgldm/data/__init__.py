@@ -8,7 +8,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Dataset readers (BraTS / WMH datalists with case validation), the phantom dataset and their command line."""
+"""Dataset readers (BraTS / WMH datalists with case validation), the phantom datasets (BraTS-like and WMH-like) and
+their command line."""
 
 from __future__ import annotations
 
@@ -45,10 +46,13 @@ __all__ = [
     "check_voxel_values",
     "detect_datalist_format",
     "ensure_phantom_dataset",
+    "ensure_wmh_phantom_dataset",
     "find_brats_cases",
     "find_wmh_subjects",
     "generate_phantom_dataset",
     "generate_phantom_subject",
+    "generate_wmh_phantom_dataset",
+    "generate_wmh_phantom_subject",
     "grid_mismatch",
     "spatial_shape",
     "split_subjects",
@@ -59,7 +63,15 @@ __all__ = [
 # The phantom generator imports MONAI (seconds); load it on first use so that ``python -m monai_msgldm.data``
 # and the datalist tools start fast. ``from monai_msgldm.data import generate_phantom_dataset`` works as usual.
 _LAZY = {
-    name: ".phantom" for name in ("ensure_phantom_dataset", "generate_phantom_dataset", "generate_phantom_subject")
+    name: ".phantom"
+    for name in (
+        "ensure_phantom_dataset",
+        "generate_phantom_dataset",
+        "generate_phantom_subject",
+        "ensure_wmh_phantom_dataset",
+        "generate_wmh_phantom_dataset",
+        "generate_wmh_phantom_subject",
+    )
 }
 
 

@@ -12,13 +12,14 @@
 
 Sub-commands:
 
-* ``phantom``: write a synthetic BraTS-2020-layout phantom dataset;
+* ``phantom``: write a synthetic phantom dataset (BraTS 2020 layout, or with ``--layout wmh`` the WMH one);
 * ``preprocess``: turn loose files of one subject (contrasts on different grids) into a co-registered case in the
   BraTS layout, with the registration that the bundle's inference runs (``data.preprocess.preprocess_case``);
 * ``datalist``: scan a BraTS / WMH folder, validate every case and write a JSON datalist with a
   subject-level train/validation/test split. As a one-off validation tool it reads every voxel by default
   (NaN/Inf, empty modality, label values); ``--no-content-check`` reads the NIfTI headers only, as the bundle
-  configs do (their preprocessing checks the voxels when it loads them).
+  configs do (their preprocessing checks the voxels when it loads them); ``--allow-incomplete`` keeps cases that
+  lack some contrasts (listed as ``"incomplete"`` in the datalist and in the summary).
 
 Expected errors (bad argument, missing or invalid file) print one line on stderr and exit with code 2.
 
@@ -96,13 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="{phantom,datalist,preprocess}", parser_class=_OneLineErrorParser
     )
 
-    ph = sub.add_parser("phantom", help="write a synthetic BraTS-2020-layout phantom dataset")
+    ph = sub.add_parser("phantom", help="write a synthetic phantom dataset (BraTS 2020 or WMH layout)")
     ph.add_argument("--output", required=True, metavar="DIR", help="output folder")
     ph.add_argument("--num-subjects", type=_positive_int, default=10, help="number of subjects (default 10)")
     ph.add_argument("--resolution", type=_positive_float, default=2.0, help="voxel size in mm (default 2)")
     ph.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     ph.add_argument("--snr", type=_positive_float, default=30.0, help="signal-to-noise ratio (default 30)")
     ph.add_argument("--overwrite", action="store_true", help="replace existing subjects")
+    ph.add_argument(
+        "--layout",
+        choices=("brats", "wmh"),
+        default="brats",
+        help="brats: tumours, T1/T1CE/T2/FLAIR (default); wmh: white-matter hyperintensities, FLAIR/T1, WMH layout",
+    )
 
     dl = sub.add_parser("datalist", help="scan a BraTS/WMH folder and write a JSON datalist")
     dl.add_argument("--data-root", required=True, metavar="DIR", help="dataset folder")
@@ -115,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--seed", type=_non_negative_int, default=0, help="split seed (default 0)")
     dl.add_argument("--skip-invalid", action="store_true", help="skip invalid cases with a warning")
     dl.add_argument("--no-seg", action="store_true", help="inference-only list: no segmentation key")
+    dl.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="accept cases that lack some (not all) contrasts: their items have no key for the absent ones",
+    )
     dl.add_argument(
         "--no-content-check", action="store_true", help="check the NIfTI headers only (default: read every voxel too)"
     )
@@ -150,9 +162,10 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from monai_msgldm.data.phantom import generate_phantom_dataset
+    from monai_msgldm.data.phantom import generate_phantom_dataset, generate_wmh_phantom_dataset
 
-    written = generate_phantom_dataset(
+    generate = generate_wmh_phantom_dataset if args.layout == "wmh" else generate_phantom_dataset
+    written = generate(
         args.output,
         num_subjects=args.num_subjects,
         resolution=args.resolution,
@@ -180,17 +193,21 @@ def _run_datalist(args: argparse.Namespace) -> int:
             require_seg=not args.no_seg,
             check_content=not args.no_content_check,
             skip_invalid=args.skip_invalid,
+            allow_incomplete=args.allow_incomplete,
         )
     path = write_datalist(datalist, args.output)
     counts = {k: len(datalist[k]) for k in ("training", "validation", "test")}
     skipped = datalist.get("skipped", [])
+    incomplete = datalist.get("incomplete", [])
     print(
         f"wrote '{path}': format {datalist['format']}, {sum(counts.values())} subjects "
         f"(training {counts['training']}, validation {counts['validation']}, test {counts['test']}), "
-        f"{len(skipped)} skipped"
+        f"{len(skipped)} skipped, {len(incomplete)} incomplete"
     )
     for s in skipped:
         print(f"skipped '{s['subject']}': {s['reason']}")
+    for s in incomplete:
+        print(f"incomplete '{s['subject']}': lacks {', '.join(s['missing'])}")
     return 0
 
 

@@ -23,6 +23,7 @@ A datalist is a dictionary::
         "validation": [...],
         "test": [...],
         "skipped": [{"subject": ..., "reason": ...}],
+        "incomplete": [{"subject": ..., "missing": ["t1ce"]}],
     }
 
 with file paths relative to ``data_root`` (``/`` separated), so that
@@ -30,6 +31,11 @@ with file paths relative to ``data_root`` (``/`` separated), so that
 Note that ``load_decathlon_datalist`` also joins ``base_dir`` to any other value that names an existing path: as
 the subject id is the case folder, ``item["subject"]`` comes back as the absolute case folder (its
 ``os.path.basename`` is the BraTS id).
+
+``"incomplete"`` lists the accepted cases that lack some contrasts (only with ``allow_incomplete=True``; always
+present, empty otherwise): their items have no key for the absent contrasts, which the preprocessing
+(:func:`monai_msgldm.transforms.brats_preprocessing_transforms`) turns into channels of -1 with ``available`` False,
+and every training loss then counts only the contrasts a case has (see :mod:`monai_msgldm.engines`).
 
 Modality keys are always the canonical names of :data:`monai_msgldm.constants.MODALITIES` (BraTS) or
 :data:`monai_msgldm.constants.WMH_MODALITIES` (WMH), whatever the file naming.
@@ -49,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from monai_msgldm.constants import BRATS2020_SUFFIXES, BRATS2023_SUFFIXES, MODALITIES, WMH_MODALITIES
-from monai_msgldm.data.validation import InvalidCaseError, validate_case
+from monai_msgldm.data.validation import InvalidCaseError, MissingCaseFileError, validate_case
 from monai_msgldm.utils.files import atomic_write_text
 
 __all__ = [
@@ -249,13 +255,18 @@ def _resolve_case(
     root: str,
     case: str,
     found: Mapping[str, list[str]],
-    keys: Sequence[str],
+    modalities: Sequence[str],
+    require_seg: bool,
     expected: Callable[[str], str],
     check_content: bool,
-) -> dict[str, str]:
-    """Pick one file per key (error on none or several) and validate the case; returns the datalist item."""
+    allow_incomplete: bool,
+) -> tuple[dict[str, str], list[str]]:
+    """Pick one file per key (error on several, or on none unless an ``allow_incomplete`` contrast) and validate
+    the files present; returns the datalist item (no key for an absent contrast) and the absent contrasts."""
+    keys = list(modalities) + ([_SEG_KEY] if require_seg else [])
     item: dict[str, str] = {"subject": case}
     files: dict[str, str] = {}
+    missing: list[str] = []
     for key in keys:
         matches = sorted(found.get(key, []))
         if len(matches) > 1:
@@ -263,11 +274,32 @@ def _resolve_case(
             raise InvalidCaseError(
                 case, f"several files match {key}: " + ", ".join(f"'{p}'" for p in paths) + "; keep one", paths
             )
-        rel = matches[0] if matches else expected(key)
+        if not matches and key != _SEG_KEY:
+            missing.append(key)
+            continue
+        rel = matches[0] if matches else expected(key)  # a missing seg is reported by validate_case
         item[key] = rel
         files[key] = os.path.join(root, *rel.split("/"))
+    if missing:
+        paths = [os.path.join(root, *expected(k).split("/")) for k in missing]
+        listed = ", ".join(f"'{p}'" for p in paths)
+        if len(missing) == len(modalities):
+            raise MissingCaseFileError(
+                case,
+                f"no contrast file found: expected at least one of {listed} (allow_incomplete accepts cases that lack "
+                "some contrasts, not all)",
+                paths,
+            )
+        if not allow_incomplete:
+            what = f"{missing[0]} file" if len(missing) == 1 else f"{', '.join(missing)} files"
+            raise MissingCaseFileError(
+                case,
+                f"{what} not found: expected {listed}; to train on incomplete studies (some contrasts absent), pass "
+                "allow_incomplete=True (command line: --allow-incomplete)",
+                paths,
+            )
     validate_case(case, files, check_content=check_content, label_keys=(_SEG_KEY,))
-    return item
+    return item, missing
 
 
 def _build(
@@ -283,23 +315,50 @@ def _build(
     require_seg: bool,
     check_content: bool,
     skip_invalid: bool,
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     split_subjects([], val_ratio, test_ratio, seed)  # validate the split options before the (slow) checks
-    keys = list(modalities) + ([_SEG_KEY] if require_seg else [])
+    if not isinstance(allow_incomplete, (bool, np.bool_)):
+        raise ValueError(f"build_datalist expects allow_incomplete to be a bool, got {allow_incomplete!r}.")
+    allow_incomplete = bool(allow_incomplete)
     items: dict[str, dict[str, str]] = {}
     skipped: list[dict[str, str]] = []
+    incomplete: list[dict[str, Any]] = []
     for case in cases:
         try:
-            items[case] = _resolve_case(root, case, find(case), keys, lambda k, c=case: expected(c, k), check_content)
+            items[case], missing = _resolve_case(
+                root,
+                case,
+                find(case),
+                modalities,
+                require_seg,
+                lambda k, c=case: expected(c, k),
+                check_content,
+                allow_incomplete,
+            )
         except InvalidCaseError as e:
             if not skip_invalid:
                 raise
             warnings.warn(f"skipping {e}", stacklevel=3)
             skipped.append({"subject": case, "reason": e.reason})
+            continue
+        if missing:
+            incomplete.append({"subject": case, "missing": missing})
     if skipped:
         logger.warning("%d of %d %s cases in '%s' were skipped as invalid.", len(skipped), len(cases), fmt, root)
     if not items:
         raise ValueError(f"no valid {fmt} case in data_root '{root}': {len(skipped)} of {len(cases)} were invalid.")
+    if incomplete:
+        logger.warning(
+            "%d of %d %s cases in '%s' lack some contrasts and are kept (allow_incomplete=True): their losses count "
+            "only the contrasts they have; e.g. '%s' lacks %s.",
+            len(incomplete),
+            len(items),
+            fmt,
+            root,
+            incomplete[0]["subject"],
+            ", ".join(incomplete[0]["missing"]),
+        )
     train, val, test = split_subjects(list(items), val_ratio, test_ratio, seed)
     return {
         "data_root": root,
@@ -311,6 +370,7 @@ def _build(
         "validation": [items[c] for c in val],
         "test": [items[c] for c in test],
         "skipped": skipped,
+        "incomplete": incomplete,
     }
 
 
@@ -350,6 +410,22 @@ def detect_datalist_format(data_root: str | os.PathLike) -> str:
     return present[0]
 
 
+def _listed_modalities(modalities: Sequence[str] | None, known: Sequence[str], fmt: str) -> tuple[str, ...]:
+    """The contrasts a datalist lists: ``modalities`` (checked against the format's ``known`` ones) or ``known``."""
+    if modalities is None:
+        return tuple(known)
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    names = tuple(modalities)
+    unknown = [m for m in names if m not in known]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"the {fmt} format holds the contrasts {list(known)}; modalities must be distinct names among them, "
+            f"got {list(names)}" + (f" ({unknown} not in the data)." if unknown else ".")
+        )
+    return names
+
+
 def build_brats_datalist(
     data_root: str | os.PathLike,
     naming: str = "auto",
@@ -359,6 +435,8 @@ def build_brats_datalist(
     require_seg: bool = True,
     check_content: bool = False,
     skip_invalid: bool = False,
+    allow_incomplete: bool = False,
+    modalities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Datalist of a BraTS folder ``data_root/<case>/<case>_<suffix>.nii[.gz]`` (2020/2021) or
     ``data_root/<case>/<case>-<suffix>.nii[.gz]`` (2023+), split at subject level.
@@ -367,6 +445,12 @@ def build_brats_datalist(
     must have exactly one file per modality (and one ``seg`` when ``require_seg``); other files and folders are
     ignored. Each case is checked with :func:`~monai_msgldm.data.validation.validate_case` (headers only unless
     ``check_content``).
+
+    Incomplete studies: by default a case lacking a contrast file is invalid (the error names the case, the expected
+    file and this option). With ``allow_incomplete=True`` a case that lacks SOME contrasts is accepted: its item has
+    no key for them, it is listed under ``"incomplete"`` (``{"subject": ..., "missing": [...]}``) and a warning
+    gives the count. Still invalid: a case with no contrast at all, a missing ``seg`` when ``require_seg``, several
+    files for one key, and anything wrong with the files present (which must share one grid).
 
     Args:
         data_root: the dataset folder.
@@ -384,19 +468,25 @@ def build_brats_datalist(
             loaded anyway, by ``brats_preprocessing_transforms`` (``CheckImageValuesd``, ``CheckLabelValuesd``), so
             that a training or inference run reads each file once.
         skip_invalid: skip invalid cases with a warning (listed under ``"skipped"``) instead of raising.
+        allow_incomplete: accept cases that lack some (not all) contrasts, see above.
+        modalities: the contrasts to list, in channel order (a bundle's ``modalities``): a subset of the
+            format's (``t1, t1ce, t2, flair``); the other files are ignored. None: all of them.
 
     Returns:
-        the datalist dictionary described in this module's docstring, keys ``t1, t1ce, t2, flair[, seg]``.
+        the datalist dictionary described in this module's docstring, keys ``t1, t1ce, t2, flair[, seg]`` (the
+        present ones only, with ``allow_incomplete``).
 
     Raises:
         NotADirectoryError: ``data_root`` is not a folder.
         ValueError: bad options, no case found, ambiguous naming, or no valid case left.
         InvalidCaseError: the first invalid case (missing/duplicate/unreadable/mismatched file), unless
-            ``skip_invalid``.
+            ``skip_invalid``; a missing file raises ``MissingCaseFileError`` (also a ``FileNotFoundError``).
 
     Example:
         >>> datalist = build_brats_datalist("MICCAI_BraTS2020_TrainingData", naming="brats2020")
         >>> write_datalist(datalist, "datalist.json")
+        >>> partial = build_brats_datalist("clinic_cases", allow_incomplete=True)
+        >>> partial["incomplete"]  # e.g. [{"subject": "case007", "missing": ["t1ce"]}]
     """
     root = _check_data_root(data_root)
     if naming == "auto":
@@ -414,7 +504,7 @@ def build_brats_datalist(
         naming,
         root,
         cases,
-        MODALITIES,
+        _listed_modalities(modalities, MODALITIES, naming),
         find=lambda case: _brats_case_files(root, case, naming),
         expected=lambda case, key: f"{case}/{case}{sep}{suffixes[key]}.nii.gz",
         val_ratio=val_ratio,
@@ -423,6 +513,7 @@ def build_brats_datalist(
         require_seg=require_seg,
         check_content=check_content,
         skip_invalid=skip_invalid,
+        allow_incomplete=allow_incomplete,
     )
 
 
@@ -434,6 +525,8 @@ def build_wmh_datalist(
     require_seg: bool = True,
     check_content: bool = False,
     skip_invalid: bool = False,
+    allow_incomplete: bool = False,
+    modalities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Datalist of a WMH 2017 challenge folder, split at subject level (across sites).
 
@@ -468,7 +561,7 @@ def build_wmh_datalist(
         "wmh",
         root,
         subjects,
-        WMH_MODALITIES,
+        _listed_modalities(modalities, WMH_MODALITIES, "wmh"),
         find=lambda subject: _wmh_subject_files(root, subject),
         expected=expected,
         val_ratio=val_ratio,
@@ -477,6 +570,7 @@ def build_wmh_datalist(
         require_seg=require_seg,
         check_content=check_content,
         skip_invalid=skip_invalid,
+        allow_incomplete=allow_incomplete,
     )
 
 
@@ -489,6 +583,8 @@ def build_datalist(
     require_seg: bool = True,
     check_content: bool = False,
     skip_invalid: bool = False,
+    allow_incomplete: bool = False,
+    modalities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Datalist of a BraTS or WMH folder; ``format`` is one of :data:`DATALIST_FORMATS` or ``"auto"``.
 
@@ -507,6 +603,8 @@ def build_datalist(
         "require_seg": require_seg,
         "check_content": check_content,
         "skip_invalid": skip_invalid,
+        "allow_incomplete": allow_incomplete,
+        "modalities": modalities,
     }
     if format == "wmh":
         return build_wmh_datalist(data_root, **options)

@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""A multi-contrast brain-tumour MRI phantom: the built-in default data of the package.
+"""Multi-contrast brain MRI phantoms: the built-in data of the package (tumours as BraTS, or WMH as the WMH challenge).
 
 Anatomy is the MNI ICBM152 2009 template that ships inside ``nilearn`` (T1, grey- and white-matter probability
 maps), deformed per subject; tumours (necrotic core, enhancing rim, edema) are added as tissues; the four contrasts
@@ -21,12 +21,23 @@ parts live in :mod:`~monai_msgldm.data.phantom_anatomy` (template, grid, deforma
 :mod:`~monai_msgldm.data.phantom_tumours` (tumours), :mod:`~monai_msgldm.data.phantom_mr` (MR signal),
 :mod:`~monai_msgldm.data.phantom_subject` (one subject) and :mod:`~monai_msgldm.data.phantom_writing` (files, datasets,
 the cache).
+
+The WMH phantom (FLAIR and T1 with white-matter hyperintensities, label 1, and lacunes, label 2, written in the WMH
+challenge layout for ``build_wmh_datalist``) shares the anatomy, the MR physics and the dataset code; its parts are
+:mod:`~monai_msgldm.data.phantom_wmh_lesions` (lesions) and :mod:`~monai_msgldm.data.phantom_wmh` (subject, files).
 """
 
 from __future__ import annotations
 
 from monai_msgldm.data.phantom_anatomy import PHANTOM_TEMPLATE_FILES, phantom_template_dir
 from monai_msgldm.data.phantom_subject import generate_phantom_subject
+from monai_msgldm.data.phantom_wmh import (
+    WMH_PHANTOM_FILES,
+    ensure_wmh_phantom_dataset,
+    generate_wmh_phantom_dataset,
+    generate_wmh_phantom_subject,
+    write_wmh_phantom_case,
+)
 from monai_msgldm.data.phantom_writing import (
     PHANTOM_COMPLETE_MARKER,
     PHANTOM_DATASET_FILE,
@@ -50,6 +61,11 @@ __all__ = [
     "write_phantom_case",
     "generate_phantom_dataset",
     "ensure_phantom_dataset",
+    "WMH_PHANTOM_FILES",
+    "generate_wmh_phantom_subject",
+    "write_wmh_phantom_case",
+    "generate_wmh_phantom_dataset",
+    "ensure_wmh_phantom_dataset",
 ]
 
 # the functions are documented (and pickled, and reported by ``monai_msgldm.data``) under this public module
@@ -62,6 +78,10 @@ for _function in (
     write_phantom_case,
     generate_phantom_dataset,
     ensure_phantom_dataset,
+    generate_wmh_phantom_subject,
+    write_wmh_phantom_case,
+    generate_wmh_phantom_dataset,
+    ensure_wmh_phantom_dataset,
 ):
     _function.__module__ = __name__
 del _function

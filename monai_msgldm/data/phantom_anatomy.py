@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -284,31 +284,48 @@ class PhantomDeformation:
         y += self.amplitude * self.field.on_grid(axes)
         return y
 
+    def inverse_points(self, target: np.ndarray, on_step: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """Subject points ``(P, 3)`` that the map sends onto the template points ``target`` ``(P, 3)``.
+
+        A fixed-point iteration (12 steps) from the inverse of the affine part; ``on_step(points)`` is called with
+        the current estimate before each step (the tumours' mass effect moves with their centres).
+        """
+        inv = np.linalg.inv(self.matrix)
+        points = self.centre + (target - self.centre - self.shift) @ inv.T
+        for _ in range(12):  # fixed point: the own mass term vanishes at the centre, the rest is smooth
+            if on_step is not None:
+                on_step(points)
+            points = points + (target - self.at_points(points)) @ inv.T
+        return points
+
     def place(self, tumours: list[PhantomTumour]) -> None:
         """Solve the subject-frame centres so that each tumour sits on its template-frame centre."""
         self.tumours = tumours
-        target = np.stack([t.template_centre for t in tumours])
-        inv = np.linalg.inv(self.matrix)
-        centres = self.centre + (target - self.centre - self.shift) @ inv.T
-        for _ in range(12):  # fixed point: the own mass term vanishes at the centre, the rest is smooth
+
+        def set_centres(centres: np.ndarray) -> None:
             for tum, c in zip(tumours, centres):
                 tum.centre = c
-            centres = centres + (target - self.at_points(centres)) @ inv.T
-        for tum, c in zip(tumours, centres):
-            tum.centre = c
+
+        set_centres(self.inverse_points(np.stack([t.template_centre for t in tumours]), on_step=set_centres))
 
 
 def warp_template_fractions(
-    deformation: PhantomDeformation, tpl: PhantomTemplate, grid: PhantomGrid
+    deformation: PhantomDeformation, tpl: PhantomTemplate, grid: PhantomGrid, coords: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The template's CSF, GM and WM fractions seen through ``deformation`` on ``grid``, and the brain fraction.
 
     Where the interpolated fractions add up to more than 1 they are scaled down to a sum of 1.
 
+    Args:
+        deformation: the subject's map to the template.
+        tpl: the template.
+        grid: the output grid.
+        coords: ``deformation.on_grid(grid.axes)`` when the caller has it already (template mm, ``(3, *shape)``).
+
     Returns:
         ``(csf, gm, wm, brain)``: float32 arrays of ``grid.shape``; ``brain = min(csf + gm + wm, 1)``.
     """
-    coords = deformation.on_grid(grid.axes) / tpl.zoom
+    coords = (deformation.on_grid(grid.axes) if coords is None else coords) / tpl.zoom
     csf, gm, wm = (
         ndimage.map_coordinates(f, coords, order=1, mode="constant", cval=0.0, output=np.float32)
         for f in grid.fractions

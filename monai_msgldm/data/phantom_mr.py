@@ -18,7 +18,7 @@ mmol/L and relaxivities in L/(mmol*s). The values and their sources are listed i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from monai_msgldm.constants import MODALITIES
 
 __all__ = [
     "PHANTOM_TISSUES",
+    "PHANTOM_WMH_TISSUES",
     "PHANTOM_SEQUENCES",
     "GADOLINIUM_R1",
     "spin_echo_signal",
@@ -34,6 +35,7 @@ __all__ = [
     "gadolinium_t1",
     "phantom_sequence_signal",
     "jitter_tissues",
+    "phantom_contrast_images",
     "phantom_images",
 ]
 
@@ -47,6 +49,16 @@ PHANTOM_TISSUES: dict[str, dict[str, float]] = {
     "necrosis": {"t1": 1900.0, "t2": 260.0, "pd": 0.95},
     "edema": {"t1": 1100.0, "t2": 160.0, "pd": 0.90},
     "enhancing": {"t1": 1000.0, "t2": 110.0, "pd": 0.88},
+}
+
+#: Small-vessel-disease tissues of the WMH phantom (1.5 T), kept apart from :data:`PHANTOM_TISSUES` so that the
+#: draws of the tumour phantom do not change. ``"wmh"``: a white-matter hyperintensity (demyelination, gliosis and
+#: raised interstitial water: T1 and T2 about 1.6 and 1.7 times those of white matter, PD +8 %; a milder change
+#: than vasogenic edema), bright on T2 / FLAIR and mildly dark on T1. ``"lacune"``: the fluid-filled cavity of an old
+#: lacunar infarct, close to CSF (dark on T1 and FLAIR).
+PHANTOM_WMH_TISSUES: dict[str, dict[str, float]] = {
+    "wmh": {"t1": 800.0, "t2": 120.0, "pd": 0.83},
+    "lacune": {"t1": 2400.0, "t2": 300.0, "pd": 0.97},
 }
 
 _NORMAL_TISSUES = ("csf", "gm", "wm")
@@ -108,7 +120,7 @@ def spin_echo_signal(pd, t1, t2, tr: float, te: float):
 
     Example:
         >>> round(float(spin_echo_signal(0.77, 500.0, 70.0, tr=500.0, te=10.0)), 4)
-        0.4218
+        0.4219
     """
     return pd * (1.0 - np.exp(-tr / t1)) * np.exp(-te / t2)
 
@@ -169,15 +181,22 @@ def phantom_sequence_signal(name: str, pd, t1, t2):
     return spin_echo_signal(pd, t1, t2, tr=seq["tr"], te=seq["te"])
 
 
-def jitter_tissues(rng: np.random.Generator) -> dict[str, dict[str, float]]:
-    """Per-subject relaxation values: small variations around :data:`PHANTOM_TISSUES` (3 % normal tissue, 8 % tumour).
+def jitter_tissues(
+    rng: np.random.Generator, table: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per-subject relaxation values: small log-normal variations around ``table`` (3 % for the normal tissues CSF,
+    GM and WM, 8 % for the lesions; PD a third of that, at most 1).
+
+    Args:
+        rng: draws three normal numbers per tissue, in the order of ``table``.
+        table: tissue name -> ``{"t1", "t2", "pd"}``; None for :data:`PHANTOM_TISSUES`.
 
     Example:
         >>> sorted(jitter_tissues(np.random.default_rng(0))["wm"])
         ['pd', 't1', 't2']
     """
     out = {}
-    for name, vals in PHANTOM_TISSUES.items():
+    for name, vals in (PHANTOM_TISSUES if table is None else table).items():
         s = 0.03 if name in _NORMAL_TISSUES else 0.08
         out[name] = {
             "t1": vals["t1"] * float(np.exp(rng.normal(0.0, s))),
@@ -224,15 +243,71 @@ def phantom_images(
     params["edema"]["t2"] = tissues["edema"]["t2"] * np.exp(0.1 * np.tanh(texture[1]))
     params["edema"]["t1"] = tissues["edema"]["t1"] * np.exp(0.06 * np.tanh(texture[1]))
     params["necrosis"]["t2"] = tissues["necrosis"]["t2"] * np.exp(0.1 * np.tanh(texture[2]))
+    return phantom_contrast_images(fractions, params, MODALITIES, bias, gains, snr, brain_mask, rng, concentration=conc)
+
+
+def phantom_contrast_images(
+    fractions: Mapping[str, np.ndarray],
+    params: Mapping[str, Mapping],
+    modalities: Sequence[str],
+    bias: np.ndarray,
+    gains: np.ndarray,
+    snr: float,
+    brain_mask: np.ndarray,
+    rng: np.random.Generator,
+    concentration=None,
+) -> dict[str, np.ndarray]:
+    """The contrasts ``modalities`` of a subject from its partial-volume tissue fractions and relaxation values.
+
+    Each voxel's signal is the fraction-weighted sum of its tissues' signals (:func:`phantom_sequence_signal`),
+    times a bias field (a receive field shared by all contrasts plus a small per-contrast part) and a per-contrast
+    gain; then Rician noise, and 0 outside the brain (skull-stripped). This is the acquisition step shared by the
+    tumour phantom (:func:`phantom_images`) and the WMH phantom.
+
+    Args:
+        fractions: tissue name (a key of ``params``) -> fraction, float32 ``(X, Y, Z)``.
+        params: tissue name -> ``{"t1", "t2", "pd"}``, scalars or arrays broadcastable to ``(X, Y, Z)``.
+        modalities: keys of :data:`PHANTOM_SEQUENCES`, in output (and noise-drawing) order.
+        bias: ``(1 + len(modalities), X, Y, Z)`` smooth fields of unit variance: shared, then per-contrast bias.
+        gains: ``(len(modalities),)`` relative gain of each contrast.
+        snr: mean brain signal / noise level of each contrast; ``inf`` for no noise.
+        brain_mask: bool ``(X, Y, Z)``.
+        rng: draws the noise (two normal fields per contrast, in ``modalities`` order).
+        concentration: gadolinium concentration (mmol/L, scalar or ``(X, Y, Z)``) of the ``"enhancing"`` tissue in
+            post-contrast acquisitions; needed only when such an acquisition and that tissue are present.
+
+    Returns:
+        modality name -> float32 ``(X, Y, Z)``, in ``modalities`` order.
+
+    Example:
+        >>> frac = {"wm": np.ones((4, 4, 4), np.float32)}
+        >>> images = phantom_contrast_images(frac, {"wm": PHANTOM_TISSUES["wm"]}, ("flair", "t1"),
+        ...     np.zeros((3, 4, 4, 4)), np.ones(2), float("inf"), np.ones((4, 4, 4), bool), np.random.default_rng(0))
+        >>> round(float(images["t1"][0, 0, 0]), 1)
+        421.9
+    """
+    caller = "phantom_contrast_images"
+    unknown = [m for m in modalities if m not in PHANTOM_SEQUENCES]
+    if unknown:
+        raise ValueError(f"{caller} expects modalities among {tuple(PHANTOM_SEQUENCES)}, got {list(modalities)}.")
+    missing = sorted(set(fractions) - set(params))
+    if missing:
+        raise ValueError(f"{caller} expects params for every tissue of fractions, missing {missing}.")
     shape = brain_mask.shape
+    if np.shape(bias) != (1 + len(modalities), *shape):
+        raise ValueError(f"{caller} expects bias of shape {(1 + len(modalities), *shape)}, got {np.shape(bias)}.")
+    if np.shape(gains) != (len(modalities),):
+        raise ValueError(f"{caller} expects gains of shape {(len(modalities),)}, got {np.shape(gains)}.")
     out: dict[str, np.ndarray] = {}
-    for i, name in enumerate(MODALITIES):
+    for i, name in enumerate(modalities):
         signal = np.zeros(shape, np.float32)
         for tissue, frac in fractions.items():
             p = params[tissue]
             t1 = p["t1"]
             if PHANTOM_SEQUENCES[name]["contrast"] and tissue == "enhancing":
-                t1 = gadolinium_t1(t1, conc, GADOLINIUM_R1)
+                if concentration is None:
+                    raise ValueError(f"{caller} expects a concentration for the enhancing tissue in '{name}'.")
+                t1 = gadolinium_t1(t1, concentration, GADOLINIUM_R1)
             signal += frac * np.asarray(phantom_sequence_signal(name, p["pd"], t1, p["t2"]), dtype=np.float32)
         signal *= np.exp(0.12 * bias[0] + 0.04 * bias[1 + i]) * (_GAIN * gains[i])
         if math.isfinite(snr):

@@ -244,6 +244,10 @@ def validate_case(
     (contrasts on different grids that the preprocessing registers and resamples,
     :class:`monai_msgldm.transforms.AlignModalitiesd`). Only the header is read unless ``check_content``.
 
+    Only the files given are checked, and nothing requires a full set of contrasts: for an incomplete study (a
+    contrast absent, ``build_datalist(..., allow_incomplete=True)``) pass the present files only; the grid check
+    then compares the present files with one another.
+
     Args:
         case_id: identifier of the case, used in the messages.
         files: key (modality name or label key) -> file path, e.g. ``{"t1": ".../X_t1.nii.gz", "seg": ...}``.

@@ -86,7 +86,8 @@ def _check_weight(name: str, key: str, value: float) -> float:
 class AutoencoderTrainer(SupervisedTrainer):
     """Stage-0 trainer of MSG-LDM: the single-channel ``AutoencoderKL`` on every modality image the data has.
 
-    Each iteration takes ``image[available]`` (all available modality slices of the batch, ``(N, 1, *S)``) and
+    Each iteration takes ``image[available]`` (all available modality slices of the batch, ``(N, 1, *S)``; the
+    contrasts an incomplete study lacks, -1 fills in the image, never reach the autoencoder) and
     minimises ``L1 + kl_weight * KL + frequency_weight * FrequencySSIM (+ adversarial_weight * G-adv)``. The
     frequency SSIM term (1 - SSIM of the DCT amplitude spectra, the structure-aware loss's frequency part) replaces
     the perceptual loss of the authors' VQGAN, which cannot run offline; it defaults to 1.0, the weight it has in

@@ -34,6 +34,7 @@ from monai_msgldm.engines.utils import (
     backward_and_step,
     check_engine_seed,
     input_masks,
+    present_contrast_loss,
     resolve_amp,
     unwrap_module,
 )
@@ -93,6 +94,15 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`, whose scheduler says what is predicted) and the
     loss is ``loss_function(prediction, target)`` (MSE by default, as in the paper). ``network`` itself goes to the
     inferer, so a ``DistributedDataParallel`` wrapper stays in the forward pass and gradients are synchronised.
+
+    Incomplete studies (cases that lack some contrasts, ``build_datalist(..., allow_incomplete=True)``): the loss
+    counts only the latent channels of the contrasts the DATA has (``available``; the joint latent holds
+    ``latent_channels`` channels per contrast, contrast-major), see
+    :py:func:`~monai_msgldm.engines.utils.present_contrast_loss`: with MSE it is the mean over the present channels,
+    and the absent ones get exactly zero gradient. When every contrast is present the loss is
+    ``loss_function(prediction, target)`` unchanged. The input mask is always drawn among the present contrasts and
+    keeps at least one, so a slice with a single present contrast is given that contrast and trains only its
+    denoising: nothing is learned there for the missing ones.
 
     Latent scale: with ``calibrate_scale_factor=True`` the first iteration sets ``scale_factor = 1 / std`` of the
     first batch's joint latent (``MSGLDM.calibrate_scale_factor``), unless ``scale_factor`` is already != 1.0, which
@@ -258,7 +268,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
         )
         engine._maybe_calibrate(images)
-        mask = input_masks(engine, masks)
+        data_available, mask = masks[0], input_masks(engine, masks)
         engine.state.output = {Keys.IMAGE: images, "available": mask}
         engine.network.train()
         freeze_msgldm_conditioning(engine.network)
@@ -266,7 +276,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         with autocast_context(engine):
             draws = {} if engine.latent_cache is None else engine._cached_draws(batchdata, images)
             prediction, target = engine.inferer(images, engine.network, mask, **draws)
-            loss = engine.loss_function(prediction.float(), target.float())
+            # only the latent channels of the contrasts the data has: absent ones (-1 fills) have no ground truth
+            loss = present_contrast_loss(engine.loss_function, prediction.float(), target.float(), data_available)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -29,6 +29,7 @@ from monai_msgldm.engines.utils import (
     backward_and_step,
     check_engine_seed,
     input_masks,
+    present_contrast_loss,
     resolve_amp,
     unwrap_module,
 )
@@ -45,9 +46,13 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
     (given in the batch under ``input_mask_key``, drawn there by ``RandModalityDropoutd(mask_key=...)``, or drawn
     here by :py:class:`ModalityMaskSampler`, re-seeded with ``seed + epoch``), the prediction is
     ``engine.network(images, mask)`` (so a ``DistributedDataParallel`` wrapper stays in the forward pass) and the
-    loss is ``loss_function(prediction, images)`` over all M contrasts (the reconstructed inputs and the synthesized
-    missing ones, as in MM-GAN). Contrasts the DATA lacks have no ground truth: their target is the (detached)
-    prediction itself, so they add neither loss nor gradient for an L1/L2-type loss.
+    loss is ``loss_function(prediction, images)`` over the M contrasts (the reconstructed inputs and the synthesized
+    missing ones, as in MM-GAN), then averaged (``.mean()``, for a loss with ``reduction="none"``). Contrasts the
+    DATA lacks (incomplete studies) have no ground truth and do not count
+    (:py:func:`~monai_msgldm.engines.utils.present_contrast_loss`): the loss is over the present contrasts only (for
+    L1, the mean over their pixels) and the absent ones get exactly zero gradient; with every contrast present it
+    is ``loss_function(prediction, images)`` unchanged. The input mask keeps at least one present contrast, so a
+    sample with a single present contrast only trains its reconstruction.
 
     ``engine.state.output``: ``image``, ``available`` (drawn mask), ``pred`` (the prediction) and ``loss``.
     :py:attr:`ema_model` is ``None`` (no EMA; the bundle's checkpoint and served-model expressions read it).
@@ -141,9 +146,9 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
             prediction = engine.network(images, mask)
             engine.state.output[Keys.PRED] = prediction
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            keep = data_available.view(*data_available.shape, *([1] * (images.ndim - 2)))
-            target = torch.where(keep, images.to(prediction.dtype), prediction.detach())
-            loss = engine.loss_function(prediction, target).mean()
+            # only the contrasts the data has count (absent ones have no ground truth), see present_contrast_loss
+            target = images.to(prediction.dtype)
+            loss = present_contrast_loss(engine.loss_function, prediction, target, data_available).mean()
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         backward_and_step(engine, loss)

@@ -93,7 +93,13 @@ class StructureStyleTrainer(SupervisedTrainer):
         + structure_weight * structure_loss(reconstruction, image)   # over every (sample, modality) the data has
 
     The reconstruction term covers the modalities hidden from the input too: their ground truth exists, and
-    rendering them from ``F_s`` plus their style code is what makes ``F_s`` modality-invariant. Masks are drawn from
+    rendering them from ``F_s`` plus their style code is what makes ``F_s`` modality-invariant.
+
+    Incomplete studies (cases that lack some contrasts, ``build_datalist(..., allow_incomplete=True)``): both the
+    reconstruction and the style term count only the contrasts the DATA has (``available``): the reconstructions
+    and style codes of absent contrasts (computed from their -1 fills) get exactly zero gradient. The input mask is
+    drawn among the present contrasts and keeps at least one, so a sample with a single present contrast is given
+    that contrast and trains its segmentation and reconstruction from it only. Masks are drawn from
     ``seed + epoch`` (re-seeded at each epoch start), so runs, and runs resumed from a checkpoint, are reproducible.
 
     ``engine.state.output``: ``image`` ``(B, M, *S)``, ``label`` (``seg``), ``pred`` (segmentation logits),
@@ -199,7 +205,8 @@ class StructureStyleTrainer(SupervisedTrainer):
         Args:
             outputs: ``StructureStyleNet`` output (``segmentation``, ``style``, ``reconstruction``).
             images: ground-truth images ``(B, M, *S)``.
-            data_available: ``(B, M)`` bool, the modalities the data has.
+            data_available: ``(B, M)`` bool, the modalities the data has: the style and reconstruction terms use
+                only these (absent contrasts add neither value nor gradient).
             seg: segmentation target ``(B, C, *S)`` or ``None`` (allowed when ``seg_weight == 0``).
 
         Returns:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_with_ema_weights",
     "input_masks",
     "kl_divergence",
+    "present_contrast_loss",
     "reseed_mask_sampler_every_epoch",
     "resolve_amp",
     "unwrap_module",
@@ -91,6 +92,62 @@ def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     var = z_sigma.float().pow(2)
     kl = 0.5 * (z_mu.float().pow(2) + var - torch.log(var) - 1.0)
     return kl.flatten(1).sum(dim=1).mean()
+
+
+def present_contrast_loss(
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    available: torch.Tensor,
+) -> torch.Tensor:
+    """``loss_function(prediction, target)`` over the channels of the contrasts the data has (incomplete studies).
+
+    ``prediction`` and ``target`` hold ``C`` channels per contrast in contrast-major blocks (channels ``m * C`` to
+    ``(m + 1) * C - 1`` belong to contrast ``m``): the joint latent of
+    :py:class:`~monai_msgldm.networks.nets.ModalityWiseAutoencoder` (``C = latent_channels``), or the stacked images
+    (``C = 1``). A contrast the data lacks (``available`` False; its image is the -1 fill of the preprocessing) has no
+    ground truth, so its channels must not count:
+
+    - every contrast present: ``loss_function(prediction, target)``, the call as it is (bit-identical to not using
+      this function);
+    - otherwise: ``loss_function(prediction[keep].unsqueeze(1), target[keep].unsqueeze(1))`` with ``keep =
+      available.repeat_interleave(C, dim=1)``: the present channels as a batch of single-channel images
+      ``(K, 1, *S)``. For a mean-reduced element-wise loss (``MSELoss``, ``L1Loss``) this is the mean over the present
+      channels only, and the gradient with respect to the absent channels is exactly zero (they never enter it).
+
+    Args:
+        loss_function: ``(prediction, target) -> loss``.
+        prediction: ``(B, M * C, *S)``.
+        target: same shape as ``prediction``.
+        available: ``(B, M)`` bool (or 0/1), the contrasts the data has, at least one per row.
+
+    Returns:
+        What ``loss_function`` returns (a scalar for a reducing loss).
+
+    Example::
+
+        prediction, target = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)  # 4 contrasts x 2 latent channels
+        available = torch.tensor([[True, False, True, True], [True, True, True, True]])
+        loss = present_contrast_loss(torch.nn.MSELoss(), prediction, target, available)
+        # == mean of (prediction - target) ** 2 over the 14 present channels
+    """
+    if prediction.shape != target.shape or prediction.ndim < 2:
+        raise ValueError(
+            f"present_contrast_loss expects prediction and target of the same shape (B, M * C, *S), got "
+            f"{tuple(prediction.shape)} and {tuple(target.shape)}."
+        )
+    available = torch.as_tensor(available, device=prediction.device)
+    b, channels = prediction.shape[:2]
+    if available.ndim != 2 or available.shape[0] != b or available.shape[1] < 1 or channels % available.shape[1]:
+        raise ValueError(
+            f"present_contrast_loss expects available of shape (B, M) with B = {b} and M dividing the {channels} "
+            f"channels of prediction, got {tuple(available.shape)}."
+        )
+    available = available != 0
+    if bool(available.all()):
+        return loss_function(prediction, target)
+    keep = available.repeat_interleave(channels // available.shape[1], dim=1)
+    return loss_function(prediction[keep].unsqueeze(1), target[keep].unsqueeze(1))
 
 
 class PrepareMultiModalBatch(PrepareBatchExtraInput):
@@ -198,7 +255,13 @@ class ModalityMaskSampler(Randomizable):
     Each row is drawn with :py:class:`monai_msgldm.transforms.RandModalityDropout` semantics: ``0..max_missing``
     modalities are hidden, uniformly, among those available in the data, keeping at least ``min_available`` (a row
     with fewer data modalities than ``min_available`` is left as it is). The returned mask is never all-False and
-    is a subset of the data mask. Randomness comes only from ``self.R`` (``set_random_state`` for reproducibility).
+    is a subset of the data mask: a contrast the data lacks (an incomplete study) is never offered as given.
+    Randomness comes only from ``self.R`` (``set_random_state`` for reproducibility).
+
+    Incomplete studies: a row whose data has a single contrast keeps it given (at least one given contrast, as the
+    network needs one); the trainers' losses count the present contrasts only, so such a sample trains the
+    reconstruction (stage 1, baseline) or the denoising (stage 2) of that one contrast and nothing for its missing
+    ones, which have no ground truth.
 
     Args:
         min_available: the least number of modalities kept per sample (>= 1).
@@ -346,7 +409,9 @@ def attach_mask_sampler(
 
 def input_masks(engine: Engine, masks: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The ``(B, M)`` input masks of a trainer's iteration from the masks ``PrepareMultiModalBatch`` returned: the
-    batch's own (``(available, input_mask)``) or, with ``(available,)`` only, drawn by ``engine.mask_sampler``."""
+    batch's own (``(available, input_mask)``) or, with ``(available,)`` only, drawn by ``engine.mask_sampler``.
+    Either way a subset of the data mask ``available`` (``PrepareMultiModalBatch`` checks the batch's, the sampler
+    draws among the data's): an absent contrast is never given."""
     if len(masks) == 2:
         return masks[1]
     if engine.mask_sampler is None:

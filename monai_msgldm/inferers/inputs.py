@@ -139,17 +139,16 @@ def synthesis_datalist(
         [{'t1': 'c_t1.nii.gz', 'case': 'c'}]
     """
     has_case = case is not None and any(v not in (None, "") for v in dict(case).values())
+    file_args = "/".join(f"--{m}" for m in modalities)
     if datalist is None:
         if case is None:
-            raise ValueError(
-                "synthesis_datalist expects a case (--t1/--t1ce/--t2/--flair) or a --datalist, got neither."
-            )
+            raise ValueError(f"synthesis_datalist expects a case ({file_args}) or a --datalist, got neither.")
         return [
             check_case_files(case, modalities=modalities, case_name=case_name, check_content=False, same_grid=same_grid)
         ]
     if has_case:
         raise ValueError(
-            f"synthesis_datalist expects either a case (--t1/--t1ce/--t2/--flair) or a --datalist, got both "
+            f"synthesis_datalist expects either a case ({file_args}) or a --datalist, got both "
             f"(datalist {os.fspath(datalist)})."
         )
     datalist = os.fspath(datalist)

@@ -36,8 +36,9 @@ class StyleConsistencyLoss(_Loss):
     ``parameters()`` and trained by any optimiser given them), and the scale used is ``min(exp(log_scale),
     max_scale)`` (as CLIP, a scale pushed past ``max_scale`` stays clamped there). Otherwise it is a buffer.
 
-    An optional availability mask ``target`` of shape (B, M) excludes the codes of unavailable modalities: every
-    pair ``(p, q)`` in which ``p`` or ``q`` is unavailable is left out.
+    An optional availability mask ``target`` of shape (B, M) excludes the codes of unavailable modalities (e.g. the
+    contrasts an incomplete study lacks): every pair ``(p, q)`` in which ``p`` or ``q`` is unavailable is left out,
+    so those codes neither change the value nor receive gradient.
 
     Reference: "Multiscale Structure-Guided Latent Diffusion for Multimodal MRI Translation", CVPR 2026,
     arXiv 2603.12581 (style-consistency loss, temperature 0.07).
@@ -115,34 +116,34 @@ class StyleConsistencyLoss(_Loss):
                 f"{name} expects input of shape (B, M, D) with M >= 2 modalities, got shape {tuple(input.shape)}."
             )
         batch, modalities, dim = input.shape
-        codes = F.normalize(input.transpose(0, 1).reshape(modalities * batch, dim), dim=1)  # (M*B, D)
-        logits = self.logit_scale.to(codes.dtype) * (codes @ codes.t())
+        if target is not None:
+            if not isinstance(target, torch.Tensor) or tuple(target.shape) != (batch, modalities):
+                got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+                raise ValueError(
+                    f"{name} expects target to be an availability mask of shape {(batch, modalities)}, got {got}."
+                )
+            if target.dtype != torch.bool:
+                if not bool(((target == 0) | (target == 1)).all()):
+                    raise ValueError(f"{name} expects target to hold only 0 and 1 (or bools), got other values.")
+                target = target != 0
+        codes = input.transpose(0, 1).reshape(modalities * batch, dim)  # (M*B, D), row m * B + b
         group = torch.arange(modalities, device=input.device).repeat_interleave(batch)
+        available = None if target is None else target.to(input.device).transpose(0, 1).reshape(modalities * batch)
+        if available is not None and self.reduction != LossReduction.NONE.value:
+            # only the rows of available codes: the codes of absent modalities (e.g. style codes of the fill images of
+            # an incomplete study) never enter the value and get exactly zero gradient, even when not finite
+            codes, group = codes[available], group[available]
+        codes = F.normalize(codes, dim=1)
+        logits = self.logit_scale.to(codes.dtype) * (codes @ codes.t())
         labels = (group[:, None] == group[None, :]).to(logits.dtype)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (M*B, M*B)
-
-        if target is None:
-            if self.reduction == LossReduction.MEAN.value:
-                return loss.mean()
-            if self.reduction == LossReduction.SUM.value:
-                return loss.sum()
-            return loss
-
-        if not isinstance(target, torch.Tensor) or tuple(target.shape) != (batch, modalities):
-            got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
-            raise ValueError(
-                f"{name} expects target to be an availability mask of shape {(batch, modalities)}, got {got}."
-            )
-        if target.dtype != torch.bool:
-            if not bool(((target == 0) | (target == 1)).all()):
-                raise ValueError(f"{name} expects target to hold only 0 and 1 (or bools), got other values.")
-            target = target != 0
-        available = target.to(input.device).transpose(0, 1).reshape(modalities * batch)
-        pairs = available[:, None] & available[None, :]
-        loss = loss * pairs.to(loss.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (N, N)
         if self.reduction == LossReduction.NONE.value:
-            return loss
-        total = loss.sum()
+            if available is None:
+                return loss
+            pairs = available[:, None] & available[None, :]
+            return torch.where(pairs, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
         if self.reduction == LossReduction.SUM.value:
-            return total
-        return total / pairs.sum().clamp_min(1).to(total.dtype)
+            return loss.sum()
+        if available is None:
+            return loss.mean()
+        return loss.sum() / max(codes.shape[0] ** 2, 1)  # an empty mask gives 0, still connected to the graph

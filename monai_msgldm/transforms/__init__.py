@@ -31,7 +31,13 @@ from .modality_dropout import (
     RandModalityDropoutDict,
     as_availability_mask,
 )
-from .preprocessing import BRATS_NAMINGS, CheckLabelValuesd, brats_preprocessing_transforms
+from .preprocessing import (
+    BRATS_NAMINGS,
+    LABEL_NAMINGS,
+    SEGMENTATION_CLASSES,
+    CheckLabelValuesd,
+    brats_preprocessing_transforms,
+)
 from .registration import (
     AlignModalitiesD,
     AlignModalitiesd,
@@ -83,6 +89,8 @@ __all__ = [
     "ApplyModalityMaskD",
     "ApplyModalityMaskDict",
     "BRATS_NAMINGS",
+    "LABEL_NAMINGS",
+    "SEGMENTATION_CLASSES",
     "CheckFieldOfView",
     "CheckFieldOfViewd",
     "CheckFieldOfViewD",

@@ -182,6 +182,8 @@ class RandModalityDropout(RandomizableTransform):
 
     When a mask of the really available modalities is given, only those can be dropped and the returned
     mask is the AND of the given mask and the kept channels; the channels already absent are left as they are.
+    A mask with fewer available modalities than ``min_available`` (e.g. an incomplete study with a single contrast)
+    is returned unchanged: nothing is dropped, so at least one present modality always stays.
 
     Args:
         prob: probability of applying the dropout at all (otherwise the image and mask are returned unchanged).
@@ -309,7 +311,9 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
     - ``mask_key="input_available"``, drawing the input mask of a trainer that keeps the full image as its target
       (what the bundle's stage-1, stage-2 and baseline training chains do): the drawn (M,) mask is written under
       ``mask_key``; the images and the data mask under ``available_key`` are left as they are. The trainers read
-      it with ``input_mask_key`` (e.g. :py:class:`monai_msgldm.engines.LatentDiffusionTrainer`).
+      it with ``input_mask_key`` (e.g. :py:class:`monai_msgldm.engines.LatentDiffusionTrainer`). It is a subset of
+      the data mask: a contrast an incomplete study lacks is never drawn as given, and a sample with a single present
+      contrast is given that one (the trainers' losses then count only the present contrasts).
 
     The draw is :py:meth:`RandModalityDropout.draw_mask`'s: ``0..max_missing`` available channels hidden, uniformly,
     keeping at least ``min_available``.

@@ -27,6 +27,7 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
+    LabelToMaskd,
     LoadImaged,
     MapLabelValued,
     MapTransform,
@@ -36,7 +37,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_numpy
 
-from ..constants import BRATS_LABELS_2020, BRATS_LABELS_2023, MODALITIES
+from ..constants import BRATS_LABELS_2020, BRATS_LABELS_2023, MODALITIES, WMH_LABELS
 from .field_of_view import CheckFieldOfViewd
 from .intensity import ScalePresentModalitiesd
 from .registration import AlignModalitiesd
@@ -44,10 +45,26 @@ from .skull_check import CheckSkullStrippedd
 from .stack import StackModalitiesd
 from .value_checks import CheckImageValuesd
 
-__all__ = ["BRATS_NAMINGS", "CheckLabelValuesd", "brats_preprocessing_transforms"]
+__all__ = [
+    "BRATS_NAMINGS",
+    "LABEL_NAMINGS",
+    "SEGMENTATION_CLASSES",
+    "CheckLabelValuesd",
+    "brats_preprocessing_transforms",
+]
 
-#: Label conventions accepted by :func:`brats_preprocessing_transforms`, with their label values.
+#: BraTS label conventions, with their label values.
 BRATS_NAMINGS: dict[str, dict[str, int]] = {"brats2020": BRATS_LABELS_2020, "brats2023": BRATS_LABELS_2023}
+
+#: Label conventions accepted by :func:`brats_preprocessing_transforms` (``naming``): BraTS' and the WMH challenge's.
+LABEL_NAMINGS: dict[str, dict[str, int]] = {**BRATS_NAMINGS, "wmh": WMH_LABELS}
+
+#: The segmentation channels the preprocessing makes for each ``naming`` (a bundle's ``seg_classes``).
+SEGMENTATION_CLASSES: dict[str, tuple[str, ...]] = {
+    "brats2020": ("tc", "wt", "et"),
+    "brats2023": ("tc", "wt", "et"),
+    "wmh": ("wmh",),
+}
 
 
 class CheckLabelValuesd(MapTransform):
@@ -136,20 +153,23 @@ def brats_preprocessing_transforms(
        [-1, 1] (clipped; MONAI's ``ScaleIntensityRangePercentiles``), the channels of absent modalities set to
        exactly -1 without being scaled (no "Divide by zero" warning for their constant fill);
     5. segmentation: label values checked against ``naming``; for ``"brats2023"`` the enhancing label 3 is
-       mapped to 4 (``MapLabelValued``); then ``ConvertToMultiChannelBasedOnBratsClassesd`` (TC, WT, ET);
+       mapped to 4 (``MapLabelValued``); then ``ConvertToMultiChannelBasedOnBratsClassesd`` (TC, WT, ET); for
+       ``"wmh"`` (WMH challenge labels: 1 white-matter hyperintensity, 2 other pathology) one channel, the WMH
+       mask (``LabelToMaskd``; label 2 is background, as in the challenge's metrics);
     6. ``EnsureTyped(float32)``.
 
     Output:
         - ``image_key``: MetaTensor (M, H, W, D) float32 in [-1, 1], M = ``len(modalities)`` in that order,
           H, W = ``spatial_size``, D the depth after foreground cropping; absent modalities are -1.
         - ``available_key``: (M,) torch bool tensor.
-        - ``seg_key``: MetaTensor (3, H, W, D) float32 in {0, 1}: tumour core, whole tumour, enhancing tumour.
+        - ``seg_key``: MetaTensor (C, H, W, D) float32 in {0, 1}, the channels of :data:`SEGMENTATION_CLASSES`
+          ``[naming]``: tumour core, whole tumour, enhancing tumour (BraTS) or the WMH mask (C = 1).
 
     Args:
         modalities: modality keys, in channel order.
         seg_key: key of the segmentation, or None for data without labels.
         spatial_size: in-plane (H, W) size after padding / centre cropping.
-        naming: label convention, ``"brats2020"`` (enhancing = 4) or ``"brats2023"`` (enhancing = 3).
+        naming: label convention, ``"brats2020"`` (enhancing = 4), ``"brats2023"`` (enhancing = 3) or ``"wmh"``.
         image_key: key of the stacked image.
         available_key: key of the availability mask.
         reader: MONAI image reader (name or instance); None: ``"NibabelReader"``.
@@ -196,8 +216,8 @@ def brats_preprocessing_transforms(
     if len(size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in size):
         raise ValueError(f"{name} expects spatial_size to be two positive integers (H, W), got {spatial_size}.")
     size = tuple(int(s) for s in size)
-    if naming not in BRATS_NAMINGS:
-        raise ValueError(f"{name} expects naming in {tuple(BRATS_NAMINGS)}, got {naming!r}.")
+    if naming not in LABEL_NAMINGS:
+        raise ValueError(f"{name} expects naming in {tuple(LABEL_NAMINGS)}, got {naming!r}.")
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(f"{name} expects percentiles 0 <= lower < upper <= 100, got lower={lower}, upper={upper}.")
     reader = "NibabelReader" if reader is None else reader
@@ -258,7 +278,12 @@ def brats_preprocessing_transforms(
             keys=image_key, available_key=available_key, lower=lower, upper=upper, b_min=-1.0, b_max=1.0, clip=True
         ),
     ]
-    if seg_key is not None:
+    if seg_key is not None and naming == "wmh":
+        transforms += [
+            CheckLabelValuesd(keys=seg_key, allowed=(0, *WMH_LABELS.values())),
+            LabelToMaskd(keys=seg_key, select_labels=[WMH_LABELS["wmh"]]),
+        ]
+    elif seg_key is not None:
         labels = BRATS_NAMINGS[naming]
         transforms.append(CheckLabelValuesd(keys=seg_key, allowed=(0, *labels.values())))
         if labels["enhancing"] != BRATS_LABELS_2020["enhancing"]:

@@ -247,7 +247,8 @@ class TestInferenceWorkflow(unittest.TestCase):
             ),
             ("unreadable", {"t2": "garbage.nii.gz"}, ValueError, ["t2 file", "garbage.nii.gz", "not a readable NIfTI"]),
             ("none_available", {}, ValueError, ["no available modality", "--t1"]),
-            ("unknown_modality", {"case_files#pd": "t1"}, ValueError, ["'pd'", "unknown modality"]),
+            # case_files: the files by contrast name (what --t1 ... --flair fill), here with a name the model lacks
+            ("unknown_modality", {"case_files": {"t1": "t1", "pd": "t1"}}, ValueError, ["'pd'", "unknown modality"]),
             # without align, contrasts on different grids are an error from the headers
             (
                 "shape",
@@ -274,6 +275,8 @@ class TestInferenceWorkflow(unittest.TestCase):
         for k, v in overrides.items():
             if v == "t1":
                 resolved[k] = _file("t1")
+            elif isinstance(v, dict):
+                resolved[k] = {m: _file("t1") for m in v}
             elif k in MODALITIES:
                 resolved[k] = os.path.join(bad, v)
             else:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -55,7 +56,12 @@ class TestWriteServedBundle(unittest.TestCase):
             open(os.path.join(out, "configs", "metadata.json")) as f,
             open(BUNDLE_DIR / "configs" / "metadata.json") as g,
         ):
-            self.assertEqual(f.read(), g.read())  # copied as it is
+            served, source = json.load(f), json.load(g)
+        # copied, with the network data format of the served model (32 px slices)
+        fmt = source.pop("network_data_format")
+        fmt["inputs"]["image"]["spatial_shape"] = fmt["outputs"]["pred"]["spatial_shape"] = [32, 32]
+        self.assertEqual(served.pop("network_data_format"), fmt)
+        self.assertEqual(served, source)
         self.assertTrue(torch.equal(torch.load(os.path.join(out, "models", "model.pt"))["w"], torch.zeros(1)))
         self.assertEqual(sorted(os.listdir(self.tmp)), ["model.pt", "served"])  # no temporary folder left
 

@@ -101,6 +101,23 @@ class TestCliSubprocess(unittest.TestCase):
         self.assertIn("monai-msgldm-data phantom: error: ", err)
         self.assertIn("resolution", err)
 
+    def test_wmh_phantom_then_datalist(self):
+        out_dir = os.path.join(self._tmp.name, "wmh")
+        code, out, err = run_main(
+            "phantom", "--output", out_dir, "--num-subjects", "1", "--resolution", "4", "--layout", "wmh"
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("1 subject(s) Phantom_000", out)
+        code, out, err = run_main(
+            "datalist", "--data-root", out_dir, "--output", self.out, "--val-ratio", "0", "--test-ratio", "0"
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("format wmh, 1 subjects", out)
+        with open(self.out) as f:
+            item = json.load(f)["training"][0]
+        self.assertEqual(item, {"subject": "Phantom_000", "flair": "Phantom_000/pre/FLAIR.nii.gz",
+                                "t1": "Phantom_000/pre/T1.nii.gz", "seg": "Phantom_000/wmh.nii.gz"})  # fmt: skip
+
 
 class TestCliMain(unittest.TestCase):
     def setUp(self):
@@ -140,6 +157,34 @@ class TestCliMain(unittest.TestCase):
         )
         self.assertEqual(code, 0)
         self.assertIn("3 subjects", out)
+
+    def test_allow_incomplete(self):
+        for case in ("A", "C"):
+            make_brats_case(self.root, case)
+        make_brats_case(self.root, "B", keys=("t1", "t2", "flair", "seg"))  # no t1ce
+        code, out, err = run_main("datalist", "--data-root", self.root, "--output", self.out)
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("case 'B': t1ce file not found", err)
+        self.assertIn(os.path.join(self.root, "B", "B_t1ce.nii.gz"), err)
+        self.assertIn("--allow-incomplete", err)
+        self.assertFalse(os.path.exists(self.out))
+        code, out, err = run_main(
+            "datalist", "--data-root", self.root, "--output", self.out, "--allow-incomplete", "--val-ratio", "0"
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("format brats2020, 3 subjects (training 3, validation 0, test 0), 0 skipped, 1 incomplete", out)
+        self.assertIn("incomplete 'B': lacks t1ce", out)
+        with open(self.out) as f:
+            dl = json.load(f)
+        self.assertEqual(dl["incomplete"], [{"subject": "B", "missing": ["t1ce"]}])
+        item = next(i for i in dl["training"] if i["subject"] == "B")
+        self.assertEqual(set(item), {"subject", "t1", "t2", "flair", "seg"})
+        # a case without any contrast is still an error
+        make_brats_case(self.root, "D", keys=("seg",))
+        code, _, err = run_main("datalist", "--data-root", self.root, "--output", self.out, "--allow-incomplete")
+        self.assertEqual(code, 2)
+        self.assertIn("case 'D': no contrast file found", err)
 
     @parameterized.expand(
         [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 import unittest
 import warnings
@@ -32,7 +33,7 @@ from monai_msgldm.data.datalist import (
     split_subjects,
     write_datalist,
 )
-from monai_msgldm.data.validation import InvalidCaseError
+from monai_msgldm.data.validation import InvalidCaseError, MissingCaseFileError
 from tests.data.test_validation import write_nifti
 
 __all__ = ["make_brats_case", "make_wmh_subject"]
@@ -318,6 +319,156 @@ class TestBuildWmh(unittest.TestCase):
     def test_nothing_found(self):
         with self.assertRaisesRegex(ValueError, f"no WMH subject found in data_root '{self.root}'"):
             build_wmh_datalist(self.root)
+
+
+class TestIncompleteStudies(unittest.TestCase):
+    """``allow_incomplete``: cases that lack some (not all) contrasts are kept, without a key for the absent ones."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.root = self._tmp.name
+        make_brats_case(self.root, "A")
+        make_brats_case(self.root, "B", keys=("t1", "t2", "flair", "seg"))  # no t1ce
+        make_brats_case(self.root, "C")
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_rejected_by_default_with_a_message_naming_case_file_and_option(self):
+        for build in (build_brats_datalist, build_datalist):
+            with self.subTest(build.__name__), self.assertRaises(MissingCaseFileError) as ctx:
+                build(self.root)
+            msg = str(ctx.exception)
+            self.assertTrue(msg.startswith("case 'B': t1ce file not found: expected "), msg)
+            self.assertIn(os.path.join(self.root, "B", "B_t1ce.nii.gz"), msg)
+            self.assertIn("allow_incomplete=True", msg)
+            self.assertIn("--allow-incomplete", msg)
+            self.assertIsInstance(ctx.exception, FileNotFoundError)
+            self.assertEqual(ctx.exception.paths, (os.path.join(self.root, "B", "B_t1ce.nii.gz"),))
+        # two absent contrasts are named together
+        os.remove(os.path.join(self.root, "B", "B_t2.nii.gz"))
+        with self.assertRaisesRegex(
+            MissingCaseFileError, "case 'B': t1ce, t2 files not found: expected .*B_t1ce.*B_t2"
+        ):
+            build_brats_datalist(self.root)
+
+    def test_accepted_with_allow_incomplete(self):
+        with self.assertLogs("monai_msgldm.data.datalist", "WARNING") as logs:
+            dl = build_brats_datalist(self.root, allow_incomplete=True, val_ratio=0, test_ratio=0)
+        self.assertEqual(len(logs.output), 1)
+        self.assertIn("1 of 3 brats2020 cases", logs.output[0])
+        self.assertIn("'B' lacks t1ce", logs.output[0])
+        self.assertEqual(dl["incomplete"], [{"subject": "B", "missing": ["t1ce"]}])
+        self.assertEqual(dl["skipped"], [])
+        self.assertEqual(dl["modalities"], list(MODALITIES))
+        items = {i["subject"]: i for i in dl["training"]}
+        self.assertEqual(sorted(items), ["A", "B", "C"])
+        self.assertEqual(
+            items["B"],
+            {
+                "subject": "B",
+                "t1": "B/B_t1.nii.gz",
+                "t2": "B/B_t2.nii.gz",
+                "flair": "B/B_flair.nii.gz",
+                "seg": "B/B_seg.nii.gz",
+            },
+        )
+        self.assertEqual(set(items["A"]), {"subject", *MODALITIES, "seg"})
+        # build_datalist (format auto) passes the option on and gives the same list
+        self.assertEqual(build_datalist(self.root, allow_incomplete=True, val_ratio=0, test_ratio=0), dl)
+        # MONAI's loader keeps the absent key absent (what the preprocessing's allow_missing_keys expects)
+        path = write_datalist(dl, os.path.join(self.root, "datalist.json"))
+        loaded = {
+            os.path.basename(i["subject"]): i
+            for i in load_decathlon_datalist(path, data_list_key="training", base_dir=dl["data_root"])
+        }
+        self.assertNotIn("t1ce", loaded["B"])
+        self.assertEqual(loaded["B"]["t2"], os.path.join(self.root, "B", "B_t2.nii.gz"))
+
+    def test_incomplete_always_listed(self):
+        make_brats_case(self.root, "B")  # complete again
+        for allow in (False, True):
+            self.assertEqual(build_brats_datalist(self.root, allow_incomplete=allow)["incomplete"], [])
+        with self.assertRaisesRegex(ValueError, "allow_incomplete to be a bool"):
+            build_brats_datalist(self.root, allow_incomplete="yes")
+
+    def test_still_invalid(self):
+        # no contrast at all (a folder with only the segmentation)
+        make_brats_case(self.root, "D", keys=("seg",))
+        with self.assertRaises(MissingCaseFileError) as ctx:
+            build_brats_datalist(self.root, allow_incomplete=True)
+        msg = str(ctx.exception)
+        self.assertIn("case 'D': no contrast file found: expected at least one of", msg)
+        for key in MODALITIES:
+            self.assertIn(os.path.join(self.root, "D", f"D_{key}.nii.gz"), msg)
+        with self.assertWarnsRegex(UserWarning, "skipping case 'D'"):
+            dl = build_brats_datalist(self.root, allow_incomplete=True, skip_invalid=True, val_ratio=0, test_ratio=0)
+        self.assertEqual([s["subject"] for s in dl["skipped"]], ["D"])
+        self.assertEqual(dl["incomplete"], [{"subject": "B", "missing": ["t1ce"]}])
+        self.assertEqual([i["subject"] for i in dl["training"]], ["A", "B", "C"])
+        os.remove(os.path.join(self.root, "D", "D_seg.nii.gz"))
+        os.rmdir(os.path.join(self.root, "D"))
+        # a missing segmentation when require_seg
+        os.remove(os.path.join(self.root, "B", "B_seg.nii.gz"))
+        with self.assertRaisesRegex(MissingCaseFileError, "case 'B': seg file not found"):
+            build_brats_datalist(self.root, allow_incomplete=True)
+        dl = build_brats_datalist(self.root, allow_incomplete=True, require_seg=False, val_ratio=0, test_ratio=0)
+        self.assertEqual(dl["incomplete"], [{"subject": "B", "missing": ["t1ce"]}])
+        make_brats_case(self.root, "B", keys=("seg",))
+        # several files for one key
+        make_brats_case(self.root, "B", keys=("t2",), ext=".nii")
+        with self.assertRaisesRegex(InvalidCaseError, "case 'B': several files match t2"):
+            build_brats_datalist(self.root, allow_incomplete=True)
+        os.remove(os.path.join(self.root, "B", "B_t2.nii"))
+        # the present files must share one grid
+        write_nifti(os.path.join(self.root, "B", "B_flair.nii.gz"), np.ones((8, 8, 7), np.float32))
+        with self.assertRaisesRegex(InvalidCaseError, "case 'B': spatial shapes differ.*B_t1.nii.gz.*B_flair.nii.gz"):
+            build_brats_datalist(self.root, allow_incomplete=True)
+
+    def test_wmh(self):
+        root = os.path.join(self.root, "wmh")
+        make_wmh_subject(root, "S/1", keys=("flair", "seg"))
+        make_wmh_subject(root, "S/2")
+        with self.assertRaisesRegex(MissingCaseFileError, "case 'S/1': t1 file not found.*allow_incomplete=True"):
+            build_wmh_datalist(root)
+        dl = build_datalist(root, allow_incomplete=True, val_ratio=0, test_ratio=0)
+        self.assertEqual(dl["incomplete"], [{"subject": "S/1", "missing": ["t1"]}])
+        items = {i["subject"]: i for i in dl["training"]}
+        self.assertEqual(items["S/1"], {"subject": "S/1", "flair": "S/1/pre/FLAIR.nii.gz", "seg": "S/1/wmh.nii.gz"})
+        self.assertEqual(set(items["S/2"]), {"subject", "flair", "t1", "seg"})
+
+
+class TestModalitySubset(unittest.TestCase):
+    """``modalities``: a model's contrast set, a subset of the format's, listed in its order."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.root = self._tmp.name
+        make_brats_case(self.root, "A")
+        make_brats_case(self.root, "B", keys=("t1", "t2", "flair", "seg"))  # no t1ce
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_subset_in_the_given_order(self):
+        dl = build_datalist(self.root, modalities=["flair", "t1"], val_ratio=0, test_ratio=0)
+        self.assertEqual(dl["modalities"], ["flair", "t1"])
+        self.assertEqual(dl["incomplete"], [])  # B lacks only a contrast the model does not use
+        for item in dl["training"]:
+            self.assertEqual(sorted(item), ["flair", "seg", "subject", "t1"])
+            self.assertEqual(item["t1"], f"{item['subject']}/{item['subject']}_t1.nii.gz")
+
+    def test_unknown_or_repeated_names(self):
+        for names, needle in ((["t1", "pd"], "['pd'] not in the data"), (["t1", "t1"], "distinct"), ([], "distinct")):
+            with self.subTest(names), self.assertRaisesRegex(ValueError, re.escape(needle)):
+                build_datalist(self.root, modalities=names)
+        wmh = os.path.join(self.root, "wmh")
+        make_wmh_subject(wmh, "s0", flat=True)
+        with self.assertRaisesRegex(ValueError, r"the wmh format holds the contrasts \['flair', 't1'\]"):
+            build_datalist(wmh, format="wmh", modalities=["t1", "t2"])
+        self.assertEqual(
+            build_datalist(wmh, format="wmh", modalities=["t1"], val_ratio=0, test_ratio=0)["modalities"], ["t1"]
+        )
 
 
 class TestDetectAndWrite(unittest.TestCase):

@@ -35,6 +35,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monai_msgldm.apps.monailabel.lib.infers import MSGLDMSynthesisTask  # noqa: E402
 from monai_msgldm.apps.monailabel.lib.studies import (  # noqa: E402
     StudyError,
+    bundle_modalities,
     resolve_num_samples,
     resolve_study,
     resolve_targets,
@@ -52,7 +53,8 @@ def default_bundle_path() -> str:
 
 
 class MSGLDMApp(MONAILabelApp):
-    """Serves the brats_mri_msgldm bundle as the inference model ``msgldm``.
+    """Serves the brats_mri_msgldm bundle as the inference model ``msgldm``, for the bundle's contrast set (the
+    ``modalities`` list of its ``configs/inference.json``, read once here; by default the BraTS four).
 
     Configuration (``--conf key value``): ``bundle`` (the bundle folder; default the checkout's
     ``bundles/brats_mri_msgldm``), ``preload`` (load the network at start, default false).
@@ -66,20 +68,22 @@ class MSGLDMApp(MONAILabelApp):
                     f"MSG-LDM app: the bundle at '{self.bundle_path}' has no {required} "
                     "(give --conf bundle <bundle folder> with a trained models/model.pt)."
                 )
+        self.modalities = bundle_modalities(self.bundle_path)  # ValueError naming the file when invalid
         # contrasts on different grids are registered by the bundle's preprocessing when its inference.json aligns
         with open(os.path.join(self.bundle_path, "configs", "inference.json")) as f:
             self.same_grid = not bool(json.load(f).get("align", False))
+        names = " / ".join(m.upper() for m in self.modalities)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
             name="MSG-LDM missing-contrast synthesis",
-            description="Synthesizes missing T1 / T1CE / T2 / FLAIR contrasts of a brain MRI study with MSG-LDM",
+            description=f"Synthesizes missing {names} contrasts of a brain MRI study with MSG-LDM",
             version="0.1.0",
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        task = MSGLDMSynthesisTask(self.bundle_path, self.conf)
+        task = MSGLDMSynthesisTask(self.bundle_path, self.conf, modalities=self.modalities)
         if not task.is_valid():
             raise RuntimeError(f"MSG-LDM app: the bundle at '{self.bundle_path}' could not be loaded.")
         return {MODEL_NAME: task}
@@ -92,8 +96,8 @@ class MSGLDMApp(MONAILabelApp):
             store = datastore if datastore else self.datastore()
             images = {i: store.get_image_uri(i) for i in store.list_images()}
             try:
-                study, files = resolve_study(str(request.get("image", "")), images)
-                resolve_targets(request.get("target"), list(files))
+                study, files = resolve_study(str(request.get("image", "")), images, self.modalities)
+                resolve_targets(request.get("target"), list(files), self.modalities)
                 if request.get("num_samples") is not None:
                     resolve_num_samples(request["num_samples"])
             except StudyError as e:

@@ -14,15 +14,9 @@ bundle and phantom studies, queried over REST."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,11 +32,11 @@ from monai_msgldm.apps.monailabel.lib.studies import (
     resolve_study,
     resolve_targets,
 )
+from tests.apps.monailabel.server import LabelServer
 
 __all__: list[str] = []
 
 REPO = Path(__file__).resolve().parents[3]
-APP_DIR = REPO / "monai_msgldm" / "apps" / "monailabel"
 BUNDLE_DIR = REPO / "bundles" / "brats_mri_msgldm"
 HAS_MONAILABEL = importlib.util.find_spec("monailabel") is not None and importlib.util.find_spec("requests") is not None
 
@@ -122,12 +116,6 @@ class TestStudies(unittest.TestCase):
         self.assertEqual(ctx.exception.status, 400)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _make_bundle_and_studies(root: str) -> tuple[str, str]:
     """A tiny bundle trained by the demo overlay (1-2 epochs per stage; its servable copy ``demo/bundle``) and a
     studies folder of two phantom subjects in the flat ``<study>_<modality>.nii.gz`` layout; the first study lacks
@@ -192,59 +180,21 @@ class TestMONAILabelServer(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp()
-        cls.bundle, cls.studies = _make_bundle_and_studies(cls.tmp)
-        cls.url = f"http://127.0.0.1:{_free_port()}"
-        cls.log = open(os.path.join(cls.tmp, "server.log"), "w+")
-        cmd = [
-            sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
-            "--studies", cls.studies, "--conf", "bundle", cls.bundle,
-            "--host", "127.0.0.1", "--port", cls.url.rsplit(":", 1)[1],
-        ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": os.path.join(cls.tmp, "sessions")}
-        cls.server = subprocess.Popen(cmd, stdout=cls.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        cls.info = cls._wait_for_server()
-
-    @classmethod
-    def _wait_for_server(cls) -> dict:
-        import requests
-
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if cls.server.poll() is not None:
-                cls.log.seek(0)
-                raise RuntimeError(f"the MONAI Label server exited early:\n{cls.log.read()[-4000:]}")
-            try:
-                response = requests.get(f"{cls.url}/info/", timeout=5)
-                if response.status_code == 200:
-                    return response.json()
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        cls.log.seek(0)
-        raise RuntimeError(f"the MONAI Label server did not answer within 240 s:\n{cls.log.read()[-4000:]}")
+        try:
+            cls.bundle, cls.studies = _make_bundle_and_studies(cls.tmp)
+            cls.server = LabelServer(cls.bundle, cls.studies, cls.tmp)
+        except BaseException:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise
+        cls.url, cls.info = cls.server.url, cls.server.info
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "server", None) is not None and cls.server.poll() is None:
-            os.killpg(cls.server.pid, signal.SIGTERM)
-            try:
-                cls.server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(cls.server.pid, signal.SIGKILL)
-                cls.server.wait(timeout=30)
-        if getattr(cls, "log", None) is not None:
-            cls.log.close()
+        cls.server.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def _infer(self, image: str, params: dict | None = None, output: str = "image"):
-        import requests
-
-        return requests.post(
-            f"{self.url}/infer/msgldm",
-            params={"image": image, "output": output},
-            data={"params": json.dumps(params or {})},
-            timeout=300,
-        )
+        return self.server.infer(image, params, output)
 
     def _study(self, index: int) -> str:
         names = sorted({f.rsplit("_", 1)[0] for f in os.listdir(self.studies) if f.endswith(".nii.gz")})

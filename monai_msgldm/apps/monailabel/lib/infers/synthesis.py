@@ -8,7 +8,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The MONAI Label inference task: synthesize missing contrasts of a study with the brats_mri_msgldm bundle."""
+"""The MONAI Label inference task: synthesize missing contrasts of a study with the brats_mri_msgldm bundle (any
+contrast set: the bundle's ``modalities``)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,15 @@ define_torchvision_schemas()  # monailabel's task modules import torchvision
 from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 
-from monai_msgldm.constants import MODALITIES  # noqa: E402
 from monai_msgldm.inferers.outputs import SaveSynthesizedModalitiesd  # noqa: E402
 
-from ..studies import StudyError, resolve_num_samples, resolve_targets  # noqa: E402
+from ..studies import (  # noqa: E402
+    StudyError,
+    bundle_modalities,
+    check_modalities,
+    resolve_num_samples,
+    resolve_targets,
+)
 
 __all__ = ["MSGLDMSynthesisTask"]
 
@@ -47,6 +53,8 @@ class MSGLDMSynthesisTask(BundleInferTask):
 
     The stock ``BundleInferTask`` assumes segmentation; this one differs where image-to-image synthesis needs it:
 
+    - contrasts: the bundle's contrast set (``modalities`` of its ``inference.json``, by default the BraTS four),
+      given by the app, which reads it once at start;
     - inputs: the request carries the study's contrast files (``study_files``: modality -> path, set by the app
       from the datastore, see :mod:`..studies`); the bundle's preprocessing loads and stacks them;
     - targets: the request parameter ``target`` (a modality name or a comma-separated list) selects what to
@@ -63,10 +71,15 @@ class MSGLDMSynthesisTask(BundleInferTask):
     Args:
         path: the bundle folder (with ``configs/inference.json`` and ``models/model.pt``).
         conf: the app's configuration (``--conf`` pairs).
+        modalities: the bundle's contrast set in channel order; None (the default) reads it from the bundle with
+            :func:`..studies.bundle_modalities`.
         kwargs: further ``BundleInferTask`` arguments.
     """
 
-    def __init__(self, path: str, conf: Mapping[str, str], **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, conf: Mapping[str, str], modalities: Sequence[str] | None = None, **kwargs: Any
+    ) -> None:
+        self.modalities = bundle_modalities(path) if modalities is None else check_modalities(modalities)
         super().__init__(
             path,
             dict(conf),
@@ -77,11 +90,12 @@ class MSGLDMSynthesisTask(BundleInferTask):
             load_strict=True,
             **kwargs,
         )
-        self.description = "MSG-LDM: synthesize missing T1 / T1CE / T2 / FLAIR contrasts from the available ones"
+        names = " / ".join(m.upper() for m in self.modalities)
+        self.description = f"MSG-LDM: synthesize missing {names} contrasts from the available ones"
 
     def info(self) -> dict[str, Any]:
         d = super().info()
-        d["modalities"] = list(MODALITIES)
+        d["modalities"] = list(self.modalities)
         d["params"] = {
             "target": "modality name(s), comma-separated; default: every missing one",
             "num_samples": "samples averaged per voxel (int >= 1); more than one adds their std maps to the answer",
@@ -92,10 +106,10 @@ class MSGLDMSynthesisTask(BundleInferTask):
         files = request.get("study_files")
         if not isinstance(files, Mapping) or not files:
             raise StudyError("the request carries no study files (use the MSG-LDM app, which resolves them).", 400)
-        targets = resolve_targets(request.get("target"), list(files))
+        targets = resolve_targets(request.get("target"), list(files), self.modalities)
         inputs = {m: os.fspath(p) for m, p in files.items() if m not in targets}
         req = dict(request)
-        for m in MODALITIES:
+        for m in self.modalities:  # only the study's files are inputs
             req.pop(m, None)
         req.update(inputs)
         req["case"] = str(request.get("study", "study"))
@@ -131,13 +145,18 @@ class MSGLDMSynthesisTask(BundleInferTask):
         folder = tempfile.mkdtemp(prefix="msgldm_label_")
         try:
             saver = SaveSynthesizedModalitiesd(
-                "pred", output_dir=folder, case_key="case", preview=False, std_key="pred_std"
+                "pred",
+                output_dir=folder,
+                modalities=self.modalities,
+                case_key="case",
+                preview=False,
+                std_key="pred_std",
             )
             written = saver(data)["pred_files"]
             by_name = {
                 f"{m}{std}": p
                 for p in written
-                for m in MODALITIES
+                for m in targets
                 for std in ("", "_std")
                 if p.endswith(f"_{m}_synth{std}.nii.gz")
             }
