@@ -244,12 +244,12 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         """The EMA copy of the UNet (``None`` without ``ema_decay``)."""
         return None if self.ema_handler is None else self.ema_handler.ema_model
 
-    def _maybe_calibrate(self, images: torch.Tensor) -> None:
+    def _maybe_calibrate(self, images: torch.Tensor, data_available: torch.Tensor) -> None:
         if self._scale_checked:
             return
         self._scale_checked = True
         if self.calibrate_scale_factor and float(self.msgldm.scale_factor) == 1.0:
-            self.msgldm.calibrate_scale_factor(images)
+            self.msgldm.calibrate_scale_factor(images, data_available)  # absent contrasts' fill left out
 
     def _cached_draws(self, batchdata: dict[str, Any], images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``noise``, ``timesteps`` and ``latents`` for the inferer from the latent cache, drawn in the order of the
@@ -267,7 +267,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         images, _, masks, _ = engine.prepare_batch(
             batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
         )
-        engine._maybe_calibrate(images)
+        engine._maybe_calibrate(images, masks[0])
         data_available, mask = masks[0], input_masks(engine, masks)
         engine.state.output = {Keys.IMAGE: images, "available": mask}
         engine.network.train()

@@ -62,8 +62,8 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
         evaluator = make_evaluator(net, target=["flair", "t1"])
         calibrations = []  # (images, value) of every calibration
         calibrate = net.calibrate_scale_factor
-        net.calibrate_scale_factor = lambda images: (
-            calibrations.append((images, calibrate(images))) or calibrations[-1][1]
+        net.calibrate_scale_factor = lambda images, available=None: (
+            calibrations.append((images, calibrate(images, available))) or calibrations[-1][1]
         )
         with tempfile.TemporaryDirectory() as tmp:
             trainer = LatentDiffusionTrainer(

@@ -220,10 +220,22 @@ class MultiContrastLDM(nn.Module):
         return self.unet(x, timesteps=timesteps, context=context)
 
     @torch.no_grad()
-    def calibrate_scale_factor(self, images: torch.Tensor) -> float:
-        """Set ``scale_factor`` to ``1 / std`` of the joint latent of ``images`` (the usual LDM recipe); returns it."""
+    def calibrate_scale_factor(self, images: torch.Tensor, available: torch.Tensor | None = None) -> float:
+        """Set ``scale_factor`` to ``1 / std`` of the joint latent of ``images`` (the usual LDM recipe); returns it.
+
+        Args:
+            images: ``(B, M, *S)``.
+            available: optional ``(B, M)`` bool, the contrasts the data has: the latents of absent contrasts (their
+                fill value) are left out of the std. None: every contrast counts.
+        """
         self.check_images(images)
         z = self.autoencoder.encode_stage_2_inputs(images)
+        if available is not None:
+            per_contrast = z.shape[1] // self.num_modalities
+            keep = torch.as_tensor(available, dtype=torch.bool, device=z.device).repeat_interleave(per_contrast, dim=1)
+            if not bool(keep.any()):
+                raise ValueError("calibrate_scale_factor expects at least one available contrast in the batch.")
+            z = z[keep]
         value = 1.0 / float(torch.std(z).clamp_min(1e-8))
         self.scale_factor.fill_(value)
         return value

@@ -160,6 +160,25 @@ class TestMSGLDM(unittest.TestCase):
         self.assertIn("scale_factor", net.state_dict())
         self.assertAlmostEqual(float(scaled.std()), 1.0, places=4)
 
+    def test_calibrate_scale_factor_present_contrasts_only(self):
+        """With ``available``, the std is over the latents of the present contrasts: a -1 fill of an absent contrast
+        (what the preprocessing writes) does not enter it."""
+        torch.manual_seed(0)
+        net = tiny_msgldm()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        images[0, 1] = -1.0  # case 0 lacks contrast 1
+        available = torch.tensor([[True, False, True, True], [True, True, True, True]])
+        with mock.patch.object(net.autoencoder, "encode_stage_2_inputs", net.autoencoder.encode_mean):
+            value = net.calibrate_scale_factor(images, available)
+            with torch.no_grad():
+                z = net.autoencoder.encode_mean(images)
+        per = z.shape[1] // 4
+        present = torch.cat([z[0, :per], z[0, 2 * per :], z[1]]).flatten()
+        self.assertAlmostEqual(value, 1.0 / float(present.std()), places=5)
+        self.assertNotAlmostEqual(value, 1.0 / float(z.std()), places=3)
+        with self.assertRaisesRegex(ValueError, "at least one available contrast"):
+            net.calibrate_scale_factor(images, torch.zeros(2, 4, dtype=torch.bool))
+
     def test_errors(self):
         net = tiny_msgldm()
         images = torch.randn(1, 4, 16, 16)
