@@ -16,11 +16,12 @@ Every model trains through the bundle's own configs (``run_bundle_workflow``) wi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common import BUNDLE, CONFIGS, preset_configs, write_json
@@ -35,6 +36,9 @@ __all__ = [
     "model_dir",
     "served_checkpoint",
     "train_model",
+    "train_models",
+    "evaluation_parser",
+    "contrast_set",
     "load_model",
     "model_sampler",
     "segmenter_checkpoint",
@@ -110,8 +114,13 @@ def served_checkpoint(work_dir: str | os.PathLike, name: str) -> str:
     return os.path.join(model_dir(work_dir, name), "models", "model.pt")
 
 
-def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any]) -> float:
+def train_model(
+    name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any], overlays: Sequence[str] = ()
+) -> float:
     """Train model ``name`` of :data:`MODELS` with ``budget`` into :func:`model_dir` unless its final checkpoint exists.
+
+    ``overlays``: bundle config files appended to every config list (e.g. ``wmh.json``: the two-contrast WMH model
+    on the WMH phantom); :func:`load_model` and the scoring need the same.
 
     Returns:
         the training wall time in seconds (0 when it was already trained).
@@ -127,7 +136,7 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
     ckpt_dir = os.path.join(out, "models")
     os.makedirs(ckpt_dir, exist_ok=True)
     if kind != "baseline_regression" and name != "msgldm":  # the latent models share msgldm's stage-0 autoencoder
-        train_model("msgldm", work_dir, budget)
+        train_model("msgldm", work_dir, budget, overlays)
         shared = ["autoencoder.pt"]
         if kind == "msgldm" and (base in STAGE2_ONLY or (base == "msgldm" and multiplier > 1)):
             shared.append("structure.pt")  # and, when only stage 2 differs, its stage-1 structure net
@@ -150,6 +159,7 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
         }
     else:
         overrides = {**overrides, "training": ["@run_stages"]}  # the stages only, not the demo's inference
+    configs += list(overlays)
     run_bundle_workflow(
         configs,
         meta,
@@ -161,6 +171,21 @@ def train_model(name: str, work_dir: str | os.PathLike, budget: Mapping[str, Any
     )
     seconds = time.perf_counter() - start
     write_json(os.path.join(out, "train_time.json"), {"seconds": seconds})
+    return seconds
+
+
+def train_models(
+    names: Sequence[str], work_dir: str | os.PathLike, budget: Mapping[str, Any], overlays: Sequence[str] = ()
+) -> dict[str, float]:
+    """Train each of ``names`` (:func:`train_model`); returns name -> recorded training seconds (of this run or the
+    run that trained it; absent when unrecorded)."""
+    seconds = {}
+    for name in names:
+        train_model(name, work_dir, budget, overlays)
+        record = os.path.join(model_dir(work_dir, name), "train_time.json")
+        if os.path.isfile(record):
+            with open(record) as f:
+                seconds[name] = json.load(f)["seconds"]
     return seconds
 
 
@@ -198,17 +223,32 @@ def train_segmenter(work_dir: str | os.PathLike, budget: Mapping[str, Any], epoc
 
 def load_segmenter_model(work_dir: str | os.PathLike) -> Any:
     """The trained, frozen segmenter (eval mode, no gradients) built from ``evaluate.json``'s ``segmenter_def``."""
-    from monai.bundle import ConfigParser
-
     from monai_msgldm.evaluation import load_segmenter
 
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
+    parser = evaluation_parser()
     return load_segmenter(parser.get_parsed_content("segmenter_def"), segmenter_checkpoint(work_dir), device="cpu")
 
 
-def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> Any:
-    """The trained model ``name`` (built from the bundle config it was trained with, served weights loaded)."""
+def evaluation_parser(overlays: Sequence[str] = ()) -> Any:
+    """A ``ConfigParser`` of ``inference.json`` + ``evaluate.json`` (+ ``overlays``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json"), *overlays])
+    return parser
+
+
+def contrast_set(overlays: Sequence[str] = ()) -> tuple[list[str], int]:
+    """``(modalities, lesion channel)`` of the evaluation config with ``overlays``: the contrasts in channel order and
+    the segmentation channel of the lesion the 3D SSIM is scored in (BraTS: the whole tumour, 1; WMH: 0)."""
+    parser = evaluation_parser(overlays)
+    seg_classes = list(parser.get_parsed_content("seg_classes"))
+    return list(parser.get_parsed_content("modalities")), seg_classes.index(parser.get_parsed_content("lesion_class"))
+
+
+def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu", overlays: Sequence[str] = ()) -> Any:
+    """The trained model ``name`` (built from the bundle config it was trained with, ``overlays`` included; served
+    weights loaded)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -216,6 +256,7 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu") -> A
     files = preset_configs("demo")
     if kind != "msgldm":
         files += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
+    files += list(overlays)
     parser = ConfigParser()
     parser.read_config(files)
     parser.update({"bundle_root": str(BUNDLE), **overrides})

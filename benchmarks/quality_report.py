@@ -19,7 +19,7 @@ from typing import Any
 
 from common import preset_parser, write_json
 from quality_models import load_model, model_dir
-from quality_scoring import subject_name, synthesis_inferer
+from quality_scoring import BRATS_GROUPS, subject_name, synthesis_inferer
 
 from monai_msgldm.constants import MODALITIES
 from monai_msgldm.utils.files import atomic_write_text
@@ -60,22 +60,28 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def markdown_report(result: Mapping[str, Any]) -> str:
-    """The markdown tables of a ``quality.main`` result."""
+    """The markdown tables of a ``quality.main`` result (or of ``quality_wmh.main``'s: its optional keys ``title``,
+    ``modalities``, ``groups``, ``target_labels`` (column names of the targets), ``lesion`` and ``lesion_region``
+    replace the BraTS defaults)."""
     summary, checks, budget = result["summary"], result["checks"], result["budget"]
+    modalities = result.get("modalities", MODALITIES)
+    labels = result.get("target_labels", {})
+    lesion = result.get("lesion", "tumour")
     lines = [
-        "# Quality benchmark",
+        f"# {result.get('title', 'Quality benchmark')}",
         "",
         f"Machine: {result['machine']['device']}, {result['machine']['torch_threads']} torch threads. "
         f"Phantom: {budget['phantom_subjects']} subjects at {budget['phantom_resolution']} mm, "
         f"{len(result['test_cases'])} held-out test subjects ({', '.join(result['test_cases'])}), 64 px slices. "
         f"Budget per model: {result['iterations']}. Synthesis: {result['ddim_steps']} DDIM steps. Slice PSNR (dB) / "
-        "SSIM (%) in the brain mask, mean over cases and scenarios; tumour: 3D SSIM (%) inside the whole tumour.",
+        f"SSIM (%) in the brain mask, mean over cases and scenarios; {lesion}: 3D SSIM (%) inside the "
+        f"{result.get('lesion_region', 'whole tumour')}.",
         "",
     ]
-    for group in ("3->1", "1->3"):
-        lines += [f"## {group}", "", "| model | " + " | ".join(f"{t} PSNR / SSIM" for t in MODALITIES)]
-        lines[-1] += " | mean PSNR | mean SSIM | tumour SSIM | train min |"
-        lines.append("|---" * (len(MODALITIES) + 5) + "|")
+    for group in result.get("groups", BRATS_GROUPS):
+        lines += [f"## {group}", "", "| model | " + " | ".join(f"{labels.get(t, t)} PSNR / SSIM" for t in modalities)]
+        lines[-1] += f" | mean PSNR | mean SSIM | {lesion} SSIM | train min |"
+        lines.append("|---" * (len(modalities) + 5) + "|")
         for model, groups in summary.items():
             g = groups.get(group)
             if g is None:
@@ -84,7 +90,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
                 f"{_fmt(g['targets'][t]['psnr'])} / {_fmt(g['targets'][t]['ssim'], 100, 1)}"
                 if t in g["targets"]
                 else "-"
-                for t in MODALITIES
+                for t in modalities
             ]
             minutes = result["train_seconds"].get(model)
             lines.append(
@@ -167,8 +173,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_quality_bars(summary: Mapping[str, Any], path: str) -> str:
-    """Bars of the mean 3->1 and 1->3 PSNR and SSIM of every model."""
+def plot_quality_bars(summary: Mapping[str, Any], path: str, groups: Sequence[str] = BRATS_GROUPS) -> str:
+    """Bars of the mean PSNR and SSIM of every model in each scenario group of ``groups`` (3->1 and 1->3)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,14 +185,13 @@ def plot_quality_bars(summary: Mapping[str, Any], path: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, metric, scale, label in ((axes[0], "psnr", 1, "PSNR (dB)"), (axes[1], "ssim", 100, "SSIM (%)")):
         x = np.arange(len(models))
-        for i, group in enumerate(("3->1", "1->3")):
+        width = 0.8 / len(groups)
+        for i, group in enumerate(groups):
             values = [(summary[m].get(group, {}).get("mean", {}).get(metric) or float("nan")) * scale for m in models]
-            ax.bar(x + (i - 0.5) * 0.4, values, width=0.4, label=group)
+            ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width=width, label=group)
         ax.set_xticks(x, models, rotation=30, ha="right")
         ax.set_ylabel(label)
-        finite = [
-            v for m in models for g in ("3->1", "1->3") if (v := summary[m].get(g, {}).get("mean", {}).get(metric))
-        ]
+        finite = [v for m in models for g in groups if (v := summary[m].get(g, {}).get("mean", {}).get(metric))]
         if finite:
             ax.set_ylim(min(finite) * scale * 0.9, max(finite) * scale * 1.03)
         ax.legend()
@@ -296,12 +301,15 @@ def plot_comparison(
     return save_figure(fig, path, dpi=_DPI)
 
 
-def render(result: Mapping[str, Any], output_dir: str) -> str:
-    """Write ``quality.json``, ``quality.md``, ``quality_bars.png`` and ``steps_vs_quality.png``; returns the report."""
-    write_json(os.path.join(output_dir, "quality.json"), result)
+def render(result: Mapping[str, Any], output_dir: str, name: str = "quality") -> str:
+    """Write ``<name>.json``, ``<name>.md``, ``<name>_bars.png`` and (with a steps curve) ``steps_vs_quality.png``;
+    returns the report."""
+    write_json(os.path.join(output_dir, f"{name}.json"), result)
     report = markdown_report(result)
-    atomic_write_text(os.path.join(output_dir, "quality.md"), report)
-    plot_quality_bars(result["summary"], os.path.join(output_dir, "quality_bars.png"))
+    atomic_write_text(os.path.join(output_dir, f"{name}.md"), report)
+    plot_quality_bars(
+        result["summary"], os.path.join(output_dir, f"{name}_bars.png"), result.get("groups", BRATS_GROUPS)
+    )
     if result["steps_curve"]:
         plot_steps_curve(result["steps_curve"], os.path.join(output_dir, "steps_vs_quality.png"))
     learning = result.get("learning_curves") or {}

@@ -21,13 +21,14 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import BUNDLE, CONFIGS, preset_values
-from quality_models import data_overrides, load_model, model_sampler
+from common import BUNDLE, preset_values
+from quality_models import contrast_set, data_overrides, evaluation_parser, load_model, model_sampler
 
 from monai_msgldm.constants import MODALITIES
 
 __all__ = [
     "METRICS",
+    "BRATS_GROUPS",
     "SAMPLING",
     "variant_name",
     "test_cases",
@@ -45,6 +46,9 @@ logger = logging.getLogger("quality")
 
 #: the metrics of a row of ``evaluate_synthesis``: slice PSNR and SSIM in the brain mask, 3D SSIM in the tumour
 METRICS = ("psnr", "ssim", "ssim3d_tumour")
+
+#: the scenario groups of the BraTS benchmark (four contrasts): three given, one missing; one given, three missing
+BRATS_GROUPS = ("3->1", "1->3")
 
 #: the further columns a summary averages when the rows have them: downstream Dice (completed and all-real cases)
 #: and the uncertainty scores of the sampling variants with several samples
@@ -74,12 +78,10 @@ def variant_name(name: str, sampling: str) -> str:
     return name if sampling == "plain" else f"{name}+{sampling}"
 
 
-def test_cases(budget: Mapping[str, Any]) -> list[dict]:
-    """The preprocessed held-out test subjects of the benchmark split (64 px, with the tumour segmentation)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
+def test_cases(budget: Mapping[str, Any], overlays: Sequence[str] = ()) -> list[dict]:
+    """The preprocessed held-out test subjects of the benchmark split (64 px, with the lesion segmentation);
+    ``overlays``: bundle config files of the contrast set and phantom (e.g. ``wmh.json``), as the models trained."""
+    parser = evaluation_parser(overlays)
     parser.update(
         {
             "bundle_root": str(BUNDLE),
@@ -93,10 +95,13 @@ def test_cases(budget: Mapping[str, Any]) -> list[dict]:
     return list(parser.get_parsed_content("dataloader"))
 
 
-def synthesis_inferer(name: str, ddim_steps: int, sampling: str = "plain") -> Any:
+def synthesis_inferer(
+    name: str, ddim_steps: int, sampling: str = "plain", modalities: Sequence[str] = MODALITIES
+) -> Any:
     """The inferer model ``name`` is scored with: its sampler (:func:`quality_models.model_sampler`: DDIM with
     ``ddim_steps`` steps on the model's schedule, or the regression's single pass) with the ``sampling`` variant of
-    :data:`SAMPLING`, 64 slices per batch (16 when averaging several samples), seed 0."""
+    :data:`SAMPLING`, 64 slices per batch (16 when averaging several samples), seed 0; ``modalities``: the model's
+    contrasts in channel order."""
     from monai_msgldm.inferers import ModalitySynthesisInferer
 
     guidance, num_samples = SAMPLING[sampling]
@@ -107,6 +112,7 @@ def synthesis_inferer(name: str, ddim_steps: int, sampling: str = "plain") -> An
         progress=False,
         num_samples=num_samples,
         return_std=num_samples > 1,
+        modalities=modalities,
     )
 
 
@@ -118,29 +124,44 @@ def evaluate_model(
     ddim_steps: int,
     sampling: str = "plain",
     segmenter: Any = None,
+    overlays: Sequence[str] = (),
 ) -> list[dict]:
     """Rows of ``evaluate_synthesis`` (one per case x scenario x target) for one model at ``ddim_steps`` with the
     ``sampling`` variant; the rows' ``model`` is :func:`variant_name`. With ``segmenter``, the downstream Dice
-    columns; with several samples, the uncertainty columns."""
+    columns; with several samples, the uncertainty columns. ``overlays``: the config files the model trained with
+    (its contrasts and lesion class follow, :func:`quality_models.contrast_set`)."""
     from monai_msgldm.evaluation import evaluate_synthesis
 
-    net = load_model(name, work_dir)
-    inferer = synthesis_inferer(name, ddim_steps, sampling)
-    rows = evaluate_synthesis(net, inferer, cases, scenarios=list(scenarios), device="cpu", segmenter=segmenter)
+    modalities, lesion_channel = contrast_set(overlays)
+    net = load_model(name, work_dir, overlays=overlays)
+    inferer = synthesis_inferer(name, ddim_steps, sampling, modalities)
+    rows = evaluate_synthesis(
+        net,
+        inferer,
+        cases,
+        scenarios=list(scenarios),
+        modalities=modalities,
+        tumour_channel=lesion_channel,
+        device="cpu",
+        segmenter=segmenter,
+    )
     for row in rows:
         row.update({"model": variant_name(name, sampling), "sampling": sampling, "ddim_steps": ddim_steps})
     return rows
 
 
-def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict]) -> list[dict]:
+def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict], overlays: Sequence[str] = ()) -> list[dict]:
     """What the shared stage-0 autoencoder loses alone: every contrast of every test case encoded and decoded
-    (posterior mean), scored like a 3 -> 1 synthesis of that contrast. No latent model can do better than this on
-    average, whatever its condition."""
+    (posterior mean), scored like a synthesis of that contrast from all the others (3 -> 1 for BraTS, 1 -> 1 for
+    the two WMH contrasts of ``overlays``). No latent model can do better than this on average, whatever its
+    condition."""
     import torch
 
-    from monai_msgldm.evaluation import brain_mask_from_available, masked_slice_psnr_ssim
+    from monai_msgldm.evaluation import brain_mask_from_available, masked_slice_psnr_ssim, scenario_group
 
-    net = load_model("msgldm", work_dir)
+    modalities, _ = contrast_set(overlays)
+    group = scenario_group(modalities[1:], len(modalities))
+    net = load_model("msgldm", work_dir, overlays=overlays)
     rows = []
     for index, case in enumerate(cases):
         truth = torch.as_tensor(case["image"]).float()  # (1, M, H, W, D)
@@ -148,12 +169,12 @@ def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict]) -> l
         with torch.no_grad():
             recon = net.autoencoder.decode_stage_2_outputs(net.autoencoder.encode_mean(slices)).clamp(-1, 1)
         recon = recon.permute(1, 2, 3, 0)  # (M, H, W, D)
-        for c, target in enumerate(MODALITIES):
-            flags = torch.tensor([m != c for m in range(len(MODALITIES))])
+        for c, target in enumerate(modalities):
+            flags = torch.tensor([m != c for m in range(len(modalities))])
             brain = brain_mask_from_available(truth[0], flags)
             psnr, ssim, _ = masked_slice_psnr_ssim(recon[c], truth[0, c], brain)
             rows.append(
-                {"model": "autoencoder_ceiling", "group": "3->1", "target": target, "case": subject_name(case, index)}
+                {"model": "autoencoder_ceiling", "group": group, "target": target, "case": subject_name(case, index)}
                 | {"psnr": psnr, "ssim": ssim, "ssim3d_tumour": None, "ddim_steps": None}
             )
     return rows
@@ -194,15 +215,16 @@ def mean_metric(rows: Sequence[Mapping[str, Any]], metric: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per model and scenario group: mean PSNR / SSIM / tumour SSIM per target and over all targets."""
+def summarize(rows: Sequence[Mapping[str, Any]], modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
+    """Per model and scenario group: mean PSNR / SSIM / tumour SSIM per target (in ``modalities`` order) and over all
+    targets."""
     out: dict[str, Any] = {}
     for row in rows:
         out.setdefault(row["model"], {}).setdefault(row["group"], [])
     for model, groups in out.items():
         for group in list(groups):
             members = [r for r in rows if r["model"] == model and r["group"] == group]
-            targets = sorted({r["target"] for r in members}, key=MODALITIES.index)
+            targets = sorted({r["target"] for r in members}, key=list(modalities).index)
             groups[group] = {
                 "targets": {
                     t: {m: mean_metric([r for r in members if r["target"] == t], m) for m in METRICS} for t in targets
@@ -225,17 +247,23 @@ def _best(summary: Mapping[str, Any], base: str, group: str) -> tuple[str, Mappi
     return max(variants, key=lambda v: v[1]["mean"]["psnr"]) if variants else None
 
 
-def _figures(name: str, g: Mapping[str, Any]) -> str:
+def _figures(name: str, g: Mapping[str, Any], lesion: str = "tumour") -> str:
     tumour = g["mean"]["ssim3d_tumour"]
     tumour_text = "-" if tumour is None else f"{100 * tumour:.1f} %"
-    return f"{name} {g['mean']['psnr']:.2f} dB / {100 * g['mean']['ssim']:.1f} % / tumour {tumour_text}"
+    return f"{name} {g['mean']['psnr']:.2f} dB / {100 * g['mean']['ssim']:.1f} % / {lesion} {tumour_text}"
 
 
-def target_checks(summary: Mapping[str, Any], curve: Mapping[str, Any]) -> list[dict]:
+def target_checks(
+    summary: Mapping[str, Any],
+    curve: Mapping[str, Any],
+    groups: Sequence[str] = BRATS_GROUPS,
+    lesion: str = "tumour",
+) -> list[dict]:
     """The quality targets, each with the figures it was judged on (MSG-LDM and the plain LDM each with their best
-    sampling variant)."""
+    sampling variant); ``groups``: the scenario groups compared (the autoencoder ceiling: on the first); ``lesion``:
+    what the 3D SSIM region is called."""
     checks = []
-    for group in ("3->1", "1->3"):
+    for group in groups:
         ours = _best(summary, "msgldm", group)
         if ours is None:
             continue
@@ -247,21 +275,22 @@ def target_checks(summary: Mapping[str, Any], curve: Mapping[str, Any]) -> list[
             met = all(a[m] is not None and b[m] is not None and a[m] > b[m] for m in ("psnr", "ssim", "ssim3d_tumour"))
             checks.append(
                 {
-                    "target": f"MSG-LDM ahead of {baseline} in mean PSNR, SSIM and tumour SSIM over the {group} "
+                    "target": f"MSG-LDM ahead of {baseline} in mean PSNR, SSIM and {lesion} SSIM over the {group} "
                     "scenarios (best sampling variant of each)",
                     "met": bool(met),
-                    "figures": f"{_figures(*ours)}; {_figures(*other)}",
+                    "figures": f"{_figures(*ours, lesion)}; {_figures(*other, lesion)}",
                 }
             )
     ours31, ours13 = _best(summary, "msgldm", "3->1"), _best(summary, "msgldm", "1->3")
-    ceiling = summary.get("autoencoder_ceiling", {}).get("3->1")
-    if ours31 is not None and ceiling is not None:
-        gap = ceiling["mean"]["psnr"] - ours31[1]["mean"]["psnr"]
+    first = _best(summary, "msgldm", groups[0])
+    ceiling = summary.get("autoencoder_ceiling", {}).get(groups[0])
+    if first is not None and ceiling is not None:
+        gap = ceiling["mean"]["psnr"] - first[1]["mean"]["psnr"]
         checks.append(
             {
-                "target": "MSG-LDM's best variant within 1.0 dB PSNR of its autoencoder ceiling on 3->1",
+                "target": f"MSG-LDM's best variant within 1.0 dB PSNR of its autoencoder ceiling on {groups[0]}",
                 "met": bool(gap <= 1.0),
-                "figures": f"{ours31[0]} {ours31[1]['mean']['psnr']:.2f} dB, ceiling {ceiling['mean']['psnr']:.2f} dB "
+                "figures": f"{first[0]} {first[1]['mean']['psnr']:.2f} dB, ceiling {ceiling['mean']['psnr']:.2f} dB "
                 f"(gap {gap:.2f} dB)",
             }
         )
@@ -275,7 +304,7 @@ def target_checks(summary: Mapping[str, Any], curve: Mapping[str, Any]) -> list[
                 f"(gain {gain:.2f} dB)",
             }
         )
-    for group in ("3->1", "1->3"):
+    for group in groups:
         best = _best(summary, "msgldm", group)
         if best is None or best[1]["mean"].get("dice_wt") is None:
             continue

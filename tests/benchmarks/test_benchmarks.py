@@ -214,40 +214,6 @@ class TestQualityBenchmark(unittest.TestCase):
         self.assertEqual(quality.train_model("plain_ldm", os.path.join(out, "models")), 0.0)
 
 
-class TestQualityWmhBenchmark(unittest.TestCase):
-    def test_main_tiny(self):
-        quality_wmh = _load("quality_wmh")
-        quality_wmh.BUDGET = {
-            "phantom_subjects": 4,
-            "phantom_resolution": 4.0,
-            "phantom_seed": 0,
-            "phantom_cache_dir": _TMP,
-            "val_ratio": 0.25,
-            "test_ratio": 0.25,
-            "split_seed": 0,
-            "epochs": {"autoencoder": 100, "structure": 100, "diffusion": 100},
-        }
-        out = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, out, True)
-        args = ["--work-dir", os.path.join(out, "models"), "--output-dir", out, "--ddim-steps", "2"]
-        self.assertEqual(quality_wmh.main(args + ["--budget-scale", "0.01"]), 0)
-        with open(os.path.join(out, "quality_wmh.json")) as f:
-            result = json.load(f)
-        self.assertEqual(result["budget"]["epochs"], {"autoencoder": 1, "structure": 1, "diffusion": 1})
-        self.assertEqual(sorted(result["summary"]), ["autoencoder_ceiling", "msgldm", "plain_ldm", "regression"])
-        for model in result["summary"]:
-            self.assertEqual(set(result["summary"][model]), {"1->1"})
-            self.assertEqual(list(result["summary"][model]["1->1"]["targets"]), ["flair", "t1"])
-        self.assertEqual(
-            sorted({(r["scenario"], r["target"]) for r in result["rows"] if r["model"] == "msgldm"}),
-            [("flair->t1", "t1"), ("t1->flair", "flair")],
-        )
-        self.assertEqual(set(result["train_seconds"]), {"msgldm", "plain_ldm", "regression"})
-        self.assertEqual(len(result["checks"]), 3)  # ahead of the two baselines, the ceiling gap
-        with open(os.path.join(out, "quality_wmh.md")) as f:
-            self.assertIn("FLAIR -> T1 PSNR / SSIM", f.read())
-
-
 class TestRunAll(unittest.TestCase):
     def test_runs_quality_then_speed_and_joins_the_reports(self):
         run_all = _load("run_all")
