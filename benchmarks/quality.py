@@ -19,9 +19,9 @@ iterations of each stage, the same for every model), then synthesizes the held-o
 - the 3 -> 1 scenarios at 10, 20, 50 and 100 DDIM steps for MSG-LDM and the plain LDM (steps-versus-quality);
 - the latent models with each ``--sampling`` variant (``quality_scoring.SAMPLING``: known-contrast guidance, the
   mean of 4 samples, both), each a row of its own (``msgldm+guided``...);
-- learning curves (``--budgets 1 2 4``): MSG-LDM, the plain LDM and the regression U-Net trained again with the
-  stage-2 / baseline epochs times each budget multiplier (``msgldm@2x``..., sharing stages 0 and 1), scored on
-  3 -> 1 and 1 -> 3 with plain sampling.
+- learning curves (``--budgets 0.5 1 2``): MSG-LDM (and its hybrid variant when listed), the plain LDM and the
+  regression U-Net trained again with the stage-2 / baseline epochs times each budget multiplier (``msgldm@2x``,
+  ``plain_ldm@0.5x``..., sharing stages 0 and 1), scored on 3 -> 1 and 1 -> 3 with plain sampling.
 
 The models:
 
@@ -57,7 +57,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_description  # noqa: E402
-from quality_models import BUDGET, MODELS, load_segmenter_model, model_dir, parse_model, train_segmenter  # noqa: E402
+from quality_models import (  # noqa: E402
+    BUDGET,
+    MODELS,
+    budget_label,
+    budget_multiplier,
+    load_segmenter_model,
+    model_dir,
+    parse_model,
+    train_segmenter,
+)
 from quality_models import train_model as _train_model  # noqa: E402
 from quality_report import iterations_text, plot_comparison, render  # noqa: E402
 from quality_scoring import (  # noqa: E402
@@ -73,8 +82,8 @@ from quality_scoring import (  # noqa: E402
     test_cases,
 )
 
-#: the models of the learning curves
-CURVE_MODELS = ("msgldm", "plain_ldm", "regression")
+#: the models of the learning curves (those of ``--models``)
+CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "regression")
 
 __all__ = ["BUDGET", "MODELS", "main", "train_model", "evaluate_model"]
 
@@ -108,16 +117,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sampling variants (latent models)",
     )
     parser.add_argument(
-        "--budgets", type=int, nargs="+", default=[1], help="learning-curve budget multipliers of the stage-2 epochs"
+        "--budgets",
+        type=str,
+        nargs="+",
+        default=["1"],
+        help="learning-curve budget multipliers of the stage-2 epochs (> 0, e.g. 0.25 0.5 1 2 4)",
     )
     parser.add_argument("--no-dice", action="store_true", help="skip the downstream Dice (no segmenter training)")
     parser.add_argument("--dice-epochs", type=int, default=None, help="segmenter epochs (train_segmenter.json's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    if any(k < 1 for k in args.budgets):
-        parser.error(f"--budgets expects multipliers >= 1, got {args.budgets}")
-    curve_names = [f"{m}@{k}x" for m in CURVE_MODELS if m in args.models for k in args.budgets if k > 1]
+    budgets = [budget_multiplier(k) for k in args.budgets]
+    if any(k is None for k in budgets):
+        parser.error(f"--budgets expects multipliers > 0, got {args.budgets}")
+    budgets = sorted(set(budgets))
+    curve_names = [f"{m}@{budget_label(k)}x" for m in CURVE_MODELS if m in args.models for k in budgets if k != 1]
     train_seconds = {}
     for name in [*args.models, *curve_names]:
         train_model(name, args.work_dir)
@@ -150,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in curve_names:
         rows += evaluate_model(name, args.work_dir, cases, ["3->1", "1->3"], args.ddim_steps)
     for base in [m for m in CURVE_MODELS if m in args.models]:
-        for k in sorted(set(args.budgets)):
-            label = base if k == 1 else f"{base}@{k}x"
-            learning.setdefault(base, {})[str(k)] = {
+        for k in budgets:
+            label = base if k == 1 else f"{base}@{budget_label(k)}x"
+            learning.setdefault(base, {})[budget_label(k)] = {
                 group: {
                     m: mean_metric([r for r in rows if r["model"] == label and r["group"] == group], m) for m in METRICS
                 }

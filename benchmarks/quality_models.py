@@ -32,6 +32,8 @@ __all__ = [
     "STAGE2_ONLY",
     "parse_model",
     "scaled_budget",
+    "budget_label",
+    "budget_multiplier",
     "data_overrides",
     "model_dir",
     "served_checkpoint",
@@ -59,14 +61,18 @@ BUDGET: dict[str, Any] = {
     "epochs": {"autoencoder": 60, "structure": 40, "diffusion": 300},
 }
 
+#: the paper's MSG-LDM: the UNet sees the given contrasts through ``F_s`` only (the bundle default is the hybrid
+#: condition since bundle 0.7.0, see docs/model.md)
+PAPER = {"hybrid_condition": False}
+
 #: model name -> (kind, bundle overrides); kind "msgldm" trains with train.json + demo.json
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "msgldm": ("msgldm", {}),
-    "msgldm_no_hfib": ("msgldm", {"structure_def#use_hfib": False}),
-    "msgldm_no_msse": ("msgldm", {"structure_def#use_msse": False}),
-    "msgldm_no_style_loss": ("msgldm", {"style_weight": 0.0}),
-    "msgldm_no_structure_loss": ("msgldm", {"structure_weight": 0.0}),
-    "msgldm_mean_fusion": ("msgldm", {"structure_def#use_fusion_gates": False}),
+    "msgldm": ("msgldm", PAPER),
+    "msgldm_no_hfib": ("msgldm", {**PAPER, "structure_def#use_hfib": False}),
+    "msgldm_no_msse": ("msgldm", {**PAPER, "structure_def#use_msse": False}),
+    "msgldm_no_style_loss": ("msgldm", {**PAPER, "style_weight": 0.0}),
+    "msgldm_no_structure_loss": ("msgldm", {**PAPER, "structure_weight": 0.0}),
+    "msgldm_mean_fusion": ("msgldm", {**PAPER, "structure_def#use_fusion_gates": False}),
     "msgldm_hybrid": ("msgldm", {"hybrid_condition": True}),
     "plain_ldm": ("baseline_ldm", {}),
     "regression": ("baseline_regression", {}),
@@ -77,25 +83,39 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 STAGE2_ONLY = ("msgldm_hybrid",)
 
 
-def parse_model(name: str) -> tuple[str, int]:
-    """``(model of MODELS, budget multiplier)`` of a benchmark model name: ``"msgldm"`` -> ``("msgldm", 1)``,
-    ``"plain_ldm@4x"`` -> ``("plain_ldm", 4)`` (the stage-2 / baseline epochs of the budget times 4; a learning-curve
-    point)."""
+def parse_model(name: str) -> tuple[str, float]:
+    """``(model of MODELS, budget multiplier)`` of a benchmark model name: ``"msgldm"`` -> ``("msgldm", 1.0)``,
+    ``"plain_ldm@4x"`` -> ``("plain_ldm", 4.0)``, ``"regression@0.5x"`` -> ``("regression", 0.5)`` (the stage-2 /
+    baseline epochs of the budget times the multiplier; a learning-curve point)."""
     base, sep, multiplier = name.partition("@")
-    if base not in MODELS or (sep and not (multiplier.endswith("x") and multiplier[:-1].isdigit())):
+    k = budget_multiplier(multiplier[:-1]) if sep and multiplier.endswith("x") else None
+    if base not in MODELS or (sep and k is None):
         raise ValueError(
-            f"unknown benchmark model {name!r}; expected one of {sorted(MODELS)}, optionally followed by @<k>x."
+            f"unknown benchmark model {name!r}; expected one of {sorted(MODELS)}, optionally followed by @<k>x "
+            "with a multiplier k > 0 (e.g. @2x, @0.5x)."
         )
-    k = int(multiplier[:-1]) if sep else 1
-    if k < 1:
-        raise ValueError(f"benchmark model {name!r}: the budget multiplier must be >= 1.")
-    return base, k
+    return base, 1.0 if k is None else k
 
 
-def scaled_budget(budget: Mapping[str, Any], multiplier: int) -> dict[str, Any]:
-    """``budget`` with the stage-2 (and baseline) epochs times ``multiplier``; stages 0 and 1 unchanged."""
+def budget_multiplier(text: str) -> float | None:
+    """The multiplier ``text`` (``"2"``, ``"0.5"``) as a float > 0, or ``None`` when it is not one."""
+    try:
+        k = float(text)
+    except ValueError:
+        return None
+    return k if k > 0 and k != float("inf") else None
+
+
+def budget_label(multiplier: float) -> str:
+    """The short text of a multiplier: ``1.0`` -> ``"1"``, ``0.5`` -> ``"0.5"`` (model names, JSON keys)."""
+    return f"{float(multiplier):g}"
+
+
+def scaled_budget(budget: Mapping[str, Any], multiplier: float) -> dict[str, Any]:
+    """``budget`` with the stage-2 (and baseline) epochs times ``multiplier`` (rounded, at least 1); stages 0 and 1
+    unchanged."""
     epochs = dict(budget["epochs"])
-    epochs["diffusion"] = int(epochs["diffusion"]) * int(multiplier)
+    epochs["diffusion"] = max(1, round(int(epochs["diffusion"]) * float(multiplier)))
     return {**budget, "epochs": epochs}
 
 
@@ -138,7 +158,7 @@ def train_model(
     if kind != "baseline_regression" and name != "msgldm":  # the latent models share msgldm's stage-0 autoencoder
         train_model("msgldm", work_dir, budget, overlays)
         shared = ["autoencoder.pt"]
-        if kind == "msgldm" and (base in STAGE2_ONLY or (base == "msgldm" and multiplier > 1)):
+        if kind == "msgldm" and (base in STAGE2_ONLY or (base == "msgldm" and multiplier != 1)):
             shared.append("structure.pt")  # and, when only stage 2 differs, its stage-1 structure net
         for file in shared:
             shutil.copyfile(os.path.join(model_dir(work_dir, "msgldm"), "models", file), os.path.join(ckpt_dir, file))

@@ -145,7 +145,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             )
         lines.append("")
     learning = result.get("learning_curves") or {}
-    budgets = sorted({int(k) for c in learning.values() for k in c})
+    budgets = sorted({k for c in learning.values() for k in c}, key=float)
     if len(budgets) > 1:
         lines += [
             "## Learning curves (plain sampling; stage-2 / baseline epochs times the budget multiplier)",
@@ -156,7 +156,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         for model, curve in learning.items():
             cells = []
             for k in budgets:
-                point = curve.get(str(k))
+                point = curve.get(k)
                 if point is None:
                     cells.append("-")
                     continue
@@ -235,9 +235,9 @@ def plot_learning_curves(learning: Mapping[str, Any], path: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, group in zip(axes, ("3->1", "1->3")):
         for model, curve in learning.items():
-            budgets = sorted(int(k) for k in curve)
-            values = [curve[str(k)][group]["psnr"] for k in budgets]
-            ax.plot(budgets, [float("nan") if v is None else v for v in values], "o-", label=model)
+            budgets = sorted(curve, key=float)
+            values = [curve[k][group]["psnr"] for k in budgets]
+            ax.plot([float(k) for k in budgets], [float("nan") if v is None else v for v in values], "o-", label=model)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("stage-2 budget (x today's iterations)")
         ax.set_ylabel("mean PSNR (dB)")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -169,28 +170,28 @@ class TestQualityBenchmark(unittest.TestCase):
         self.addCleanup(shutil.rmtree, out, True)
         models = ["msgldm", "plain_ldm", "regression"]
         args = ["--work-dir", os.path.join(out, "models"), "--output-dir", out, "--models", *models]
-        args += ["--sampling", "plain", "guided", "--budgets", "1", "2", "--dice-epochs", "1"]
+        args += ["--sampling", "plain", "guided", "--budgets", "1", "0.5", "--dice-epochs", "1"]
         self.assertEqual(quality.main(args + ["--ddim-steps", "2", "--curve-steps", "2"]), 0)
         with open(os.path.join(out, "quality.json")) as f:
             result = json.load(f)
         variants = ["msgldm+guided", "plain_ldm+guided"]
-        curve_points = ["msgldm@2x", "plain_ldm@2x", "regression@2x"]
+        curve_points = ["msgldm@0.5x", "plain_ldm@0.5x", "regression@0.5x"]
         self.assertEqual(sorted(result["summary"]), sorted(models + variants + curve_points + ["autoencoder_ceiling"]))
         for model in models + variants + curve_points:
             self.assertEqual(set(result["summary"][model]), {"3->1", "1->3"})
             self.assertEqual(set(result["summary"][model]["3->1"]["targets"]), {"t1", "t1ce", "t2", "flair"})
-        # the 2x MSG-LDM reuses msgldm's stages 0 and 1 (as msgldm_hybrid does); only stage 2 trained again
+        # the 0.5x MSG-LDM reuses msgldm's stages 0 and 1 (as msgldm_hybrid does); only stage 2 trained again
         work = os.path.join(out, "models")
-        for name in ("msgldm@2x",):
+        for name in ("msgldm@0.5x",):
             for ckpt in ("autoencoder.pt", "structure.pt"):
                 with open(os.path.join(work, "msgldm", "models", ckpt), "rb") as a:
                     with open(os.path.join(work, name, "models", ckpt), "rb") as b:
                         self.assertEqual(a.read(), b.read(), (name, ckpt))
         self.assertEqual(set(result["learning_curves"]), {"msgldm", "plain_ldm", "regression"})
-        self.assertEqual(set(result["learning_curves"]["msgldm"]), {"1", "2"})
+        self.assertEqual(set(result["learning_curves"]["msgldm"]), {"0.5", "1"})
         self.assertEqual(
-            result["learning_curves"]["msgldm"]["2"]["3->1"]["psnr"],
-            result["summary"]["msgldm@2x"]["3->1"]["mean"]["psnr"],
+            result["learning_curves"]["msgldm"]["0.5"]["3->1"]["psnr"],
+            result["summary"]["msgldm@0.5x"]["3->1"]["mean"]["psnr"],
         )
         self.assertEqual(set(result["steps_curve"]), {"msgldm", "plain_ldm"})
         self.assertEqual(set(result["steps_curve"]["msgldm"]), {"2"})
@@ -212,6 +213,45 @@ class TestQualityBenchmark(unittest.TestCase):
             self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
         # a second run trains nothing again
         self.assertEqual(quality.train_model("plain_ldm", os.path.join(out, "models")), 0.0)
+
+
+def _quality_models():
+    """``benchmarks/quality_models.py`` as ``quality.py`` imports it (with the benchmarks folder on the path)."""
+    _load("quality")
+    return importlib.import_module("quality_models")
+
+
+class TestQualityModelNames(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ("msgldm", "msgldm", 1.0, 300),
+            ("plain_ldm@4x", "plain_ldm", 4.0, 1200),
+            ("regression@0.5x", "regression", 0.5, 150),
+            ("msgldm_hybrid@0.25x", "msgldm_hybrid", 0.25, 75),
+            ("msgldm@0.001x", "msgldm", 0.001, 1),  # at least one epoch
+        ]
+    )
+    def test_budget_multiplier(self, name, base, multiplier, epochs):
+        models = _quality_models()
+        self.assertEqual(models.parse_model(name), (base, multiplier))
+        scaled = models.scaled_budget(models.BUDGET, multiplier)
+        self.assertEqual(scaled["epochs"]["diffusion"], epochs)
+        self.assertEqual(
+            {k: v for k, v in scaled["epochs"].items() if k != "diffusion"},
+            {k: v for k, v in models.BUDGET["epochs"].items() if k != "diffusion"},
+        )
+
+    @parameterized.expand([("unknown@2x",), ("msgldm@0x",), ("msgldm@-1x",), ("msgldm@twox",), ("msgldm@2",)])
+    def test_bad_names(self, name):
+        with self.assertRaisesRegex(ValueError, "unknown benchmark model"):
+            _quality_models().parse_model(name)
+
+    def test_paper_model_and_hybrid(self):
+        """``msgldm`` and its ablations stay the paper's F_s-only model whatever the bundle default is."""
+        models = _quality_models().MODELS
+        for name, (kind, overrides) in models.items():
+            if kind == "msgldm":
+                self.assertEqual(overrides["hybrid_condition"], name == "msgldm_hybrid", name)
 
 
 class TestRunAll(unittest.TestCase):

@@ -75,12 +75,12 @@ class TestContrastSetCounts(unittest.TestCase):
         self.assertEqual(parser.get_parsed_content("modalities"), modalities)
         self.assertEqual(parser.get_parsed_content("num_modalities"), m)
         self.assertEqual(parser.get_parsed_content("structure_def#seg_out_channels"), len(classes))
-        # the MSG-LDM UNet: noisy joint latent + F_s in, joint latent out (closed form of the channel counts)
-        self.assertEqual(parser.get_parsed_content("unet_def#in_channels"), m * latent + 16)
-        self.assertEqual(parser.get_parsed_content("unet_def#out_channels"), m * latent)
-        parser["hybrid_condition"] = True
+        # the MSG-LDM UNet (closed form of the channel counts): noisy joint latent + F_s + the hybrid condition's
+        # given latents and mask in (the default), joint latent out; without it, the paper's F_s only
         self.assertEqual(parser.get_parsed_content("unet_def#in_channels"), m * latent + 16 + m * (latent + 1))
+        self.assertEqual(parser.get_parsed_content("unet_def#out_channels"), m * latent)
         parser["hybrid_condition"] = False
+        self.assertEqual(parser.get_parsed_content("unet_def#in_channels"), m * latent + 16)
         net = parser.get_parsed_content("network_def")
         self.assertEqual(net.num_modalities, m)
         self.assertEqual(net.structure_net.num_modalities, m)

@@ -112,7 +112,7 @@ class TestTraceDenoiser(unittest.TestCase):
     def test_traced_denoiser_step_generalises(self):
         """The documented alternative: trace ``MSGLDM.forward(x, timesteps)`` (one denoiser call)."""
         torch.manual_seed(0)
-        channels = _NET.latent_channels() + _NET.structure_channels
+        channels = _NET.latent_channels() + _NET.condition_channels
         x, t = torch.randn(2, channels, 8, 8), torch.tensor([10, 500])
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

@@ -279,14 +279,16 @@ class TestDefaultNetworks(unittest.TestCase):
         unet = parser.get_parsed_content("unet_def")
         self.assertIsInstance(unet, DiffusionModelUNet)
         self.assertEqual(
-            (unet.in_channels, unet.out_channels, list(unet.block_out_channels)), (272, 16, [128, 128, 256])
-        )
+            (unet.in_channels, unet.out_channels, list(unet.block_out_channels)), (292, 16, [128, 128, 256])
+        )  # 16 latent + 256 F_s + the hybrid condition's 16 given latents and 4 mask channels (the default)
         structure = parser.get_parsed_content("structure_def")
         self.assertIsInstance(structure, StructureStyleNet)
         net = parser.get_parsed_content("network_def")
         # same shapes as the package's defaults (paper's scheduler, structure net with 3 segmentation channels)
         torch.manual_seed(0)
-        reference = MSGLDM(spatial_dims=2, structure_net=StructureStyleNet(spatial_dims=2, seg_out_channels=3))
+        reference = MSGLDM(
+            spatial_dims=2, structure_net=StructureStyleNet(spatial_dims=2, seg_out_channels=3), hybrid_condition=True
+        )
         self.assertEqual(
             {k: v.shape for k, v in net.state_dict().items()}, {k: v.shape for k, v in reference.state_dict().items()}
         )
@@ -339,7 +341,7 @@ class TestTrainDiffusionCLI(unittest.TestCase):
         self.assertNotEqual(float(served["scale_factor"]), 1.0)
         unet = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=16 + TINY_STRUCTURE["structure_channels"][-1],
+            in_channels=16 + TINY_STRUCTURE["structure_channels"][-1] + 16 + 4,  # the default hybrid condition
             out_channels=16,
             channels=TINY_UNET["channels"],
             attention_levels=(False, True, True),
@@ -347,7 +349,13 @@ class TestTrainDiffusionCLI(unittest.TestCase):
             num_head_channels=TINY_UNET["num_head_channels"],
             norm_num_groups=TINY_UNET["norm_num_groups"],
         )
-        model = MSGLDM(spatial_dims=2, autoencoder=_tiny_autoencoder(), structure_net=_tiny_structure_net(), unet=unet)
+        model = MSGLDM(
+            spatial_dims=2,
+            autoencoder=_tiny_autoencoder(),
+            structure_net=_tiny_structure_net(),
+            unet=unet,
+            hybrid_condition=True,
+        )
         model.load_state_dict(served)
         self.assertTrue(all(torch.isfinite(p).all() for p in model.parameters()))
 
