@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from .diffusion import MultiContrastDiffusionInferer, paper_noise_scheduler
+from .diffusion import MultiContrastDiffusionInferer, ddim_step_timesteps, paper_noise_scheduler
 from .inputs import check_case_files, synthesis_datalist
 from .model_loading import load_model_weights, require_checkpoint
 from .naming import case_name_from_files
@@ -28,6 +28,7 @@ __all__ = [
     "SaveSynthesizedModalitiesd",
     "case_name_from_files",
     "check_case_files",
+    "ddim_step_timesteps",
     "load_model_weights",
     "require_checkpoint",
     "resolve_availability",

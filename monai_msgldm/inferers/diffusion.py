@@ -30,7 +30,7 @@ from monai_msgldm.utils.availability import validate_availability
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["MultiContrastDiffusionInferer", "paper_noise_scheduler"]
+__all__ = ["MultiContrastDiffusionInferer", "ddim_step_timesteps", "paper_noise_scheduler"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,29 @@ def paper_noise_scheduler(kind: str = "ddpm", prediction_type: str = "epsilon") 
         prediction_type=prediction_type,
         clip_sample=False,
     )
+
+
+def ddim_step_timesteps(scheduler: DDIMScheduler, num_inference_steps: int, device=None) -> torch.Tensor:
+    """The timesteps at which ``DDIMScheduler.step`` is consistent: ``n k - 1, (n - 1) k - 1, ..., k - 1`` for
+    ``n = num_inference_steps`` and ``k = T // n`` (``T`` the training steps; the first is ``T - 1`` when ``n``
+    divides ``T``).
+
+    MONAI's ``DDIMScheduler.step`` moves the sample from ``t`` to ``t - k``, but its ``set_timesteps`` spaces the
+    timesteps evenly from ``T - 1`` to 0 (``linspace``), so with few steps the next call is labelled with another
+    timestep than the noise level the sample was moved to: with 2 steps the sample is moved from 999 to 499 and the
+    network is then told it is at 0. Here every step lands exactly on the next timestep (the last one on the clean
+    sample, ``final_alpha_cumprod``, since ``k - 1 - k < 0``). With ``T`` steps this is MONAI's own schedule.
+
+    Example::
+
+        >>> ddim_step_timesteps(DDIMScheduler(1000), 4).tolist()
+        [999, 749, 499, 249]
+    """
+    n = int(num_inference_steps)
+    total = int(scheduler.num_train_timesteps)
+    if not 1 <= n <= total:
+        raise ValueError(f"ddim_step_timesteps expects num_inference_steps in [1, {total}], got {num_inference_steps}.")
+    return ((n - torch.arange(n, device=device)) * (total // n) - 1).long()
 
 
 class MultiContrastDiffusionInferer(SynthesisSampler):
@@ -239,7 +262,8 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
     ) -> torch.Tensor:
         """The denoising loop: from ``noise`` to a clean joint latent, conditioned on ``condition``.
 
-        For each timestep of the scheduler: with ``known``, replace the ``known_mask`` channels of the latents by
+        For each timestep of the scheduler (for DDIM, :func:`ddim_step_timesteps`, the timesteps its ``step`` is
+        consistent with): with ``known``, replace the ``known_mask`` channels of the latents by
         ``scheduler.add_noise(known, noise, t)``; predict with ``network(cat([latents, condition]), t)`` (the whole
         batch at once); take the scheduler step (rectified flow steps to the next timestep explicitly; see
         :py:meth:`step`). With ``known``, the ``known_mask`` channels of the result are ``known`` exactly.
@@ -266,6 +290,8 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             scheduler.set_timesteps(self.num_inference_steps, device=noise.device, input_img_size_numel=numel)
         else:
             scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
+        if isinstance(scheduler, DDIMScheduler):
+            scheduler.timesteps = ddim_step_timesteps(scheduler, self.num_inference_steps, noise.device)
         # rectified flow steps explicitly to the next timestep (the last one to 0)
         next_timestep = (
             dict(zip(scheduler.timesteps.tolist(), scheduler.timesteps[1:].tolist() + [0]))

@@ -22,7 +22,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowSchedul
 from parameterized import parameterized
 
 import monai_msgldm.inferers.sampler as sampler_module
-from monai_msgldm.inferers import MultiContrastDiffusionInferer
+from monai_msgldm.inferers import MultiContrastDiffusionInferer, ddim_step_timesteps
 from monai_msgldm.utils import validate_availability
 from tests.networks.nets.test_msgldm import tiny_msgldm
 from tests.networks.nets.test_plain_ldm import _tiny as tiny_plain_ldm
@@ -93,6 +93,52 @@ class TestSamplingPath(unittest.TestCase):
         torch.testing.assert_close(out[~available], expected[~available], rtol=tol, atol=tol)
         torch.testing.assert_close(out[available], images[available], rtol=0, atol=0)
 
+    @parameterized.expand(
+        [
+            (f"{kind}_{steps}", kind, steps)
+            for kind in ("epsilon", "v_prediction")
+            for steps in (1, 2, 3, 7, 20, 30, 1000)
+        ]
+    )
+    def test_ddim_steps_land_on_the_timestep_they_are_labelled_with(self, _, kind, steps):
+        """Each DDIM step moves the latents to the noise level of the next timestep the network is called with: on
+        the deterministic path of the exact predictor, the noise it infers (the trajectory's) is the same at every
+        call, and the loop ends on the clean latent. MONAI's own linspace timesteps break the first property (with 2
+        steps the latents move from 999 to 499 and the next call is labelled 0)."""
+        torch.manual_seed(0)
+        z0 = torch.randn(2, 8, 4, 4)
+        scheduler = ddim(kind)
+        seen = []
+
+        class Recorder(_Oracle):
+            def forward(self, x, timesteps, context=None):
+                ab = self.scheduler.alphas_cumprod[timesteps.long()].view(-1, 1, 1, 1).to(x)
+                seen.append((x[:, : self.z0.shape[1]] - ab.sqrt() * self.z0) / (1 - ab).sqrt())
+                return super().forward(x, timesteps)
+
+        inferer = MultiContrastDiffusionInferer(scheduler, num_inference_steps=steps)
+        with torch.no_grad():
+            out = inferer.denoise(Recorder(z0, scheduler, kind), torch.randn(2, 8, 4, 4), torch.zeros(2, 0, 4, 4))
+        self.assertEqual(len(seen), steps)
+        for eps in seen[1:]:
+            torch.testing.assert_close(eps, seen[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out, z0, rtol=1e-4, atol=1e-4)
+
+    @parameterized.expand([(1,), (2,), (3,), (7,), (20,), (30,), (999,), (1000,)])
+    def test_ddim_step_timesteps(self, steps):
+        scheduler = ddim()
+        timesteps = ddim_step_timesteps(scheduler, steps)
+        k = 1000 // steps
+        self.assertEqual(timesteps.tolist(), [(steps - i) * k - 1 for i in range(steps)])
+        self.assertLessEqual(int(timesteps[0]), 999)
+        self.assertLess(int(timesteps[-1]) - k, 0)  # the last step ends on the clean sample
+        self.assertTrue(all(int(a) - k == int(b) for a, b in zip(timesteps[:-1], timesteps[1:])))
+        if steps == 1000:  # all steps: MONAI's own schedule
+            scheduler.set_timesteps(1000)
+            self.assertEqual(timesteps.tolist(), scheduler.timesteps.tolist())
+        with self.assertRaisesRegex(ValueError, "num_inference_steps in \\[1, 1000\\]"):
+            ddim_step_timesteps(scheduler, 1001)
+
     @parameterized.expand([("ddim", lambda: ddim("epsilon")), ("rflow", rflow), ("ddpm", lambda: ddpm("epsilon"))])
     def test_denoising_loop_matches_monai_sampler(self, _, make_scheduler):
         """Reference implementation: the loop gives what MONAI's DiffusionInferer.sample gives in concat mode. DDPM
@@ -110,6 +156,8 @@ class TestSamplingPath(unittest.TestCase):
                 reference_scheduler.set_timesteps(5, input_img_size_numel=16)
             else:
                 reference_scheduler.set_timesteps(5)
+            if isinstance(reference_scheduler, DDIMScheduler):  # the timesteps DDIM's step is consistent with
+                reference_scheduler.timesteps = ddim_step_timesteps(reference_scheduler, 5)
             torch.manual_seed(7)
             reference = DiffusionInferer(reference_scheduler).sample(
                 noise, net, reference_scheduler, conditioning=condition, mode="concat"
