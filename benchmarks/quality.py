@@ -16,7 +16,8 @@ iterations of each stage, the same for every model), then synthesizes the held-o
 
 - the 3 -> 1 and 1 -> 3 scenarios for every model at ``--ddim-steps`` (20) steps: slice PSNR / SSIM in the brain
   mask per target, and the 3D SSIM inside the tumour (``monai_msgldm.evaluation.evaluate_synthesis``);
-- the 3 -> 1 scenarios at 10, 20, 50 and 100 DDIM steps for MSG-LDM and the plain LDM (steps-versus-quality);
+- the 3 -> 1 scenarios at each of ``--curve-steps`` DDIM steps (10, 20, 50, 100) for MSG-LDM (and its hybrid variant
+  when listed) and the plain LDM (steps-versus-quality);
 - the latent models with each ``--sampling`` variant (``quality_scoring.SAMPLING``: known-contrast guidance, the
   mean of 4 samples, both), each a row of its own (``msgldm+guided``...);
 - learning curves (``--budgets 0.5 1 2``): MSG-LDM (and its hybrid variant when listed), the plain LDM and the
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
     rows += autoencoder_ceiling(args.work_dir, cases)
     summary = summarize(rows)
-    curve_models = [m for m in ("msgldm", "plain_ldm") if m in args.models]
+    curve_models = [m for m in ("msgldm", "msgldm_hybrid", "plain_ldm") if m in args.models]
     curve, curve_rows = steps_curve(curve_models, args.work_dir, cases, rows, args.curve_steps, args.ddim_steps)
     rows += curve_rows
     result = {

@@ -80,8 +80,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     ]
     for group in result.get("groups", BRATS_GROUPS):
         lines += [f"## {group}", "", "| model | " + " | ".join(f"{labels.get(t, t)} PSNR / SSIM" for t in modalities)]
-        lines[-1] += f" | mean PSNR | mean SSIM | {lesion} SSIM | train min |"
-        lines.append("|---" * (len(modalities) + 5) + "|")
+        lines[-1] += f" | mean PSNR | mean SSIM | {lesion} SSIM | sharpness | train min |"
+        lines.append("|---" * (len(modalities) + 6) + "|")
         for model, groups in summary.items():
             g = groups.get(group)
             if g is None:
@@ -97,16 +97,20 @@ def markdown_report(result: Mapping[str, Any]) -> str:
                 f"| {model} | "
                 + " | ".join(cells)
                 + f" | {_fmt(g['mean']['psnr'])} | {_fmt(g['mean']['ssim'], 100, 1)} | "
-                f"{_fmt(g['mean']['ssim3d_tumour'], 100, 1)} | {_fmt(minutes / 60 if minutes else None, 1, 1)} |"
+                f"{_fmt(g['mean']['ssim3d_tumour'], 100, 1)} | {_fmt(g['mean'].get('sharpness'))} | "
+                f"{_fmt(minutes / 60 if minutes else None, 1, 1)} |"
             )
         lines.append("")
     if result["steps_curve"]:
         steps = sorted({int(k) for c in result["steps_curve"].values() for k in c})
-        lines += ["## DDIM steps versus quality (3->1, mean PSNR / SSIM)", ""]
+        lines += ["## DDIM steps versus quality (3->1, mean PSNR / SSIM / sharpness)", ""]
         lines += ["| model | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
         for model, curve in result["steps_curve"].items():
             cells = [
-                f"{_fmt(curve[str(k)]['psnr'])} / {_fmt(curve[str(k)]['ssim'], 100, 1)}" if str(k) in curve else "-"
+                f"{_fmt(curve[str(k)]['psnr'])} / {_fmt(curve[str(k)]['ssim'], 100, 1)} / "
+                f"{_fmt(curve[str(k)].get('sharpness'))}"
+                if str(k) in curve
+                else "-"
                 for k in steps
             ]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")

@@ -45,7 +45,7 @@ __all__ = [
 logger = logging.getLogger("quality")
 
 #: the metrics of a row of ``evaluate_synthesis``: slice PSNR and SSIM in the brain mask, 3D SSIM in the tumour
-METRICS = ("psnr", "ssim", "ssim3d_tumour")
+METRICS = ("psnr", "ssim", "ssim3d_tumour", "sharpness")
 
 #: the scenario groups of the BraTS benchmark (four contrasts): three given, one missing; one given, three missing
 BRATS_GROUPS = ("3->1", "1->3")
@@ -157,7 +157,12 @@ def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict], over
     condition."""
     import torch
 
-    from monai_msgldm.evaluation import brain_mask_from_available, masked_slice_psnr_ssim, scenario_group
+    from monai_msgldm.evaluation import (
+        brain_mask_from_available,
+        masked_slice_psnr_ssim,
+        scenario_group,
+        sharpness_ratio,
+    )
 
     modalities, _ = contrast_set(overlays)
     group = scenario_group(modalities[1:], len(modalities))
@@ -176,6 +181,7 @@ def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict], over
             rows.append(
                 {"model": "autoencoder_ceiling", "group": group, "target": target, "case": subject_name(case, index)}
                 | {"psnr": psnr, "ssim": ssim, "ssim3d_tumour": None, "ddim_steps": None}
+                | {"sharpness": sharpness_ratio(recon[c], truth[0, c], brain)}
             )
     return rows
 

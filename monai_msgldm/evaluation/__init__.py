@@ -13,6 +13,8 @@
 - :mod:`.scenarios`: the test cases and their scenarios as (case, scenario) items (:class:`ScenarioSamples`);
 - :mod:`.metrics`: the paper's slice PSNR/SSIM in the brain and BraSyn's 3D SSIM by region, as functions and as
   MONAI metrics;
+- :mod:`.sharpness`: whether the synthesis is as sharp as the truth (mean gradient magnitude ratio), which tells a
+  blurred synthesis from a sharp one of the same PSNR;
 - :mod:`.segmentation`: BraSyn's downstream Dice (TC, WT, ET) of a frozen segmenter on the case completed with the
   synthesis, beside the same with all real contrasts;
 - :mod:`.uncertainty`: whether the per-voxel standard deviation of several samples points at the errors (Spearman
@@ -59,6 +61,7 @@ from .segmentation import (
     region_dice,
     segment_case,
 )
+from .sharpness import SHARPNESS_NAMES, SynthesisSharpnessMetric, sharpness_ratio
 from .uncertainty import (
     UNCERTAINTY_NAMES,
     SynthesisUncertaintyMetric,
@@ -76,6 +79,7 @@ __all__ = [
     "OPTIONAL_METRIC_COLUMNS",
     "OPTIONAL_METRIC_NAMES",
     "ROW_KEYS",
+    "SHARPNESS_NAMES",
     "UNCERTAINTY_NAMES",
     "BrainSlicePSNRSSIMMetric",
     "DownstreamDiceMetric",
@@ -84,6 +88,7 @@ __all__ = [
     "ScenarioSamples",
     "SynthesisGridSaver",
     "SynthesisMetricsWriter",
+    "SynthesisSharpnessMetric",
     "SynthesisUncertaintyMetric",
     "average_ranks",
     "brain_mask_from_available",
@@ -99,6 +104,7 @@ __all__ = [
     "scenario_group",
     "scenario_name",
     "segment_case",
+    "sharpness_ratio",
     "spearman_correlation",
     "summarize_metrics",
     "uncertainty_error_split",

@@ -31,6 +31,7 @@ from .metrics import BrainSlicePSNRSSIMMetric, RegionVolumeSSIMMetric, brain_mas
 from .report import write_metrics
 from .scenarios import scenario_group, scenario_name
 from .segmentation import DOWNSTREAM_DICE_NAMES
+from .sharpness import SynthesisSharpnessMetric
 from .uncertainty import UNCERTAINTY_NAMES
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
 DEFAULT_METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
     "slice_psnr_ssim": BrainSlicePSNRSSIMMetric.value_names,
     "volume_ssim": RegionVolumeSSIMMetric.value_names,
+    "sharpness": SynthesisSharpnessMetric.value_names,
 }
 
 #: The same for the metrics an evaluation may run or not (``evaluate.json``'s ``downstream_dice`` and

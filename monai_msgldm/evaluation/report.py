@@ -10,7 +10,8 @@
 # limitations under the License.
 """The evaluation report: one row per (case, scenario, missing target), summaries, and ``metrics.{csv,json,md}``.
 
-The columns of :data:`ROW_KEYS` are in every row; those of :data:`OPTIONAL_METRIC_NAMES` (the downstream Dice of
+The columns of :data:`ROW_KEYS` (the slice PSNR/SSIM and 3D SSIM of :mod:`.metrics`, the sharpness of
+:mod:`.sharpness`) are in every row; those of :data:`OPTIONAL_METRIC_NAMES` (the downstream Dice of
 :mod:`.segmentation`, the uncertainty scores of :mod:`.uncertainty`) are written when the rows have them.
 """
 
@@ -29,12 +30,16 @@ from monai_msgldm.utils.files import atomic_write_text
 
 from .metrics import METRIC_NAMES, finite_stats
 from .segmentation import BRATS_REGIONS, DOWNSTREAM_DICE_NAMES
+from .sharpness import SHARPNESS_NAMES
 from .uncertainty import UNCERTAINTY_NAMES
 
 __all__ = ["OPTIONAL_METRIC_NAMES", "ROW_KEYS", "summarize_metrics", "write_metrics"]
 
+#: The metric columns of every result row, in output order.
+_DEFAULT_METRIC_NAMES: tuple[str, ...] = (*METRIC_NAMES, *SHARPNESS_NAMES)
+
 #: Columns of a result row, in output order.
-ROW_KEYS: tuple[str, ...] = ("case", "scenario", "group", "available", "target", "num_slices", *METRIC_NAMES)
+ROW_KEYS: tuple[str, ...] = ("case", "scenario", "group", "available", "target", "num_slices", *_DEFAULT_METRIC_NAMES)
 
 #: Metric columns written after :data:`ROW_KEYS` when the rows have them, in output order.
 OPTIONAL_METRIC_NAMES: tuple[str, ...] = (*DOWNSTREAM_DICE_NAMES, *UNCERTAINTY_NAMES)
@@ -63,7 +68,7 @@ def summarize_metrics(rows: Sequence[Mapping[str, Any]], by: Sequence[str] = ("s
     out = []
     for key, members in groups.items():
         entry: dict[str, Any] = dict(zip(by, key))
-        for metric in (*METRIC_NAMES, *OPTIONAL_METRIC_NAMES):
+        for metric in (*_DEFAULT_METRIC_NAMES, *OPTIONAL_METRIC_NAMES):
             if any(metric in r for r in members):
                 entry[metric] = finite_stats([r.get(metric) for r in members])
         out.append(entry)
@@ -87,10 +92,11 @@ def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "",
         "Means ± std over cases and scenarios of each group (finite values only). PSNR (dB) and SSIM (%) on axial "
         "slices in [-1, 1] inside the brain; SSIM3D (%): BraSyn-style 3D SSIM of 0.5-99.5 percentile-rescaled "
-        "volumes inside the brain, the whole tumour and the brain outside the tumour.",
+        "volumes inside the brain, the whole tumour and the brain outside the tumour; sharpness: mean in-plane gradient "
+        "magnitude of the synthesis over that of the truth inside the brain (1: as sharp as the truth, < 1: blurred).",
         "",
-        "| group | target | rows | PSNR | SSIM | SSIM3D brain | SSIM3D tumour | SSIM3D healthy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| group | target | rows | PSNR | SSIM | SSIM3D brain | SSIM3D tumour | SSIM3D healthy | sharpness |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     counts: dict[tuple, int] = {}
     for row in rows:
@@ -102,7 +108,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {e['group']} | {e['target']} | {counts[(e['group'], e['target'])]} | {cell(e.get('psnr'))} | "
             f"{cell(e.get('ssim'), 100)} | {cell(e.get('ssim3d_brain'), 100)} | {cell(e.get('ssim3d_tumour'), 100)} | "
-            f"{cell(e.get('ssim3d_healthy'), 100)} |"
+            f"{cell(e.get('ssim3d_healthy'), 100)} | {cell(e.get('sharpness'))} |"
         )
     present = _present(rows)
     if any(m in present for m in DOWNSTREAM_DICE_NAMES):
@@ -194,7 +200,7 @@ def write_metrics(rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLi
     for row in rows:
         writer.writerow({k: row.get(k, math.nan) for k in columns})
     document: dict[str, Any] = {
-        "metrics": [*METRIC_NAMES, *present],
+        "metrics": [*_DEFAULT_METRIC_NAMES, *present],
         "rows": [{k: _json_value(row.get(k, math.nan)) for k in columns} for row in rows],
         "aggregate": {
             "by_scenario_target": summarize_metrics(rows, ("scenario", "target")),

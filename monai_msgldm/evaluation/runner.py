@@ -28,6 +28,7 @@ from .handlers import ExtraInputMetricHandler, SynthesisGridSaver, SynthesisMetr
 from .metrics import BrainSlicePSNRSSIMMetric, RegionVolumeSSIMMetric
 from .scenarios import ScenarioSamples
 from .segmentation import DownstreamDiceMetric
+from .sharpness import SynthesisSharpnessMetric
 from .uncertainty import SynthesisUncertaintyMetric
 
 __all__ = ["evaluate_synthesis"]
@@ -55,8 +56,9 @@ def evaluate_synthesis(
     (one preprocessed case ``(1, M, H, W, D)`` in [-1, 1] with every modality present, as made by
     ``brats_preprocessing_transforms``) into one item per scenario (:class:`ScenarioSamples`; the missing channels
     set to -1 by ``ApplyModalityMaskd``); the evaluator calls ``inferer(image, network, available=mask)`` through
-    ``PrepareBatchExtraInput``; :class:`BrainSlicePSNRSSIMMetric` and :class:`RegionVolumeSSIMMetric` (tumour: channel
-    ``tumour_channel`` of ``batch[seg_key]``; none when ``seg_key`` is None or absent) score each missing target;
+    ``PrepareBatchExtraInput``; :class:`BrainSlicePSNRSSIMMetric`, :class:`RegionVolumeSSIMMetric` (tumour: channel
+    ``tumour_channel`` of ``batch[seg_key]``; none when ``seg_key`` is None or absent) and
+    :class:`SynthesisSharpnessMetric` score each missing target;
     :class:`SynthesisMetricsWriter` makes the rows. With a ``segmenter`` (the frozen BraSyn segmenter,
     :func:`load_segmenter`), :class:`DownstreamDiceMetric` adds the Dice of the completed and of the all-real case
     (needs ``seg_key``). When the inferer returns the std map of several samples (``ModalitySynthesisInferer(
@@ -81,8 +83,8 @@ def evaluate_synthesis(
         segmenter: the frozen segmenter of the downstream Dice, or None (no Dice columns).
 
     Returns:
-        one row per case x scenario x target: ``case, scenario, group, available, target, num_slices`` and
-        :data:`METRIC_NAMES`.
+        one row per case x scenario x target: ``case, scenario, group, available, target, num_slices``,
+        :data:`METRIC_NAMES` and ``sharpness``.
 
     Raises:
         ValueError: no case, a batch of several cases, a missing image, or a case lacking a modality.
@@ -103,7 +105,8 @@ def evaluate_synthesis(
     if figures and output_dir is not None:
         handlers.append(SynthesisGridSaver(os.path.join(output_dir, "figures"), modalities))
     additional: dict[str, Any] = {
-        "volume_ssim": ExtraInputMetricHandler(RegionVolumeSSIMMetric(tumour_channel, lower, upper), extra_keys)
+        "volume_ssim": ExtraInputMetricHandler(RegionVolumeSSIMMetric(tumour_channel, lower, upper), extra_keys),
+        "sharpness": ExtraInputMetricHandler(SynthesisSharpnessMetric(), extra_keys),
     }
     if segmenter is not None:
         if seg_key is None:

@@ -37,6 +37,7 @@ from monai_msgldm.evaluation import (
     masked_slice_psnr_ssim,
     region_dice,
     segment_case,
+    sharpness_ratio,
     uncertainty_scores,
     volume_ssim_by_region,
 )
@@ -53,7 +54,7 @@ LOGGING = BUNDLE_DIR / "configs" / "logging.conf"
 
 # the tiny networks and 64 px slices of test_inference.py, with two DDIM steps
 TINY = {**INFERENCE_TINY, "ddim_steps": 2}
-METRICS = ("psnr", "ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy")
+METRICS = ("psnr", "ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy", "sharpness")
 
 
 def _reference_rows(rows: list[dict], **overrides) -> list[dict]:
@@ -80,6 +81,7 @@ def _reference_rows(rows: list[dict], **overrides) -> list[dict]:
         tumour = case["seg"][0, 1].as_tensor() > 0.5 if "seg" in case else None
         out.append(
             {"num_slices": n, "psnr": psnr, "ssim": ssim, **volume_ssim_by_region(pred[c], truth[0, c], brain, tumour)}
+            | {"sharpness": sharpness_ratio(pred[c], truth[0, c], brain)}
         )
     return out
 
@@ -232,6 +234,7 @@ class TestEvaluateConfig(unittest.TestCase):
             self.assertEqual(r["ssim3d_tumour"], "nan")
             self.assertEqual(r["ssim3d_healthy"], "nan")
             self.assertTrue(math.isfinite(float(r["ssim"])) and math.isfinite(float(r["ssim3d_brain"])))
+            self.assertTrue(math.isfinite(float(r["sharpness"])))
         self.assertIsNone(doc["rows"][0]["ssim3d_tumour"])
         self.assertFalse(os.path.exists(os.path.join(self.out, "datalist.json")))
 
@@ -310,7 +313,7 @@ class TestEvaluateConfig(unittest.TestCase):
         parser.read_config(CONFIG)
         parser.update({**TINY, "bundle_root": os.path.join(self.out, "no_bundle")})
         self.assertFalse(parser.get_parsed_content("downstream_dice"))
-        self.assertEqual(sorted(parser.get_parsed_content("additional_metrics")), ["volume_ssim"])
+        self.assertEqual(sorted(parser.get_parsed_content("additional_metrics")), ["sharpness", "volume_ssim"])
         self.assertIsNone(parser.get_parsed_content("segmenter"))
         self.assertEqual(
             parser.get_parsed_content("segmenter_checkpoint"),

@@ -24,6 +24,7 @@ from monai_msgldm.evaluation import (
     ExtraInputMetricHandler,
     RegionVolumeSSIMMetric,
     SynthesisMetricsWriter,
+    SynthesisSharpnessMetric,
 )
 
 __all__: list[str] = []
@@ -92,9 +93,13 @@ class TestExtraInputMetricHandler(unittest.TestCase):
 
 
 class TestSynthesisMetricsWriter(unittest.TestCase):
-    def _run(self, writer, details_names=("slice_psnr_ssim", "volume_ssim")):
+    def _run(self, writer, details_names=("slice_psnr_ssim", "volume_ssim", "sharpness")):
         engine = _engine(False)
-        metrics = {"slice_psnr_ssim": BrainSlicePSNRSSIMMetric(), "volume_ssim": RegionVolumeSSIMMetric()}
+        metrics = {
+            "slice_psnr_ssim": BrainSlicePSNRSSIMMetric(),
+            "volume_ssim": RegionVolumeSSIMMetric(),
+            "sharpness": SynthesisSharpnessMetric(),
+        }
         for name in details_names:
             ExtraInputMetricHandler(metrics[name], {"available": "available", "seg": "seg"}).attach(engine, name)
         writer.attach(engine)
@@ -115,10 +120,14 @@ class TestSynthesisMetricsWriter(unittest.TestCase):
             self.assertIsInstance(row["num_slices"], int)
             self.assertEqual([row["psnr"], row["ssim"]], slices[i, c, 1:].tolist())
             self.assertEqual([row["ssim3d_brain"], row["ssim3d_healthy"]], volume[i, c, [0, 2]].tolist())
+            self.assertEqual(row["sharpness"], engine.state.metric_details["sharpness"][i, c, 0].item())
+            self.assertTrue(math.isfinite(row["sharpness"]))
 
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "details of metric 'volume_ssim'"):
             self._run(SynthesisMetricsWriter(), details_names=("slice_psnr_ssim",))
+        with self.assertRaisesRegex(ValueError, "details of metric 'sharpness'"):
+            self._run(SynthesisMetricsWriter(), details_names=("slice_psnr_ssim", "volume_ssim"))
         with self.assertRaisesRegex(ValueError, "of shape \\(2, 4, 2\\)"):
             self._run(SynthesisMetricsWriter(metric_columns={"slice_psnr_ssim": ("num_slices", "psnr")}))
 

@@ -37,6 +37,7 @@ def _row(case, target, psnr, ssim=0.5, group="3->1"):
         "ssim3d_brain": 0.4,
         "ssim3d_tumour": math.nan,
         "ssim3d_healthy": 0.3,
+        "sharpness": 0.8,
     }
 
 
@@ -56,6 +57,8 @@ class TestWriteMetrics(unittest.TestCase):
         self.assertAlmostEqual(brain["std"], 0.0, places=12)
         self.assertEqual(summary[0]["ssim3d_tumour"], {"mean": None, "std": None, "n": 0})
         self.assertEqual(summary[1]["psnr"], {"mean": 5.0, "std": 0.0, "n": 1})
+        self.assertEqual(summary[0]["sharpness"]["n"], 3)
+        self.assertAlmostEqual(summary[0]["sharpness"]["mean"], 0.8, places=12)
 
     def test_files(self):
         rows = [_row("a", "t1", 10.0), _row("b", "t1", 20.0), _row("a", "flair", math.inf, group="1->3")]
@@ -73,7 +76,10 @@ class TestWriteMetrics(unittest.TestCase):
         self.assertEqual(table[0]["ssim3d_tumour"], "nan")
         with open(paths["json"]) as f:
             doc = json.load(f)
-        self.assertEqual(doc["metrics"], ["psnr", "ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy"])
+        self.assertEqual(
+            doc["metrics"], ["psnr", "ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy", "sharpness"]
+        )
+        self.assertEqual(table[0]["sharpness"], "0.8")
         self.assertEqual(len(doc["rows"]), 3)
         self.assertIsNone(doc["rows"][2]["psnr"])
         self.assertIsNone(doc["rows"][0]["ssim3d_tumour"])
@@ -83,7 +89,10 @@ class TestWriteMetrics(unittest.TestCase):
         self.assertEqual(len(doc["aggregate"]["by_scenario_target"]), 2)
         with open(paths["md"]) as f:
             md = f.read()
-        self.assertIn("| 3->1 | t1 | 2 | 15.00 ± 5.00 | 50.00 ± 0.00 | 40.00 ± 0.00 | n/a | 30.00 ± 0.00 |", md)
+        self.assertIn(
+            "| 3->1 | t1 | 2 | 15.00 ± 5.00 | 50.00 ± 0.00 | 40.00 ± 0.00 | n/a | 30.00 ± 0.00 | 0.80 ± 0.00 |", md
+        )
+        self.assertIn("| SSIM3D healthy | sharpness |", md)
         self.assertIn("| 1->3 | flair | 1 | n/a | 50.00 ± 0.00 |", md)
         self.assertLess(md.index("| 3->1 |"), md.index("| 1->3 |"))
         self.assertFalse([f for f in os.listdir(os.path.join(self.out, "sub")) if f.startswith(".")])
@@ -94,6 +103,10 @@ class TestWriteMetrics(unittest.TestCase):
         bad = _row("a", "t1", 1.0)
         del bad["ssim"]
         with self.assertRaisesRegex(ValueError, "ssim"):
+            write_metrics([bad], self.out)
+        bad = _row("a", "t1", 1.0)
+        del bad["sharpness"]
+        with self.assertRaisesRegex(ValueError, "\\['sharpness'\\]"):
             write_metrics([bad], self.out)
         self.assertEqual(os.listdir(self.out), [])
 

@@ -29,6 +29,7 @@ from monai_msgldm.evaluation import (
     masked_slice_psnr_ssim,
     missing_modality_scenarios,
     region_dice,
+    sharpness_ratio,
 )
 from tests.evaluation.test_segmentation import ThresholdSegmenter
 
@@ -81,9 +82,11 @@ class TestEvaluateSynthesis(unittest.TestCase):
             )
             for key in ("ssim", "ssim3d_brain", "ssim3d_tumour", "ssim3d_healthy"):
                 self.assertAlmostEqual(r[key], 1.0, places=5)
+            self.assertEqual(r["sharpness"], 1.0)  # the exact synthesis is as sharp as the truth
         with open(os.path.join(self.out, "metrics.csv")) as f:
             table = list(csv.DictReader(f))
         self.assertEqual([(t["target"], t["psnr"]) for t in table], [("t1ce", "inf"), ("flair", "inf")])
+        self.assertEqual([t["sharpness"] for t in table], ["1.0", "1.0"])
         self.assertEqual(os.listdir(os.path.join(self.out, "figures")), ["c0_t1+t2.png"])
         with Image.open(os.path.join(self.out, "figures", "c0_t1+t2.png")) as im:
             self.assertGreater(im.size[0], im.size[1])  # 3 slice rows, 2 inputs + 3 x 2 target columns
@@ -113,6 +116,9 @@ class TestEvaluateSynthesis(unittest.TestCase):
             c = ("t1", "t1ce", "t2", "flair").index(r["target"])
             brain = brain_mask_from_available(truth, flags)
             self.assertEqual(r["ssim"], masked_slice_psnr_ssim(truth[c] + 0.1, truth[c], brain)[1])
+            # an offset leaves the gradients as they are: as sharp as the truth, the function's value
+            self.assertEqual(r["sharpness"], sharpness_ratio(truth[c] + 0.1, truth[c], brain))
+            self.assertAlmostEqual(r["sharpness"], 1.0, places=5)
 
     def test_downstream_dice_and_uncertainty(self):
         """A stand-in segmenter (region r = input channel sources[r] > 0.5) and an inferer that returns the mean

@@ -32,6 +32,7 @@ from monai_msgldm.evaluation import (
     ExtraInputMetricHandler,
     RegionVolumeSSIMMetric,
     SynthesisMetricsWriter,
+    SynthesisSharpnessMetric,
     complete_case,
     load_segmenter,
     region_dice,
@@ -309,6 +310,7 @@ class TestDownstreamDiceReport(unittest.TestCase):
         inputs = {"available": "available", "seg": "seg", "case": "case"}
         ExtraInputMetricHandler(BrainSlicePSNRSSIMMetric(), inputs).attach(engine, "slice_psnr_ssim")
         ExtraInputMetricHandler(RegionVolumeSSIMMetric(), inputs).attach(engine, "volume_ssim")
+        ExtraInputMetricHandler(SynthesisSharpnessMetric(), inputs).attach(engine, "sharpness")
         ExtraInputMetricHandler(DownstreamDiceMetric(ThresholdSegmenter()), inputs).attach(engine, "downstream_dice")
         writer = SynthesisMetricsWriter(out)
         writer.attach(engine)

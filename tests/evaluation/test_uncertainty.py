@@ -30,6 +30,7 @@ from monai_msgldm.evaluation import (
     ExtraInputMetricHandler,
     RegionVolumeSSIMMetric,
     SynthesisMetricsWriter,
+    SynthesisSharpnessMetric,
     SynthesisUncertaintyMetric,
     average_ranks,
     brain_mask_from_available,
@@ -267,6 +268,7 @@ class TestUncertaintyThroughHandlers(unittest.TestCase):
         for name, metric in (
             ("slice_psnr_ssim", BrainSlicePSNRSSIMMetric()),
             ("volume_ssim", RegionVolumeSSIMMetric()),
+            ("sharpness", SynthesisSharpnessMetric()),
         ):
             ExtraInputMetricHandler(metric, "available").attach(engine, name)
         ExtraInputMetricHandler(
