@@ -16,8 +16,9 @@ iterations of each stage, the same for every model), then synthesizes the held-o
 
 - the 3 -> 1 and 1 -> 3 scenarios for every model at ``--ddim-steps`` (20) steps: slice PSNR / SSIM in the brain
   mask per target, and the 3D SSIM inside the tumour (``monai_msgldm.evaluation.evaluate_synthesis``);
-- the 3 -> 1 scenarios at each of ``--curve-steps`` DDIM steps (10, 20, 50, 100) for MSG-LDM (and its hybrid variant
-  when listed) and the plain LDM (steps-versus-quality);
+- the 3 -> 1 scenarios at each of ``--curve-steps`` sampling steps (10, 20, 50, 100) for the latent models of
+  :data:`STEPS_CURVE_MODELS` that are listed (steps-versus-quality: DDIM, and rectified flow for the ``*_rflow``
+  models);
 - the latent models with each ``--sampling`` variant (``quality_scoring.SAMPLING``: known-contrast guidance, the
   mean of 4 samples, both), each a row of its own (``msgldm+guided``...);
 - learning curves (``--budgets 0.5 1 2``): MSG-LDM (and its hybrid variant when listed), the plain LDM and the
@@ -34,6 +35,8 @@ The models:
   they retrain stages 1 and 2 and reuse the stage-0 autoencoder of ``msgldm``;
 - ``plain_ldm``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_ldm.json``: the same autoencoder and UNet conditioned on the
   latents of the available contrasts, no structure branch;
+- ``msgldm_hybrid_rflow`` / ``plain_ldm_rflow``: the same two with ``rflow.json`` last (stage 2 trained and sampled
+  with MONAI's ``RFlowScheduler``, rectified flow, instead of DDPM / DDIM);
 - ``regression``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_regression.json``: a MONAI ``BasicUNet`` from the zero-filled
   contrasts + availability mask to the four contrasts, L1 loss.
 
@@ -76,6 +79,7 @@ from quality_scoring import (  # noqa: E402
     autoencoder_ceiling,
     evaluate_model,
     mean_metric,
+    rflow_checks,
     steps_curve,
     subject_name,
     summarize,
@@ -85,6 +89,8 @@ from quality_scoring import (  # noqa: E402
 
 #: the models of the learning curves (those of ``--models``)
 CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "regression")
+#: the models of the steps-versus-quality curve (those of ``--models``): DDIM and rectified flow
+STEPS_CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "msgldm_hybrid_rflow", "plain_ldm_rflow")
 
 __all__ = ["BUDGET", "MODELS", "main", "train_model", "evaluate_model"]
 
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
     rows += autoencoder_ceiling(args.work_dir, cases)
     summary = summarize(rows)
-    curve_models = [m for m in ("msgldm", "msgldm_hybrid", "plain_ldm") if m in args.models]
+    curve_models = [m for m in STEPS_CURVE_MODELS if m in args.models]
     curve, curve_rows = steps_curve(curve_models, args.work_dir, cases, rows, args.curve_steps, args.ddim_steps)
     rows += curve_rows
     result = {
@@ -191,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "learning_curves": learning,
         "summary": summary,
         "steps_curve": curve,
-        "checks": target_checks(summary, curve),
+        "checks": target_checks(summary, curve) + rflow_checks(curve),
         "rows": rows,
     }
     out = args.output_dir

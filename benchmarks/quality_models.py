@@ -29,7 +29,9 @@ from common import BUNDLE, CONFIGS, preset_configs, write_json
 __all__ = [
     "BUDGET",
     "MODELS",
+    "MODEL_OVERLAYS",
     "STAGE2_ONLY",
+    "model_configs",
     "parse_model",
     "scaled_budget",
     "budget_label",
@@ -76,11 +78,20 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "msgldm_hybrid": ("msgldm", {"hybrid_condition": True}),
     "plain_ldm": ("baseline_ldm", {}),
     "regression": ("baseline_regression", {}),
+    "msgldm_hybrid_rflow": ("msgldm", {"hybrid_condition": True}),
+    "plain_ldm_rflow": ("baseline_ldm", {}),
+}
+
+#: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
+#: rectified flow (MONAI's ``RFlowScheduler``) instead of DDPM / DDIM for stage 2
+MODEL_OVERLAYS: dict[str, tuple[str, ...]] = {
+    "msgldm_hybrid_rflow": ("rflow.json",),
+    "plain_ldm_rflow": ("rflow.json",),
 }
 
 
 #: MSG-LDM variants that differ from ``msgldm`` in stage 2 only: they reuse its stage-0 and stage-1 checkpoints
-STAGE2_ONLY = ("msgldm_hybrid",)
+STAGE2_ONLY = ("msgldm_hybrid", "msgldm_hybrid_rflow")
 
 
 def parse_model(name: str) -> tuple[str, float]:
@@ -117,6 +128,19 @@ def scaled_budget(budget: Mapping[str, Any], multiplier: float) -> dict[str, Any
     epochs = dict(budget["epochs"])
     epochs["diffusion"] = max(1, round(int(epochs["diffusion"]) * float(multiplier)))
     return {**budget, "epochs": epochs}
+
+
+def model_configs(name: str, overlays: Sequence[str] = ()) -> list[str]:
+    """The bundle config files model ``name`` trains and is loaded with: the demo preset (``train.json`` +
+    ``demo.json``), for a baseline ``train_diffusion.json`` and its overlay, the model's own
+    :data:`MODEL_OVERLAYS` (e.g. ``rflow.json``), then ``overlays`` (e.g. ``wmh.json``)."""
+    base = parse_model(name)[0]
+    kind = MODELS[base][0]
+    files = preset_configs("demo")
+    if kind != "msgldm":
+        files += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
+    files += [str(CONFIGS / f) for f in MODEL_OVERLAYS.get(base, ())]
+    return files + [os.fspath(f) for f in overlays]
 
 
 def data_overrides(budget: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,9 +192,8 @@ def train_model(
     start = time.perf_counter()
     # the demo preset (train.json + demo.json) with the budget; a baseline is a stage-2 overlay after
     # train_diffusion.json. Every override is a plain id of train.json that reaches the stages.
-    configs = preset_configs("demo")
+    configs = model_configs(name, overlays)
     if kind != "msgldm":
-        configs += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
         overrides = {
             **overrides,
             "ckpt_dir": ckpt_dir,
@@ -179,7 +202,6 @@ def train_model(
         }
     else:
         overrides = {**overrides, "training": ["@run_stages"]}  # the stages only, not the demo's inference
-    configs += list(overlays)
     run_bundle_workflow(
         configs,
         meta,
@@ -272,13 +294,9 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu", over
     import torch
     from monai.bundle import ConfigParser
 
-    kind, overrides = MODELS[parse_model(name)[0]]
-    files = preset_configs("demo")
-    if kind != "msgldm":
-        files += [str(CONFIGS / "train_diffusion.json"), str(CONFIGS / f"{kind}.json")]
-    files += list(overlays)
+    _, overrides = MODELS[parse_model(name)[0]]
     parser = ConfigParser()
-    parser.read_config(files)
+    parser.read_config(model_configs(name, overlays))
     parser.update({"bundle_root": str(BUNDLE), **overrides})
     net = parser.get_parsed_content("network_def", instantiate=True)
     path = served_checkpoint(work_dir, name)
@@ -289,9 +307,9 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu", over
 
 
 def model_sampler(name: str, ddim_steps: int, known_contrast_guidance: bool = False) -> Any:
-    """The sampling inferer of model ``name``: the regression baseline's single pass, or DDIM with ``ddim_steps``
-    steps on the schedule and prediction type the model was trained with (the bundle's ``sampling_scheduler``),
-    with or without known-contrast guidance."""
+    """The sampling inferer of model ``name``: the regression baseline's single pass, or ``ddim_steps`` steps of the
+    bundle's ``sampling_scheduler`` the model was trained with (DDIM on its schedule and prediction type, or rectified
+    flow for the ``*_rflow`` models), with or without known-contrast guidance."""
     from monai.bundle import ConfigParser
 
     from monai_msgldm.inferers import MultiContrastDiffusionInferer, RegressionSynthesisInferer
@@ -300,7 +318,7 @@ def model_sampler(name: str, ddim_steps: int, known_contrast_guidance: bool = Fa
     if kind == "baseline_regression":
         return RegressionSynthesisInferer(amp=False)
     parser = ConfigParser()
-    parser.read_config(preset_configs("demo"))  # the schedule and prediction type the models trained with
+    parser.read_config(model_configs(name))  # the scheduler and prediction type the model trained with
     parser["bundle_root"] = str(BUNDLE)
     return MultiContrastDiffusionInferer(
         parser.get_parsed_content("sampling_scheduler"),

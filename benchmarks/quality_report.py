@@ -103,7 +103,10 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         lines.append("")
     if result["steps_curve"]:
         steps = sorted({int(k) for c in result["steps_curve"].values() for k in c})
-        lines += ["## DDIM steps versus quality (3->1, mean PSNR / SSIM / sharpness)", ""]
+        lines += [
+            "## Sampling steps versus quality (3->1, mean PSNR / SSIM / sharpness; DDIM, rectified flow for *_rflow)",
+            "",
+        ]
         lines += ["| model | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
         for model, curve in result["steps_curve"].items():
             cells = [
@@ -206,7 +209,7 @@ def plot_quality_bars(summary: Mapping[str, Any], path: str, groups: Sequence[st
 
 
 def plot_steps_curve(curve: Mapping[str, Any], path: str) -> str:
-    """PSNR and SSIM (3->1 mean) against the number of DDIM steps."""
+    """PSNR and SSIM (3->1 mean) against the number of sampling steps (DDIM; rectified flow for ``*_rflow``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,11 +225,11 @@ def plot_steps_curve(curve: Mapping[str, Any], path: str) -> str:
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(k) for k in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("DDIM steps")
+        ax.set_xlabel("sampling steps")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("3->1 synthesis quality against DDIM steps")
+    fig.suptitle("3->1 synthesis quality against sampling steps (DDIM; rectified flow: *_rflow)")
     fig.tight_layout()
     return save_figure(fig, path, dpi=_DPI)
 

@@ -36,6 +36,8 @@ __all__ = [
     "evaluate_model",
     "autoencoder_ceiling",
     "steps_curve",
+    "rflow_checks",
+    "RFLOW_PAIRS",
     "mean_metric",
     "summarize",
     "target_checks",
@@ -358,6 +360,34 @@ def target_checks(
                 "met": bool(delta >= -0.3),
                 "figures": f"{mine['20']['psnr']:.2f} dB at 20 steps, {mine['100']['psnr']:.2f} dB at 100 "
                 f"(difference {delta:+.2f} dB)",
+            }
+        )
+    return checks
+
+
+#: rectified-flow model -> the DDIM model it is compared with (same network, same budget)
+RFLOW_PAIRS = {"msgldm_hybrid_rflow": "msgldm_hybrid", "plain_ldm_rflow": "plain_ldm"}
+
+
+def rflow_checks(curve: Mapping[str, Any], reference_steps: int = 20, tolerance: float = 0.3) -> list[dict]:
+    """The few-step target of rectified flow: for each pair of :data:`RFLOW_PAIRS` in ``curve`` (model ->
+    ``str(steps)`` -> metric -> 3->1 mean), the fewest rectified-flow steps whose mean PSNR is within ``tolerance`` dB
+    of the DDIM model at ``reference_steps`` steps (or above it)."""
+    checks = []
+    for rflow, ddim in RFLOW_PAIRS.items():
+        if rflow not in curve or str(reference_steps) not in curve.get(ddim, {}):
+            continue
+        reference = curve[ddim][str(reference_steps)]["psnr"]
+        points = sorted((int(k), v["psnr"]) for k, v in curve[rflow].items() if v.get("psnr") is not None)
+        good = [(k, p) for k, p in points if p >= reference - tolerance]
+        checks.append(
+            {
+                "target": f"{rflow} within {tolerance} dB PSNR of {ddim} at {reference_steps} DDIM steps (3->1), "
+                "with fewer steps",
+                "met": bool(good and good[0][0] < reference_steps),
+                "figures": f"{ddim} {reference:.2f} dB at {reference_steps} DDIM steps; {rflow} "
+                + ", ".join(f"{p:.2f} dB at {k}" for k, p in points)
+                + (f"; fewest steps within: {good[0][0]}" if good else "; none within"),
             }
         )
     return checks

@@ -251,7 +251,46 @@ class TestQualityModelNames(unittest.TestCase):
         models = _quality_models().MODELS
         for name, (kind, overrides) in models.items():
             if kind == "msgldm":
-                self.assertEqual(overrides["hybrid_condition"], name == "msgldm_hybrid", name)
+                self.assertEqual(overrides["hybrid_condition"], name.startswith("msgldm_hybrid"), name)
+
+    def test_rectified_flow_models(self):
+        """The ``*_rflow`` models train and sample with ``rflow.json`` last: MONAI's RFlowScheduler; the others
+        with the demo's DDIM."""
+        from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
+
+        models = _quality_models()
+        for name, scheduler in (
+            ("msgldm_hybrid_rflow", RFlowScheduler),
+            ("plain_ldm_rflow", RFlowScheduler),
+            ("plain_ldm", DDIMScheduler),
+            ("msgldm_hybrid", DDIMScheduler),
+        ):
+            files = models.model_configs(name)
+            self.assertEqual(os.path.basename(files[-1]) == "rflow.json", name.endswith("_rflow"), name)
+            sampler = models.model_sampler(name, 3)
+            self.assertIsInstance(sampler.scheduler, scheduler, name)
+            self.assertEqual(sampler.num_inference_steps, 3)
+        self.assertIn("msgldm_hybrid_rflow", models.STAGE2_ONLY)
+        self.assertEqual(
+            [os.path.basename(f) for f in models.model_configs("plain_ldm_rflow@2x")][-3:],
+            ["train_diffusion.json", "baseline_ldm.json", "rflow.json"],
+        )
+
+    def test_rflow_checks(self):
+        """The fewest rectified-flow steps within 0.3 dB of DDIM at 20 steps."""
+        _load("quality")
+        scoring = importlib.import_module("quality_scoring")
+        curve = {
+            "plain_ldm": {"20": {"psnr": 25.0}},
+            "plain_ldm_rflow": {"1": {"psnr": 24.0}, "2": {"psnr": 24.8}, "4": {"psnr": 25.1}, "20": {"psnr": 25.2}},
+            "msgldm_hybrid": {"20": {"psnr": 26.0}},
+            "msgldm_hybrid_rflow": {"1": {"psnr": 24.0}, "20": {"psnr": 25.6}},
+        }
+        checks = scoring.rflow_checks(curve)
+        self.assertEqual([c["met"] for c in checks], [False, True])
+        self.assertIn("fewest steps within: 2", checks[1]["figures"])
+        self.assertIn("none within", checks[0]["figures"])
+        self.assertEqual(scoring.rflow_checks({"plain_ldm_rflow": curve["plain_ldm_rflow"]}), [])
 
 
 class TestRunAll(unittest.TestCase):
