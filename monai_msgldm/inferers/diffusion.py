@@ -420,14 +420,18 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             return output
         use_amp = self.amp and inputs.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
-            condition = model.condition(inputs, available)
             known = known_mask = None
             if self.known_contrast_guidance:
+                # the given contrasts encoded once: the guidance and the latent part of the condition (hybrid
+                # MSG-LDM, plain LDM) both use these posterior means, zero for absent contrasts
                 known = model.given_latents(inputs, available)
+                condition = model.condition(inputs, available, latents=known)
                 per_contrast = known.shape[1] // model.num_modalities
                 known_mask = available.repeat_interleave(per_contrast, dim=1)
                 known_mask = known_mask.view(*known_mask.shape, *([1] * (known.ndim - 2)))
                 known, known_mask = _tile(known, repeats), _tile(known_mask, repeats)
+            else:
+                condition = model.condition(inputs, available)
             latents = self.denoise(
                 network, noise, _tile(condition, repeats), generator=step_generator, known=known, known_mask=known_mask
             )

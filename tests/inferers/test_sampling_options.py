@@ -15,6 +15,7 @@ condition."""
 from __future__ import annotations
 
 import unittest
+from unittest import mock
 
 import torch
 from parameterized import parameterized
@@ -103,6 +104,26 @@ class TestKnownContrastGuidance(unittest.TestCase):
         out = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(out[~available], expected[~available], rtol=2e-3, atol=2e-3)
         torch.testing.assert_close(out[available], images[available], rtol=0, atol=0)
+
+    @parameterized.expand([("hybrid", lambda: tiny_msgldm(hybrid_condition=True)), ("plain", tiny_plain_ldm)])
+    def test_given_contrasts_are_encoded_once(self, _, make_net):
+        """With guidance the sampler encodes the given contrasts once and hands the encodings to the condition; the
+        condition the denoiser sees equals the one the network computes on its own."""
+        torch.manual_seed(0)
+        net = make_net().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, True, False, True], [False, True, True, False]])
+        with torch.no_grad():
+            reference = net.condition(images, available)
+        seen = []
+        net.unet.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, net.latent_channels() :].clone()))
+        inferer = MultiContrastDiffusionInferer(ddim(), 2, known_contrast_guidance=True)
+        with mock.patch.object(net.autoencoder, "encode_mean_of", wraps=net.autoencoder.encode_mean_of) as encode:
+            inferer.sample(images, net, available, generator=torch.Generator().manual_seed(0))
+        self.assertEqual(encode.call_count, 1)
+        self.assertEqual(len(seen), 2)
+        for condition in seen:
+            torch.testing.assert_close(condition, reference, rtol=0, atol=0)
 
     def test_denoise_needs_the_mask(self):
         inferer = MultiContrastDiffusionInferer(ddim(), 2, known_contrast_guidance=True)
