@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (f"fp32, {threads} threads", False, False, threads),
         (f"bf16 autocast, {threads} threads", True, False, threads),
         (f"fp32 channels_last, {threads} threads", False, True, threads),
+        (f"bf16 autocast channels_last, {threads} threads", True, True, threads),
         ("fp32, 1 thread", False, False, 1),
     ):
         torch.set_num_threads(n_threads)

@@ -127,6 +127,11 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             their encodings (scaled posterior means) noised to that timestep with the sample's own initial noise
             (``scheduler.add_noise(z_given, noise, t)``), and after the last step by the encodings themselves; the
             missing contrasts' channels evolve as without guidance, but always beside the true given ones.
+        image_batch_size: how many batch items the image-resolution parts of :py:meth:`sample` (the condition, the
+            given contrasts' encodings, the decoding) process at once; the denoising loop still runs on the whole
+            batch. Their activations at full resolution dominate the peak memory of a large batch (at 192 px the
+            autoencoder's first level holds 64 channels per contrast and slice), so this bounds the memory without
+            giving up the batched denoiser; the result is the same. ``None``: the whole batch at once.
 
     Example::
 
@@ -146,9 +151,15 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         progress: bool = False,
         eta: float = 0.0,
         known_contrast_guidance: bool = False,
+        image_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        if image_batch_size is not None and (
+            isinstance(image_batch_size, bool) or not isinstance(image_batch_size, int) or image_batch_size < 1
+        ):
+            raise ValueError(f"{name} expects image_batch_size to be None or an int >= 1, got {image_batch_size!r}.")
+        self.image_batch_size = image_batch_size
         if not isinstance(scheduler, Scheduler):
             raise ValueError(
                 f"{name} expects scheduler to be a monai.networks.schedulers.Scheduler, got {scheduler!r}."
@@ -424,22 +435,40 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             if self.known_contrast_guidance:
                 # the given contrasts encoded once: the guidance and the latent part of the condition (hybrid
                 # MSG-LDM, plain LDM) both use these posterior means, zero for absent contrasts
-                known = model.given_latents(inputs, available)
-                condition = model.condition(inputs, available, latents=known)
+                known = self._in_chunks(model.given_latents, inputs, available)
+                condition = self._in_chunks(model.condition, inputs, available, known)
                 per_contrast = known.shape[1] // model.num_modalities
                 known_mask = available.repeat_interleave(per_contrast, dim=1)
                 known_mask = known_mask.view(*known_mask.shape, *([1] * (known.ndim - 2)))
                 known, known_mask = _tile(known, repeats), _tile(known_mask, repeats)
             else:
-                condition = model.condition(inputs, available)
+                condition = self._in_chunks(model.condition, inputs, available)
             latents = self.denoise(
                 network, noise, _tile(condition, repeats), generator=step_generator, known=known, known_mask=known_mask
             )
-            decoded = model.decode(latents, modalities=missing).to(inputs.dtype)
+            decoded = torch.cat([model.decode(z, modalities=missing).to(inputs.dtype) for z in self._chunks(latents)])
         decoded = decoded.view(repeats, b, len(missing), *spatial)
         keep = available[:, missing].view(1, b, len(missing), *([1] * len(spatial)))
         output[:, :, missing] = torch.where(keep, inputs[:, missing].unsqueeze(0), decoded)
         return output
+
+    def _chunks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``x`` split along the batch into pieces of at most ``image_batch_size`` items (``(x,)`` for ``None``)."""
+        return (x,) if self.image_batch_size is None else torch.split(x, self.image_batch_size)
+
+    def _in_chunks(self, fn, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None):
+        """``fn(images, available[, latents])`` on pieces of at most ``image_batch_size`` items, concatenated."""
+        pieces = zip(
+            self._chunks(images),
+            self._chunks(available),
+            self._chunks(latents) if latents is not None else [None] * len(self._chunks(images)),
+        )
+        return _cat([fn(x, a) if z is None else fn(x, a, latents=z) for x, a, z in pieces])
+
+
+def _cat(pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along the batch, without a copy for a single piece."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(list(pieces))
 
 
 def _tile(x: torch.Tensor, repeats: int) -> torch.Tensor:

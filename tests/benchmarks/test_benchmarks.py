@@ -112,23 +112,14 @@ class TestBundleTiming(unittest.TestCase):
 
 class TestSpeedBenchmark(unittest.TestCase):
     def test_main_tiny(self):
+        """Sweeps, whole volumes in fresh processes and one end-to-end ``python -m monai.bundle run``, with the
+        bundle's sampler (the baseline sampler is left out here: its speed-up is checked below)."""
         speed = _load("speed")
         out = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, out, True)
-        args = [
-            "--no-training",
-            "--steps",
-            "1",
-            "2",
-            "--batch-sizes",
-            "2",
-            "--sweep-slices",
-            "2",
-            "--volume-batch",
-            "4",
-        ]
-        args += ["--volume-size", "32", "--volume-depth", "6", "--phantom-resolution", "4", "--phantom-cache-dir", _TMP]
-        args += ["--volume-steps", "2", "--output-dir", out, "--overrides", json.dumps(TINY_NETS)]
+        args = ["--no-training", "--steps", "1", "2", "--batch-sizes", "2", "--sweep-slices", "2"]
+        args += ["--volume-size", "64", "--volume-depth", "6", "--phantom-resolution", "4", "--phantom-cache-dir", _TMP]
+        args += ["--samplers", speed.DEFAULT_SAMPLER, "--output-dir", out, "--overrides", json.dumps(TINY_NETS)]
         self.assertEqual(speed.main(args), 0)
         with open(os.path.join(out, "speed.json")) as f:
             result = json.load(f)
@@ -137,20 +128,40 @@ class TestSpeedBenchmark(unittest.TestCase):
             [("msgldm", 1), ("msgldm", 2), ("plain_ldm", 1), ("plain_ldm", 2)],
         )
         self.assertEqual(set(result["synthesis_ratios"]), {"1", "2"})
+        batch = speed.inference_default("slice_batch_size")
         self.assertEqual(
-            [(r["slice_batch_size"], r["optimised"]) for r in result["batch_sweep"]], [(2, True), (4, False)]
+            [(r["slice_batch_size"], r["optimised"]) for r in result["batch_sweep"]], [(2, True), (batch, False)]
         )
         self.assertEqual(
-            [(r["model"], r["optimised"]) for r in result["volumes"]], [("msgldm", True), ("plain_ldm", True)]
+            [(r["model"], r["sampler"]) for r in result["volumes"]],
+            [("msgldm", "inference.json")] * 1 + [("plain_ldm", "inference.json")],
         )
         self.assertEqual(set(result["volume_ratios"]), {"seconds", "peak_memory"})
         row = result["volumes"][0]
         self.assertGreater(row["peak_process_memory_gb"], 0.0)
-        self.assertEqual(row["slices_timed"], row["slices_sampled_per_volume"])
         self.assertLessEqual(row["slices_sampled_per_volume"], 6)
-        self.assertEqual(len(result["checks"]), 1)
+        self.assertEqual(row["ddim_steps"], speed.inference_parser().get_parsed_content("ddim_steps"))
+        (run,) = result["bundle"]
+        self.assertEqual((run["sampler"], run["returncode"]), ("inference.json", 0))
+        self.assertGreater(run["peak_process_memory_gb"], 0.0)
+        self.assertEqual([c["met"] is not None for c in result["checks"]], [True, True])
         for name in ("speed.md", "time_vs_steps.png"):
             self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
+
+    def test_speedups_and_baseline(self):
+        speed = _load("speed")
+        rows = [
+            {"sampler": speed.BASELINE_SAMPLER, "seconds": 120.0, "model": "msgldm"},
+            {"sampler": speed.DEFAULT_SAMPLER, "seconds": 40.0, "model": "msgldm"},
+            {"sampler": speed.DEFAULT_SAMPLER, "seconds": 10.0, "model": "plain_ldm"},
+        ]
+        self.assertEqual(speed.speedups(rows), {speed.DEFAULT_SAMPLER: 3.0})
+        self.assertEqual(speed.speedups(rows[1:]), {})
+        # the baseline is bundle 0.7.0's sampling: 20 DDIM steps on the paper's epsilon schedule, 4 slices per batch
+        baseline = speed.sampler(None, *speed.SAMPLERS[speed.BASELINE_SAMPLER])
+        self.assertEqual(type(baseline.scheduler).__name__, "DDIMScheduler")
+        self.assertEqual((baseline.num_inference_steps, baseline.scheduler.prediction_type), (20, "epsilon"))
+        self.assertTrue(baseline.known_contrast_guidance)
 
 
 class TestQualityBenchmark(unittest.TestCase):

@@ -125,6 +125,41 @@ class TestKnownContrastGuidance(unittest.TestCase):
         for condition in seen:
             torch.testing.assert_close(condition, reference, rtol=0, atol=0)
 
+    @parameterized.expand(
+        [
+            ("hybrid_guided", lambda: tiny_msgldm(hybrid_condition=True), True, 1),
+            ("paper_plain", tiny_msgldm, False, 2),
+            ("plain_ldm_guided", tiny_plain_ldm, True, 2),
+        ]
+    )
+    def test_image_batch_size_gives_the_same_synthesis(self, _, make_net, guidance, size):
+        """The image-resolution parts in pieces of ``image_batch_size`` items (the denoiser on the whole batch):
+        the same samples and posterior samples as all at once, with the pieces the size asked for."""
+        torch.manual_seed(0)
+        net = make_net().eval()
+        images = torch.rand(3, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, True, False, True], [False, True, True, False], [True, False, False, False]])
+
+        def gens(n):
+            return [torch.Generator().manual_seed(10 * n + i) for i in range(3)]
+
+        whole = MultiContrastDiffusionInferer(ddim(), 2, known_contrast_guidance=guidance)
+        pieces = MultiContrastDiffusionInferer(ddim(), 2, known_contrast_guidance=guidance, image_batch_size=size)
+        with mock.patch.object(net, "decode", wraps=net.decode) as decode:
+            a = pieces.sample(images, net, available, generator=gens(0))
+        self.assertEqual(
+            [c.args[0].shape[0] for c in decode.call_args_list], [size] * (3 // size) + [3 % size] * (3 % size > 0)
+        )
+        torch.testing.assert_close(a, whole.sample(images, net, available, generator=gens(0)), rtol=1e-5, atol=1e-5)
+        many = pieces.sample_many(images, net, available, [gens(0), gens(1)])
+        expected = whole.sample_many(images, net, available, [gens(0), gens(1)])
+        torch.testing.assert_close(many, expected, rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([(0,), (-1,), (1.5,), (True,)])
+    def test_bad_image_batch_size(self, size):
+        with self.assertRaisesRegex(ValueError, "image_batch_size"):
+            MultiContrastDiffusionInferer(ddim(), 2, image_batch_size=size)
+
     def test_denoise_needs_the_mask(self):
         inferer = MultiContrastDiffusionInferer(ddim(), 2, known_contrast_guidance=True)
         with self.assertRaisesRegex(ValueError, "known_mask"):
