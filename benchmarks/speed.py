@@ -102,13 +102,19 @@ PAPER_BASELINE: dict[str, Any] = {**BASELINE, "hybrid_condition": False, "known_
 BASELINE_SAMPLER = "bundle 0.7.0 (hybrid, guided, DDIM 20 steps)"
 PAPER_SAMPLER = "bundle 0.6.0 (F_s only, DDIM 20 steps)"
 DEFAULT_SAMPLER = "inference.json"
+FEW_STEP_SAMPLER = "inference.json, v-prediction model (2 DDIM steps)"
 #: the samplers of the whole-volume comparison: label -> (bundle overlays after inference.json, overrides of
-#: inference.json and of the network's train.json)
+#: inference.json and of the network's train.json). A 2-step sampler costs the same with DDIM (a v-prediction model,
+#: ``prediction_type v_prediction``) or rectified flow (``rflow.json``): the denoiser runs twice either way.
 SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     PAPER_SAMPLER: ((), PAPER_BASELINE),
     BASELINE_SAMPLER: ((), BASELINE),
     DEFAULT_SAMPLER: ((), {}),
+    "inference.json, 16 slices per batch": ((), {"slice_batch_size": 16}),
+    FEW_STEP_SAMPLER: ((), {"prediction_type": "v_prediction"}),
 }
+#: the samplers timed end to end through ``python -m monai.bundle run`` by default
+BUNDLE_SAMPLERS = (BASELINE_SAMPLER, DEFAULT_SAMPLER, FEW_STEP_SAMPLER)
 
 
 def inference_parser(overlays: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> Any:
@@ -528,11 +534,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="outputs/benchmarks/speed")
     parser.add_argument("--iterations", type=int, default=2, help="timed training iterations per stage")
     parser.add_argument("--no-training", action="store_true", help="skip the training timings")
-    parser.add_argument("--steps", type=int, nargs="*", default=[1, 2, 4, 20], help="steps of the sweep (none: skip)")
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 16, 32], help="slice batches of the sweep")
+    parser.add_argument("--steps", type=int, nargs="*", default=[1, 2, 20], help="steps of the sweep (none: skip)")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[16, 32], help="slice batches of the sweep")
     parser.add_argument("--sweep-slices", type=int, default=16, help="slices timed in the sweeps")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
-    parser.add_argument("--no-bundle", action="store_true", help="skip the end-to-end python -m monai.bundle runs")
+    parser.add_argument(
+        "--bundle-samplers",
+        nargs="*",
+        default=list(BUNDLE_SAMPLERS),
+        choices=list(SAMPLERS),
+        help="samplers timed end to end through python -m monai.bundle run (none: skip)",
+    )
     parser.add_argument("--overrides", default="{}", help="JSON dict of bundle overrides (smaller networks)")
     parser.add_argument("--volume-size", type=int, default=192, help="in-plane size of the phantom volume")
     parser.add_argument("--volume-depth", type=int, default=VOLUME_SLICES, help="slices of the phantom volume")
@@ -617,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["volumes"].append(row)
     result["bundle"] = []
     net_overrides = {**overrides, "spatial_size": args.volume_size}
-    for label in [] if args.no_bundle else args.samplers:
+    for label in args.bundle_samplers:
         row = {
             "sampler": label,
             **bundle_run(SAMPLERS[label], net_overrides, args.phantom_resolution, args.phantom_cache_dir),

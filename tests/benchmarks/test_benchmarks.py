@@ -119,7 +119,8 @@ class TestSpeedBenchmark(unittest.TestCase):
         self.addCleanup(shutil.rmtree, out, True)
         args = ["--no-training", "--steps", "1", "2", "--batch-sizes", "2", "--sweep-slices", "2"]
         args += ["--volume-size", "64", "--volume-depth", "6", "--phantom-resolution", "4", "--phantom-cache-dir", _TMP]
-        args += ["--samplers", speed.DEFAULT_SAMPLER, "--output-dir", out, "--overrides", json.dumps(TINY_NETS)]
+        args += ["--samplers", speed.DEFAULT_SAMPLER, "--bundle-samplers", speed.DEFAULT_SAMPLER]
+        args += ["--output-dir", out, "--overrides", json.dumps(TINY_NETS)]
         self.assertEqual(speed.main(args), 0)
         with open(os.path.join(out, "speed.json")) as f:
             result = json.load(f)
