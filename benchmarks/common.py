@@ -81,13 +81,32 @@ def device_description() -> dict[str, Any]:
 
 
 def peak_rss_gb() -> float | None:
-    """Peak resident memory of this process so far (Linux/macOS), in GiB; None where unavailable."""
+    """Peak resident memory of this process in GiB: since the last :func:`reset_peak_rss` where Linux allows it
+    (``VmHWM``), else since the start (``ru_maxrss``, Linux/macOS); None where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform != "darwin" else peak / 2**30
+
+
+def reset_peak_rss() -> bool:
+    """Restart :func:`peak_rss_gb`'s peak from the current resident memory (Linux: ``5`` to
+    ``/proc/self/clear_refs``), so that it measures what follows alone; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def write_json(path: str | os.PathLike, data: Any) -> str:
