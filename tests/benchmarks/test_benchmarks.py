@@ -135,7 +135,7 @@ class TestSpeedBenchmark(unittest.TestCase):
         )
         self.assertEqual(
             [(r["model"], r["sampler"]) for r in result["volumes"]],
-            [("msgldm", "inference.json")] * 1 + [("plain_ldm", "inference.json")],
+            [("msgldm", "inference.json"), ("plain_ldm", "inference.json")],
         )
         self.assertEqual(set(result["volume_ratios"]), {"seconds", "peak_memory"})
         row = result["volumes"][0]
@@ -145,7 +145,11 @@ class TestSpeedBenchmark(unittest.TestCase):
         (run,) = result["bundle"]
         self.assertEqual((run["sampler"], run["returncode"]), ("inference.json", 0))
         self.assertGreater(run["peak_process_memory_gb"], 0.0)
-        self.assertEqual([c["met"] is not None for c in result["checks"]], [True, True])
+        # the volume target of the inferer row and of the bundle run, each judged on its own figures (no baseline here)
+        self.assertEqual(len(result["checks"]), 2)
+        for check, timed in zip(result["checks"], (row, run)):
+            self.assertIn(f"{timed['seconds']:.0f} s", check["figures"])
+            self.assertEqual(check["met"], timed["seconds"] <= 75 and timed["peak_process_memory_gb"] < 2.0)
         for name in ("speed.md", "time_vs_steps.png"):
             self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
 
