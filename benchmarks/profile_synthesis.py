@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_description, write_json  # noqa: E402
-from speed import build_network, phantom_volume, sampler  # noqa: E402
+from speed import build_network, content_indices, phantom_volume, sampler  # noqa: E402
 
 from monai_msgldm.constants import MODALITIES  # noqa: E402
 from monai_msgldm.utils.files import atomic_write_text  # noqa: E402
@@ -55,8 +55,7 @@ def slice_batch(volume: torch.Tensor, batch: int, missing: str = "flair") -> tup
     with the ``missing`` contrast's channel at -1, and the ``(B, M)`` availability mask."""
     m = MODALITIES.index(missing)
     given = [i for i in range(volume.shape[1]) if i != m]
-    flat = volume[0, given].flatten(1, 2)
-    content = torch.nonzero((flat.amax(dim=1) > flat.amin(dim=1)).any(dim=0)).flatten()
+    content = content_indices(volume, given)
     if len(content) < batch:
         raise ValueError(f"slice_batch: the volume has {len(content)} slices with content, fewer than batch={batch}.")
     middle = content[len(content) // 2 - batch // 2 :][:batch]

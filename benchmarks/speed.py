@@ -166,9 +166,15 @@ def phantom_volume(
     return torch.as_tensor(image).float().unsqueeze(0)
 
 
-def _content_slices(volume: torch.Tensor, available: Sequence[int]) -> int:
+def content_indices(volume: torch.Tensor, available: Sequence[int]) -> torch.Tensor:
+    """Indices of the slices (last axis) of ``volume`` ``(1, M, H, W, D)`` in which some of the ``available``
+    channels is not constant: the slices the inferer samples (it skips the others)."""
     flat = volume[0, list(available)].flatten(1, 2)  # (A, H * W, D)
-    return int(((flat.amax(dim=1) > flat.amin(dim=1)).any(dim=0)).sum())
+    return torch.nonzero((flat.amax(dim=1) > flat.amin(dim=1)).any(dim=0)).flatten()
+
+
+def _content_slices(volume: torch.Tensor, available: Sequence[int]) -> int:
+    return len(content_indices(volume, available))
 
 
 def time_synthesis_run(
@@ -191,9 +197,8 @@ def time_synthesis_run(
     channels = [MODALITIES.index(m) for m in available]
     inputs = volume.clone()
     inputs[:, MODALITIES.index("flair")] = -1.0
-    content = _content_slices(volume, channels)
-    flat = volume[0, channels].flatten(1, 2)
-    with_content = torch.nonzero((flat.amax(dim=1) > flat.amin(dim=1)).any(dim=0)).flatten()
+    with_content = content_indices(volume, channels)
+    content = len(with_content)
     chosen = inputs if slices is None else inputs[..., with_content[: min(slices, content)]]
     n = chosen.shape[-1] if slices is not None else content
     inferer = ModalitySynthesisInferer(
@@ -252,9 +257,7 @@ def time_bundle_inferer(
     inputs = volume.clone()
     inputs[:, MODALITIES.index("flair")] = -1.0
     with torch.inference_mode():
-        channels = [MODALITIES.index(m) for m in available]
-        flat = volume[0, channels].flatten(1, 2)
-        with_content = torch.nonzero((flat.amax(dim=1) > flat.amin(dim=1)).any(dim=0)).flatten()
+        with_content = content_indices(volume, [MODALITIES.index(m) for m in available])
         inferer(inputs[..., with_content[: inferer.slice_batch_size]], net, available=available)
         start = time.perf_counter()
         inferer(inputs, net, available=available)

@@ -15,6 +15,7 @@ latent diffusion networks (:py:class:`~monai_msgldm.networks.nets.MSGLDM`,
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -446,7 +447,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             latents = self.denoise(
                 network, noise, _tile(condition, repeats), generator=step_generator, known=known, known_mask=known_mask
             )
-            decoded = torch.cat([model.decode(z, modalities=missing).to(inputs.dtype) for z in self._chunks(latents)])
+            decoded = _cat([model.decode(z, modalities=missing).to(inputs.dtype) for z in self._chunks(latents)])
         decoded = decoded.view(repeats, b, len(missing), *spatial)
         keep = available[:, missing].view(1, b, len(missing), *([1] * len(spatial)))
         output[:, :, missing] = torch.where(keep, inputs[:, missing].unsqueeze(0), decoded)
@@ -458,11 +459,8 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
 
     def _in_chunks(self, fn, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None):
         """``fn(images, available[, latents])`` on pieces of at most ``image_batch_size`` items, concatenated."""
-        pieces = zip(
-            self._chunks(images),
-            self._chunks(available),
-            self._chunks(latents) if latents is not None else [None] * len(self._chunks(images)),
-        )
+        extra = itertools.repeat(None) if latents is None else self._chunks(latents)
+        pieces = zip(self._chunks(images), self._chunks(available), extra)
         return _cat([fn(x, a) if z is None else fn(x, a, latents=z) for x, a, z in pieces])
 
 

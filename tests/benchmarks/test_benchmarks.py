@@ -169,6 +169,21 @@ class TestSpeedBenchmark(unittest.TestCase):
         self.assertTrue(baseline.known_contrast_guidance)
 
 
+class TestProfileSynthesis(unittest.TestCase):
+    def test_slice_batch_takes_the_middle_slices_with_content(self):
+        import torch
+
+        profile = _load("profile_synthesis")
+        volume = torch.full((1, 4, 8, 8, 10), -1.0)
+        volume[0, :, 2:5, 2:5, 3:9] = torch.rand(4, 3, 3, 6)  # slices 3..8 have content
+        images, available = profile.slice_batch(volume, 2)
+        torch.testing.assert_close(images[:, :3], volume[0, :3, :, :, 5:7].permute(3, 0, 1, 2))
+        self.assertTrue(bool((images[:, 3] == -1).all()))
+        self.assertEqual(available.tolist(), [[True, True, True, False]] * 2)
+        with self.assertRaisesRegex(ValueError, "fewer than batch=7"):
+            profile.slice_batch(volume, 7)
+
+
 class TestQualityBenchmark(unittest.TestCase):
     def test_main_tiny(self):
         quality = _load("quality")
