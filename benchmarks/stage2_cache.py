@@ -13,14 +13,17 @@
 ``python benchmarks/stage2_cache.py [--quick]`` builds the bundle's stage-2 network (random weights: the cost of an
 iteration does not depend on them), its training inferer, AdamW on the UNet and EMA as the configs say, and two
 :py:class:`~monai_msgldm.engines.LatentDiffusionTrainer` on the same distinct synthetic batches of the config's
-size (``batch_size`` volumes x ``stage_num_samples`` slices, ``spatial_size`` px), one epoch each in alternation
-(so that the load of other processes hits both alike), the first iteration of each a warm-up:
+size (``batch_size`` volumes x ``stage_num_samples`` slices, ``spatial_size`` px), and a third with the cache of
+the structure encoders' features as well (``LatentCache(structure_features=True)``, MSG-LDM only), one epoch each in
+alternation (so that the load of other processes hits them alike), the first iteration of each a warm-up:
 
 - ``before``: no cache (every iteration encodes its slices), every epoch;
 - ``miss``: with the cache, its first epoch (every slice new: encode + fill);
-- ``after``: with the cache, the later epochs over the same batches (every slice cached).
+- ``after``: with the cache, the later epochs over the same batches (every slice cached);
+- ``structure_miss`` / ``structure_after``: the same with the structure features cached too.
 
-``ratio`` is before / after (the steady state once every slice is cached). Lazy filling encodes each slice the first
+``ratio`` is before / after (the steady state once every slice is cached), ``structure_ratio`` after /
+structure_after (what caching the structure features adds to the latent cache). Lazy filling encodes each slice the first
 time it is drawn, so over a whole run the saving depends on how often slices come back: the expected fraction of
 hits for ``E`` epochs drawing ``k`` slices per case and epoch among ``N`` candidate slices is
 ``1 - N / (E k) * (1 - (1 - 1/N)^(E k))``, and ``run_average = hits * after + (1 - hits) * miss`` (``N`` from
@@ -93,6 +96,7 @@ def time_stage2(preset: str, num_batches: int, rounds: int) -> dict[str, Any]:
     from ignite.engine import Events
 
     from monai_msgldm.engines import LatentCache, LatentDiffusionTrainer
+    from monai_msgldm.networks.nets import MSGLDM
 
     parser = preset_parser(preset)
     parser["stage"] = "diffusion"
@@ -132,8 +136,14 @@ def time_stage2(preset: str, num_batches: int, rounds: int) -> dict[str, Any]:
 
     cache = LatentCache(slice_key="slice_index")
     (plain, plain_times), (cached, cached_times) = make(None), make(cache)
+    runs = [plain, cached]
+    structure_cache = structure_times = None
+    if isinstance(template, MSGLDM):
+        structure_cache = LatentCache(slice_key="slice_index", structure_features=True)
+        structure, structure_times = make(structure_cache)
+        runs.append(structure)
     for r in range(1, rounds + 1):
-        for trainer in (plain, cached):
+        for trainer in runs:
             trainer.state.max_epochs = r  # ignite goes on with epoch r
             trainer.run()
 
@@ -145,6 +155,17 @@ def time_stage2(preset: str, num_batches: int, rounds: int) -> dict[str, Any]:
     before = stats(plain_times[1:])
     miss = stats([r for r in cached_times[1:] if r[0] == 1])
     after = stats([r for r in cached_times if r[0] > 1])
+    detail = {"before": before, "miss": miss, "after": after}
+    extra: dict[str, Any] = {}
+    if structure_times is not None and structure_cache is not None:
+        detail["structure_miss"] = stats([r for r in structure_times[1:] if r[0] == 1])
+        detail["structure_after"] = stats([r for r in structure_times if r[0] > 1])
+        extra = {
+            "structure_miss_s": detail["structure_miss"]["median"],
+            "structure_after_s": detail["structure_after"]["median"],
+            "structure_ratio": after["median"] / detail["structure_after"]["median"],
+            "structure_cache_bytes_per_slice": structure_cache.nbytes / len(structure_cache),
+        }
     return {
         "preset": preset,
         "spatial_size": size,
@@ -157,8 +178,9 @@ def time_stage2(preset: str, num_batches: int, rounds: int) -> dict[str, Any]:
         "ratio": before["median"] / after["median"],
         "ratio_min": before["min"] / after["min"],
         "ratio_cpu": before["cpu_median"] / after["cpu_median"],
-        "detail": {"before": before, "miss": miss, "after": after},
+        "detail": detail,
         "cache_bytes_per_slice": cache.nbytes / len(cache),
+        **extra,
     }
 
 
@@ -208,6 +230,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"~{n} candidates): expected hits {r['hits']:.0%}, average {r['run_average_s']:.3f} s/iteration, "
             f"ratio {r['run_ratio']:.2f}x"
         )
+        if "structure_after_s" in r:
+            print(
+                f"[{preset}] structure features cached too: median s/iteration {r['structure_after_s']:.3f} against "
+                f"{r['after_s']:.3f} with the latents only, ratio {r['structure_ratio']:.2f}x (first visit "
+                f"{r['structure_miss_s']:.3f}); cache {r['structure_cache_bytes_per_slice'] / 2**20:.2f} MiB per slice"
+            )
         per_slice = r["cache_bytes_per_slice"]
         print(f"[{preset}] cache: {per_slice / 1024:.1f} KiB per slice")
         if preset == "default":

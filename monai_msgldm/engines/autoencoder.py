@@ -162,7 +162,10 @@ class AutoencoderTrainer(SupervisedTrainer):
                 f"discriminator={type(discriminator).__name__}, "
                 f"discriminator_optimizer={type(discriminator_optimizer).__name__}."
             )
-        kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
+        kwargs.setdefault(
+            "prepare_batch",
+            PrepareMultiModalBatch(image_key=image_key, available_key=available_key, track_meta=False),
+        )
         super().__init__(
             device=device,
             max_epochs=max_epochs,

@@ -40,6 +40,7 @@ from monai_msgldm.engines.utils import (
 )
 from monai_msgldm.inferers.diffusion import MultiContrastDiffusionInferer, paper_noise_scheduler
 from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM
+from monai_msgldm.networks.nets.msgldm import MSGLDM
 
 __all__ = ["LatentDiffusionTrainer", "SynthesisEvaluator", "freeze_msgldm_conditioning"]
 
@@ -127,7 +128,10 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     up to float rounding. The cache is valid only if a slice's image is the same at every visit: the data set's
     transforms are checked here (:py:func:`~monai_msgldm.engines.check_cacheable_transforms`, a ``ValueError`` for
     random augmentation) and every cached image against its fingerprint
-    (:py:class:`~monai_msgldm.engines.StaleLatentError`).
+    (:py:class:`~monai_msgldm.engines.StaleLatentError`). A cache built with ``structure_features=True`` (MSG-LDM only)
+    also keeps the frozen structure encoders' features of each slice, passed to the inferer as
+    ``structure_features``: only the fusion and enhancement of the structure branch then run per iteration, with the
+    same ``F_s``.
 
     ``engine.state.output``: ``image``, ``available`` (drawn mask) and ``loss``.
 
@@ -195,6 +199,11 @@ class LatentDiffusionTrainer(SupervisedTrainer):
                     f"{name} expects latent_cache to be a monai_msgldm.engines.LatentCache, a bool or None, got "
                     f"{type(latent_cache).__name__}."
                 )
+            if latent_cache.structure_features and not isinstance(net, MSGLDM):
+                raise ValueError(
+                    f"{name} expects a LatentCache with structure_features=False for {type(net).__name__} (the "
+                    "structure encoders' features exist for MSGLDM only)."
+                )
             transform = getattr(getattr(train_data_loader, "dataset", None), "transform", None)
             check_cacheable_transforms(transform, f"{name} with latent_cache")
         frozen = {id(p) for m in net.frozen_modules() for p in m.parameters()}
@@ -215,7 +224,9 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             raise ValueError(f"{name} expects loss_function to be callable or None, got {loss_function!r}.")
         kwargs.setdefault(
             "prepare_batch",
-            PrepareMultiModalBatch(image_key=image_key, available_key=available_key, input_mask_key=input_mask_key),
+            PrepareMultiModalBatch(
+                image_key=image_key, available_key=available_key, input_mask_key=input_mask_key, track_meta=False
+            ),
         )
         super().__init__(
             device=device,
@@ -251,15 +262,23 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         if self.calibrate_scale_factor and float(self.msgldm.scale_factor) == 1.0:
             self.msgldm.calibrate_scale_factor(images, data_available)  # absent contrasts' fill left out
 
-    def _cached_draws(self, batchdata: dict[str, Any], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _cached_draws(self, batchdata: dict[str, Any], images: torch.Tensor) -> dict[str, Any]:
         """``noise``, ``timesteps`` and ``latents`` for the inferer from the latent cache, drawn in the order of the
-        inferer's own training path (noise, timesteps, then the posterior sample's ``eps``)."""
+        inferer's own training path (noise, timesteps, then the posterior sample's ``eps``); also
+        ``structure_features`` when the cache keeps them."""
         cache = self.latent_cache
-        mean, std = cache.posterior(self.msgldm, images, cache.keys(batchdata))  # type: ignore[union-attr]
+        found = cache.lookup(self.msgldm, images, cache.keys(batchdata))  # type: ignore[union-attr]
+        mean = found["mean"]
         noise = torch.randn(mean.shape, device=images.device, dtype=images.dtype)
         timesteps = self.inferer.training_timesteps(noise)
-        latents = LatentCache.sample(mean, std, self.msgldm.scale_factor)
-        return {"noise": noise, "timesteps": timesteps, "latents": latents}
+        draws = {
+            "noise": noise,
+            "timesteps": timesteps,
+            "latents": LatentCache.sample(mean, found["std"], self.msgldm.scale_factor),
+        }
+        if "structure_features" in found:
+            draws["structure_features"] = found["structure_features"]
+        return draws
 
     def _iteration(self, engine: LatentDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

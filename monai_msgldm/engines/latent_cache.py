@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from monai.data import MetaTensor
@@ -22,6 +22,7 @@ from monai.transforms import Compose, OneOf, RandomizableTrait, RandomOrder, Som
 from monai.utils import ImageMetaKey
 
 from monai_msgldm.networks.nets.latent_diffusion import MultiContrastLDM
+from monai_msgldm.networks.nets.msgldm import MSGLDM
 from monai_msgldm.transforms import RandAxialSliceSamplesd, RandModalityDropoutd
 from monai_msgldm.transforms.slicing import SLICE_INDEX_KEY
 
@@ -33,6 +34,13 @@ _FINGERPRINT_STATS = 4
 
 class StaleLatentError(RuntimeError):
     """A cached slice came back with a different image: its cached latents would be stale."""
+
+
+class _Entry(NamedTuple):
+    mean: torch.Tensor
+    std: torch.Tensor | None
+    fingerprint: torch.Tensor
+    features: tuple[torch.Tensor, ...] | None
 
 
 def _flatten(transform: Any) -> list[Any]:
@@ -122,6 +130,14 @@ class LatentCache:
     images is therefore incompatible with the cache (see :py:func:`check_cacheable_transforms`, which
     :py:class:`~monai_msgldm.engines.LatentDiffusionTrainer` runs on its data set's transforms).
 
+    With ``structure_features=True`` (MSG-LDM only) the cache also keeps the frozen stage-1 structure encoders'
+    features of every contrast of the slice (``MSGLDM.structure_features``: one tensor per level, before the
+    fusion). They depend on each contrast's own image only, so they hold for any availability mask drawn later; the
+    trainer then runs only the fusion and enhancement of the structure branch per iteration. This removes most of
+    the structure branch's cost (about a quarter of a stage-2 iteration at the demo's size) but the features are
+    large: ``M * sum_l structure_channels[l] * prod(S_l)`` values per slice, 0.9 MiB at the demo's size (64 x 64,
+    channels 8, 16, 32) and 35 MiB at the paper's (192 x 192, channels 32 to 256): for small data sets only.
+
     The cache lives in memory (``device``, CPU by default) and is not saved with checkpoints (a resumed run refills
     it). Size: ``2 * M * latent_channels * prod(L) * bytes(dtype)`` per slice, 72 KiB for the paper's model at
     192 x 192 (4 contrasts x 4 channels x 24 x 24, float32), so about 2.6 GiB for 38,000 slices (BraTS 2020's
@@ -135,6 +151,8 @@ class LatentCache:
         dtype: storage dtype of ``mean`` and ``std`` (float32; float16 / bfloat16 halve the memory but round the
             posterior).
         atol: tolerance of the fingerprint check (per-pixel averages of images in [-1, 1]); ``None``: no check.
+        structure_features: also cache MSG-LDM's per-contrast structure encoder features (see above; :py:meth:`lookup`
+            returns them).
 
     Example::
 
@@ -143,6 +161,8 @@ class LatentCache:
         mean, std = cache.posterior(model, images, keys)           # encodes the slices not seen before
         z0 = cache.sample(mean, std, model.scale_factor)           # scale_factor * (mean + std * eps)
         prediction, target = inferer(images, model, available, latents=z0)
+        # with LatentCache(structure_features=True): the structure encoders' features too
+        found = cache.lookup(model, images, keys)                  # {"mean", "std", "structure_features"}
     """
 
     def __init__(
@@ -153,6 +173,7 @@ class LatentCache:
         device: str | torch.device | None = "cpu",
         dtype: torch.dtype = torch.float32,
         atol: float | None = 1e-5,
+        structure_features: bool = False,
     ) -> None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"LatentCache expects a floating point torch dtype, got {dtype!r}.")
@@ -164,7 +185,8 @@ class LatentCache:
         self.device = None if device is None else torch.device(device)
         self.dtype = dtype
         self.atol = None if atol is None else float(atol)
-        self._entries: dict[Hashable, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+        self.structure_features = bool(structure_features)
+        self._entries: dict[Hashable, _Entry] = {}
         self._probes: dict[tuple[int, str], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
@@ -179,7 +201,11 @@ class LatentCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the cached tensors (means, stds and fingerprints)."""
-        return sum(sum(t.numel() * t.element_size() for t in e if t is not None) for e in self._entries.values())
+        total = 0
+        for mean, std, fingerprint, features in self._entries.values():
+            for t in (mean, std, fingerprint, *(features or ())):
+                total += 0 if t is None else t.numel() * t.element_size()
+        return total
 
     def clear(self) -> None:
         """Forget every entry (e.g. after the autoencoder changed) and reset the counters."""
@@ -242,24 +268,29 @@ class LatentCache:
             )
 
     # ------------------------------------------------------------------ cache
-    def posterior(
-        self, model: MultiContrastLDM, images: torch.Tensor, keys: Sequence[Hashable]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The cached posterior of every slice of ``images``, encoding (without gradients) those not cached yet.
+    def lookup(self, model: MultiContrastLDM, images: torch.Tensor, keys: Sequence[Hashable]) -> dict[str, Any]:
+        """Everything cached for the slices of ``images``, encoding (without gradients) those not cached yet.
 
         Args:
-            model: the (unwrapped) ``MultiContrastLDM`` whose frozen autoencoder encodes.
+            model: the (unwrapped) ``MultiContrastLDM`` whose frozen autoencoder encodes (an ``MSGLDM`` with
+                ``structure_features``, whose frozen structure encoders also run).
             images: ``(B, M, *S)``, all contrasts of each slice (as the training path encodes them).
             keys: ``B`` keys (:py:meth:`keys`).
 
         Returns:
-            ``(mean, std)``, ``(B, M * latent_channels, *L)`` each on the images' device in ``dtype`` (``std`` is
-            ``None`` for a VQVAE), unscaled.
+            ``{"mean": ..., "std": ...}``, the posterior ``(B, M * latent_channels, *L)`` each on the images' device
+            in ``dtype`` (``std`` is ``None`` for a VQVAE), unscaled; with ``structure_features`` also
+            ``"structure_features"``: ``[(B, M, structure_channels[l], *S_l) for each level l]``.
 
         Raises:
             StaleLatentError: a cached slice's image differs from the one it was encoded from.
         """
         model.check_images(images)
+        if self.structure_features and not isinstance(model, MSGLDM):
+            raise ValueError(
+                f"LatentCache(structure_features=True) caches MSG-LDM's structure encoder features and needs an "
+                f"MSGLDM, got {type(model).__name__}."
+            )
         keys = list(keys)
         if len(keys) != images.shape[0]:
             raise ValueError(f"LatentCache expects one key per image ({images.shape[0]}), got {len(keys)}.")
@@ -267,7 +298,7 @@ class LatentCache:
         first: dict[Hashable, int] = {}
         for i, key in enumerate(keys):
             if key in self._entries:
-                self._check(key, self._entries[key][2], prints[i])
+                self._check(key, self._entries[key].fingerprint, prints[i])
                 self.hits += 1
             elif key in first:  # the same new slice twice in one batch
                 self._check(key, prints[first[key]], prints[i])
@@ -275,18 +306,52 @@ class LatentCache:
             else:
                 first[key] = i
         if first:
-            rows = list(first.values())
-            mean, std = self._encode(model, images[rows])
-            store = self.device or images.device
-            for j, (key, i) in enumerate(first.items()):
-                s = None if std is None else std[j].to(store, self.dtype).clone()
-                self._entries[key] = (mean[j].to(store, self.dtype).clone(), s, prints[i].to(store).clone())
-            self.misses += len(rows)
+            self._add(model, images, prints, first)
         entries = [self._entries[k] for k in keys]
-        mean = torch.stack([e[0] for e in entries]).to(images.device, non_blocking=True)
-        if entries[0][1] is None:
-            return mean, None
-        return mean, torch.stack([e[1] for e in entries]).to(images.device, non_blocking=True)  # type: ignore[misc]
+        device = images.device
+        found: dict[str, Any] = {"mean": torch.stack([e.mean for e in entries]).to(device, non_blocking=True)}
+        stds = [e.std for e in entries if e.std is not None]
+        found["std"] = torch.stack(stds).to(device, non_blocking=True) if stds else None
+        if self.structure_features:
+            features = [e.features for e in entries if e.features is not None]
+            found["structure_features"] = [torch.stack(level).to(device, non_blocking=True) for level in zip(*features)]
+        return found
+
+    def _add(
+        self, model: MultiContrastLDM, images: torch.Tensor, prints: torch.Tensor, first: dict[Hashable, int]
+    ) -> None:
+        """Encode the new slices ``images[first.values()]`` in one call and store them under ``first``'s keys."""
+        rows = list(first.values())
+        mean, std = self._encode(model, images[rows])
+        features = None
+        if self.structure_features:
+            with torch.no_grad():
+                features = model.structure_features(_as_plain(images[rows]))  # type: ignore[operator]
+        store = self.device or images.device
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            return t.to(store, self.dtype).clone()
+
+        for j, (key, i) in enumerate(first.items()):
+            self._entries[key] = _Entry(
+                mean=keep(mean[j]),
+                std=None if std is None else keep(std[j]),
+                fingerprint=prints[i].to(store).clone(),
+                features=None if features is None else tuple(keep(f[j]) for f in features),
+            )
+        self.misses += len(rows)
+
+    def posterior(
+        self, model: MultiContrastLDM, images: torch.Tensor, keys: Sequence[Hashable]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cached posterior ``(mean, std)`` of every slice of ``images`` (:py:meth:`lookup`'s ``mean`` and
+        ``std``), encoding (without gradients) those not cached yet.
+
+        Raises:
+            StaleLatentError: a cached slice's image differs from the one it was encoded from.
+        """
+        found = self.lookup(model, images, keys)
+        return found["mean"], found["std"]
 
     @staticmethod
     @torch.no_grad()

@@ -113,7 +113,9 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
             )
         kwargs.setdefault(
             "prepare_batch",
-            PrepareMultiModalBatch(image_key=image_key, available_key=available_key, input_mask_key=input_mask_key),
+            PrepareMultiModalBatch(
+                image_key=image_key, available_key=available_key, input_mask_key=input_mask_key, track_meta=False
+            ),
         )
         super().__init__(
             device=device,

@@ -172,7 +172,11 @@ class StructureStyleTrainer(SupervisedTrainer):
         kwargs.setdefault(
             "prepare_batch",
             PrepareMultiModalBatch(
-                image_key=image_key, available_key=available_key, seg_key=seg_key, input_mask_key=input_mask_key
+                image_key=image_key,
+                available_key=available_key,
+                seg_key=seg_key,
+                input_mask_key=input_mask_key,
+                track_meta=False,
             ),
         )
         super().__init__(

@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from monai.engines.utils import IterationEvents, PrepareBatchExtraInput
 from monai.transforms import Randomizable
+from monai.utils import convert_to_tensor
 
 from monai_msgldm.inferers.sampler import unwrap_network as unwrap_module  # one unwrapping, shared with the inferers
 from monai_msgldm.transforms import RandModalityDropout
@@ -170,6 +171,10 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
         seg_key: key of the segmentation target (may be absent from the batch).
         input_mask_key: key of the input masks drawn in the data, required in every batch when given; None: the
             batch has none (the trainer draws them, :py:class:`ModalityMaskSampler`).
+        track_meta: keep the images and segmentation as the collated ``MetaTensor`` s (True) or return plain
+            tensors (False). Every operation on a ``MetaTensor`` also updates its meta data, which costs time in a
+            network's hundreds of operations per iteration; the trainers use ``False`` (their networks never read
+            the meta data; the batch itself keeps it).
 
     Example::
 
@@ -184,6 +189,7 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
         available_key: str = "available",
         seg_key: str = "seg",
         input_mask_key: str | None = None,
+        track_meta: bool = True,
     ) -> None:
         keys = (image_key, available_key, seg_key)
         if input_mask_key is not None:
@@ -198,6 +204,7 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
         self.available_key = available_key
         self.seg_key = seg_key
         self.input_mask_key = input_mask_key
+        self.track_meta = bool(track_meta)
 
     def __call__(
         self,
@@ -231,6 +238,9 @@ class PrepareMultiModalBatch(PrepareBatchExtraInput):
                 )
             batch[self.input_mask_key] = batchdata[self.input_mask_key]
         _, _, (images, available, seg, *given), _ = super().__call__(batch, device, non_blocking, **kwargs)
+        if not self.track_meta:
+            images = convert_to_tensor(images, track_meta=False)
+            seg = None if seg is None else convert_to_tensor(seg, track_meta=False)
         b, m = images.shape[:2]
         available = validate_availability(
             available, b, m, images.device, f"PrepareMultiModalBatch '{self.available_key}'"

@@ -27,6 +27,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowSchedul
 from monai.utils import optional_import
 
 from monai_msgldm.inferers.sampler import Generators, SynthesisSampler, unwrap_network
+from monai_msgldm.networks.nets.msgldm import MSGLDM
 from monai_msgldm.utils.availability import validate_availability
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -219,6 +220,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
+        structure_features: Sequence[torch.Tensor] | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,6 +237,9 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
                 has it (a sample of the cached posterior of the frozen autoencoder, see
                 :py:class:`~monai_msgldm.engines.LatentDiffusionTrainer`); ``network.encode(inputs)`` when ``None``.
                 The condition is still computed from ``inputs`` (and these latents).
+            structure_features: MSG-LDM only: the per-modality structure encoder features of ``inputs``
+                (``MSGLDM.structure_features``, cached by the trainer) when the caller has them; the condition then
+                runs only the fusion and enhancement of the frozen structure net. ``None``: computed from ``inputs``.
 
         Returns:
             ``(prediction, target)``, both ``(B, M * latent_channels, *L)``.
@@ -256,7 +261,15 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         with torch.no_grad():
             if latents is None:
                 latents = model.encode(inputs)
-            condition = model.condition(inputs, available, latents=latents)
+            if structure_features is None:
+                condition = model.condition(inputs, available, latents=latents)
+            elif isinstance(model, MSGLDM):
+                condition = model.condition(inputs, available, latents=latents, structure_features=structure_features)
+            else:
+                raise ValueError(
+                    f"{type(self).__name__} takes structure_features only for an MSGLDM network, got "
+                    f"{type(model).__name__}."
+                )
         noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         prediction = network(torch.cat([noisy, condition.to(noisy.dtype)], dim=1), timesteps=timesteps)
         return prediction, self.training_target(latents, noise, timesteps)

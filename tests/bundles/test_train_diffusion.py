@@ -272,7 +272,17 @@ class TestDefaultNetworks(unittest.TestCase):
         parser.read_config(CONFIG)
         self.assertEqual(parser.get_parsed_content("ema_decay"), 0.9999)
         self.assertIs(parser.get_parsed_content("cache_latents"), True)
-        self.assertEqual(parser.get("train#trainer#latent_cache"), "@cache_latents")
+        cache = parser.get_parsed_content("train#latent_cache")
+        self.assertIsInstance(cache, LatentCache)
+        self.assertFalse(cache.structure_features)  # 35 MiB per slice at the paper's size: off by default
+        parser["cache_latents"] = False
+        self.assertIsNone(parser.get_parsed_content("train#latent_cache", lazy=False))
+        parser["cache_latents"] = True
+        # the demo turns the structure features' cache on; the plain LDM baseline has none to cache
+        for overlays, expected in ((["demo.json"], True), (["demo.json", "baseline_ldm.json"], False)):
+            overlaid = ConfigParser()
+            overlaid.read_config(CONFIG + [str(BUNDLE_DIR / "configs" / f) for f in overlays])
+            self.assertIs(overlaid.get_parsed_content("train#latent_cache").structure_features, expected, overlays)
         self.assertEqual(parser.get_parsed_content("val_ddim_steps"), 10)
         self.assertEqual(parser.get_parsed_content("learning_rate"), 1e-4)
         self.assertEqual(parser.get_parsed_content("spatial_size"), 192)

@@ -15,7 +15,7 @@ import unittest
 
 import numpy as np
 import torch
-from monai.data import DataLoader
+from monai.data import DataLoader, MetaTensor
 from parameterized import parameterized
 
 from monai_msgldm.engines import (
@@ -120,6 +120,20 @@ class TestPrepareAndKL(unittest.TestCase):
             PrepareMultiModalBatch()({"image": torch.zeros(3, 4, 8, 8), "available": torch.ones(3, 2)})
         with self.assertRaisesRegex(ValueError, "key 'image'"):
             PrepareMultiModalBatch()({"img": torch.zeros(3, 4, 8, 8)})
+        # track_meta=False: the same values as plain tensors (the trainers' choice), the batch keeps its meta data
+        meta_batch = {
+            "image": MetaTensor(torch.as_tensor(batch["image"]), meta={"slice_index": [1, 2]}),
+            "seg": batch["seg"],
+        }
+        tracked, tracked_seg, _, _ = PrepareMultiModalBatch()(meta_batch, "cpu")
+        plain, plain_seg, (plain_available,), _ = PrepareMultiModalBatch(track_meta=False)(meta_batch, "cpu")
+        self.assertIsInstance(tracked, MetaTensor)
+        for value in (plain, plain_seg):
+            self.assertIs(type(value), torch.Tensor)
+        self.assertTrue(torch.equal(plain, tracked.as_tensor()))
+        self.assertTrue(torch.equal(plain_seg, torch.as_tensor(tracked_seg)))
+        self.assertIsInstance(meta_batch["image"], MetaTensor)
+        self.assertEqual(meta_batch["image"].meta["slice_index"], [1, 2])
 
     def test_kl(self):
         mu, sigma = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)

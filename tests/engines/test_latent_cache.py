@@ -26,6 +26,7 @@ from monai_msgldm.transforms import RandAxialSliceSamplesd, RandModalityDropoutd
 from tests.engines.test_engine_utils import make_samples, setUpModule, tearDownModule  # noqa: F401
 from tests.inferers.test_diffusion import ddpm
 from tests.networks.nets.test_msgldm import tiny_msgldm
+from tests.networks.nets.test_plain_ldm import _tiny as tiny_plain_ldm
 
 
 def keyed_samples(num: int = 4) -> list[dict]:
@@ -182,6 +183,42 @@ class TestLatentCache(unittest.TestCase):
         unchecked.posterior(self.net, self.images, keys)
         unchecked.posterior(self.net, changed["flip"], keys)
 
+    def test_structure_features(self):
+        """With structure_features the cache also keeps every contrast's structure encoder features (each encoder on
+        its own contrast, as StructureEncoder computes them), encoded once per slice with the latents; the
+        condition built from them equals the condition from the images, whatever mask is drawn later."""
+        net = tiny_msgldm(hybrid_condition=True).eval()
+        net.scale_factor.fill_(0.7)
+        cache = LatentCache(structure_features=True)
+        keys = cache.keys(self.batch)
+        calls = []
+        for encoder in net.structure_net.structure_encoders:
+            encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        found = cache.lookup(net, self.images[[0, 1]], keys[:2])
+        found = cache.lookup(net, self.images, keys)
+        self.assertEqual(calls, [2] * 4 + [2] * 4)  # the 2 new slices of each call, each contrast's encoder once
+        ref_mu, ref_sigma = posterior_reference(net, self.images)
+        torch.testing.assert_close(found["mean"], ref_mu, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(found["std"], ref_sigma, rtol=1e-6, atol=1e-6)
+        with torch.no_grad():
+            for m, encoder in enumerate(net.structure_net.structure_encoders):
+                for level, ref in enumerate(encoder(self.images[:, m : m + 1])):
+                    torch.testing.assert_close(found["structure_features"][level][:, m], ref, rtol=1e-5, atol=1e-6)
+            available = torch.tensor([[True, False, True, False], [False, True, False, False]] * 2)
+            latents = LatentCache.sample(found["mean"], found["std"], net.scale_factor)
+            torch.testing.assert_close(
+                net.condition(self.images, available, latents, structure_features=found["structure_features"]),
+                net.condition(self.images, available, latents),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+        # size: per slice the posterior and fingerprint as before, plus 4 contrasts x (4*16*16 + 8*8*8 + 8*4*4) floats
+        features_per_slice = 4 * (4 * 256 + 8 * 64 + 8 * 16) * 4
+        self.assertEqual(cache.nbytes, 4 * (2 * 8 * 16 * 4 + 16 * 8 + features_per_slice))
+        self.assertNotIn("structure_features", LatentCache().lookup(net, self.images, keys))
+        with self.assertRaisesRegex(ValueError, "needs an MSGLDM, got PlainConditionalLDM"):
+            cache.lookup(tiny_plain_ldm(), self.images, keys)
+
     def test_check_cacheable_transforms(self):
         check_cacheable_transforms(None)
         check_cacheable_transforms(slicing_chain(ScaleIntensityd(keys="image")))  # deterministic: fine
@@ -244,6 +281,27 @@ class TestTrainerWithLatentCache(unittest.TestCase):
                 # it trained (the check is not vacuous) and the cache holds every slice seen
                 self.assertEqual(len(trainer.latent_cache), len(set(keys_cached)))
                 self.assertGreater(trainer.latent_cache.hits, 0)
+
+    def test_same_steps_with_cached_structure_features(self):
+        """Caching the structure encoders' features as well changes nothing but the work: the same losses and the
+        same UNet as a run without any cache (F_s is recomputed from cached features with each iteration's mask),
+        with each contrast's structure encoder run once per distinct slice."""
+        torch.manual_seed(0)
+        plain = tiny_msgldm(hybrid_condition=True)
+        cached = copy.deepcopy(plain)
+        calls = []
+        for encoder in cached.structure_net.structure_encoders:
+            encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        _, losses_plain, _ = self._run(plain, None, scheduler="v_prediction")
+        trainer, losses_cached, keys = self._run(cached, LatentCache(structure_features=True), scheduler="v_prediction")
+        torch.testing.assert_close(losses_cached, losses_plain, rtol=1e-5, atol=1e-6)
+        for (k, a), b in zip(plain.unet.state_dict().items(), cached.unet.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+        self.assertEqual(sum(calls), 4 * len(set(keys)))  # the calibration of the scale factor encodes latents only
+        self.assertLess(len(set(keys)), len(keys))
+        # a cache of structure features with a network that has none: refused when the trainer is built
+        with self.assertRaisesRegex(ValueError, "structure_features=False for PlainConditionalLDM"):
+            self._run(tiny_plain_ldm(), LatentCache(structure_features=True))
 
     def test_encoder_calls(self):
         """Without the cache every iteration encodes its 2 slices; with it, only the slices never seen before."""

@@ -14,8 +14,8 @@ import unittest
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, RandFlipd
+from monai.data import CacheDataset, MetaTensor
+from monai.transforms import Compose, Lambdad, RandFlipd
 from parameterized import parameterized
 
 from monai_msgldm.transforms import (
@@ -23,6 +23,7 @@ from monai_msgldm.transforms import (
     RandAxialSliceSamplesD,
     RandAxialSliceSamplesd,
     RandAxialSliceSamplesDict,
+    RandModalityDropoutd,
     axial_slice_indices,
     extract_axial_slice,
 )
@@ -159,6 +160,34 @@ class TestRandAxialSliceSamplesd(unittest.TestCase):
         for item in items:
             index = item["image"].meta[SLICE_INDEX_KEY]
             torch.testing.assert_close(item["image"].as_tensor(), _volume().as_tensor()[..., index].flip(1))
+
+    def test_cached_volume_left_unchanged(self):
+        """The bundle's training chains cache the volumes in a CacheDataset with copy_cache=False (no deep copy of
+        each cached volume per visit): that is valid because the slicer, the first random transform, never writes
+        into its input and its slices own their memory, so an in-place transform after it cannot reach the cache."""
+        volume = _volume()
+        data = {"image": volume, "subject": "s0", "available": torch.ones(2, dtype=torch.bool)}
+        dataset = CacheDataset(
+            [data],
+            Compose(
+                [
+                    RandAxialSliceSamplesd(["image"], num_samples=3),
+                    RandModalityDropoutd(keys="image", mask_key="input_available"),
+                    Lambdad("image", lambda x: x.mul_(-2.0)),  # an in-place change downstream
+                ]
+            ),
+            copy_cache=False,
+            progress=False,
+        )
+        for _ in range(3):
+            items = dataset[0]
+            self.assertEqual(len(items), 3)
+            for item in items:
+                index = item["image"].meta[SLICE_INDEX_KEY]
+                torch.testing.assert_close(item["image"].as_tensor(), -2.0 * _volume().as_tensor()[..., index])
+        cached = dataset._cache[0]
+        self.assertTrue(torch.equal(cached["image"].as_tensor(), _volume().as_tensor()))
+        self.assertEqual(set(cached), {"image", "subject", "available"})
 
     def test_errors(self):
         t = RandAxialSliceSamplesd(["image", "seg"])

@@ -143,29 +143,50 @@ class MSGLDM(MultiContrastLDM):
         """The stage-0 autoencoder and the stage-1 structure net, frozen in stage 2."""
         return [self.autoencoder, self.structure_net]
 
-    def encode_structure(self, images: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    def structure_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every modality's structure encoder features, nothing fused (``StructureStyleNet.encode_modalities``):
+        ``(B, M, *S) -> [(B, M, structure_channels[l], *S_l) for each level l]``. They depend on each modality's own
+        image only, so stage 2 can compute them once per training slice and pass them to :py:meth:`condition` with
+        any availability mask (the frozen structure net gives the same ``F_s``)."""
+        self.check_images(images)
+        return self.structure_net.encode_modalities(images)
+
+    def encode_structure(
+        self,
+        images: torch.Tensor,
+        available: torch.Tensor,
+        structure_features: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The structure condition ``F_s`` on the latent grid: ``(B, M, *S) -> (B, structure_channels, *S/f)``.
 
-        Absent modalities are zeroed before the structure branch, so they cannot leak into ``F_s``.
+        Absent modalities are zeroed before the structure branch (and their features are zeroed before the
+        fusion), so they cannot leak into ``F_s``.
 
         Args:
             images: ``(B, M, *S)``; the content of absent modalities is ignored.
             available: ``(B, M)`` bool, validated by the caller (only its shape and dtype are checked here).
+            structure_features: :py:meth:`structure_features` of ``images`` when the caller has them (stage 2's
+                cache); the structure encoders are then not run. ``None``: computed here.
         """
         grid = self.check_images(images)
         check_availability_shape(available, images.shape[0], self.num_modalities, "MSGLDM")
-        keep = available.view(*available.shape, *([1] * self.spatial_dims))
-        zeroed = torch.where(keep, images, torch.zeros((), dtype=images.dtype, device=images.device))
-        structure = self.structure_net.encode_structure(zeroed, available)
+        if structure_features is None:
+            keep = available.view(*available.shape, *([1] * self.spatial_dims))
+            images = torch.where(keep, images, torch.zeros((), dtype=images.dtype, device=images.device))
+        structure = self.structure_net.encode_structure(images, available, structure_features)
         return resize_to_grid(structure, grid)
 
     def condition(
-        self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        available: torch.Tensor,
+        latents: torch.Tensor | None = None,
+        structure_features: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``F_s`` (:py:meth:`encode_structure`), followed with ``hybrid_condition`` by
-        :py:meth:`latent_condition` (the given contrasts' latents, from ``latents`` when given, as in training, or
-        their posterior means): ``(B, condition_channels, *S / f)``."""
-        structure = self.encode_structure(images, available)
+        """``F_s`` (:py:meth:`encode_structure`, from ``structure_features`` when given), followed with
+        ``hybrid_condition`` by :py:meth:`latent_condition` (the given contrasts' latents, from ``latents`` when
+        given, as in training, or their posterior means): ``(B, condition_channels, *S / f)``."""
+        structure = self.encode_structure(images, available, structure_features)
         if not self.hybrid_condition:
             return structure
         return torch.cat([structure, self.latent_condition(images, available, latents).to(structure.dtype)], dim=1)

@@ -267,29 +267,75 @@ class StructureStyleNet(nn.Module):
     def _modality(self, images: torch.Tensor, m: int) -> torch.Tensor:
         return images[:, m * self.in_channels : (m + 1) * self.in_channels]
 
-    def _encode(self, images: torch.Tensor, available: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encode_modalities(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """
+        Every modality's structure encoder on its own image, nothing fused: the per-modality features that the MMSF
+        fusions take, one tensor per level. Each modality's features depend on its image alone, so they can be
+        computed once per image and reused with any availability mask (:py:meth:`encode_structure` with
+        ``features``; the stage-2 cache, :py:class:`~monai_msgldm.engines.LatentCache` with
+        ``structure_features=True``, does this).
+
+        Args:
+            images: ``(B, M * in_channels, *S)``.
+
+        Returns:
+            ``[(B, M, structure_channels[l], *S_l) for each level l]``, ``S_l`` the size after the strides up to
+            level ``l``.
+        """
+        self._check_images(images)
+        per_modality = [encoder(self._modality(images, m)) for m, encoder in enumerate(self.structure_encoders)]
+        return [torch.stack(level, dim=1) for level in zip(*per_modality)]
+
+    def _check_features(self, features: Sequence[torch.Tensor], images: torch.Tensor) -> list[torch.Tensor]:
+        features = list(features)
+        if len(features) != len(self.fusions):
+            raise ValueError(
+                f"StructureStyleNet expects features with one tensor per level ({len(self.fusions)}), got "
+                f"{len(features)}."
+            )
+        b, size = images.shape[0], list(images.shape[2:])
+        for level, (f, c) in enumerate(zip(features, self.structure_channels)):
+            size = [math.ceil(n / self.strides[level]) for n in size]
+            expected = [b, self.num_modalities, c, *size]
+            if list(f.shape) != expected:
+                raise ValueError(
+                    f"StructureStyleNet expects features[{level}] of shape {expected} (encode_modalities of the "
+                    f"same images), got {list(f.shape)}."
+                )
+        return features
+
+    def _encode(
+        self, images: torch.Tensor, available: torch.Tensor, features: Sequence[torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         self._check_images(images)
         available = self._check_available(available, images)
-        # outside gradient-enabled training, skip the encoders of modalities absent from the whole batch (their
-        # features would be zeroed anyway); in training every encoder runs so that all parameters take part in
-        # the graph (as distributed data parallel expects) and receive (zero) gradients
-        skip_absent = not (self.training and torch.is_grad_enabled())
-        present_anywhere = available.any(dim=0).tolist()
-        per_modality: list[list[torch.Tensor] | None] = [
-            encoder(self._modality(images, m)) if present_anywhere[m] or not skip_absent else None
-            for m, encoder in enumerate(self.structure_encoders)
-        ]
-        reference = next(f for f in per_modality if f is not None)
+        if features is not None:
+            stacked = self._check_features(features, images)
+        else:
+            # outside gradient-enabled training, skip the encoders of modalities absent from the whole batch (their
+            # features would be zeroed anyway); in training every encoder runs so that all parameters take part in
+            # the graph (as distributed data parallel expects) and receive (zero) gradients
+            skip_absent = not (self.training and torch.is_grad_enabled())
+            present_anywhere = available.any(dim=0).tolist()
+            per_modality: list[list[torch.Tensor] | None] = [
+                encoder(self._modality(images, m)) if present_anywhere[m] or not skip_absent else None
+                for m, encoder in enumerate(self.structure_encoders)
+            ]
+            reference = next(f for f in per_modality if f is not None)
+            stacked = [
+                torch.stack([ref.new_zeros(ref.shape) if f is None else f[level] for f in per_modality], dim=1)
+                for level, ref in enumerate(reference)
+            ]
         mask = available.view(available.shape[0], self.num_modalities, *([1] * (self.spatial_dims + 1)))
         fused: list[torch.Tensor] = []
-        for level, fusion in enumerate(self.fusions):
-            ref = reference[level]
-            feats = torch.stack([ref.new_zeros(ref.shape) if f is None else f[level] for f in per_modality], dim=1)
+        for feats, fusion in zip(stacked, self.fusions):
             feats = torch.where(mask, feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
             fused.append(fusion(feats, available))
         return fused, self.enhance(fused)
 
-    def encode_structure(self, images: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    def encode_structure(
+        self, images: torch.Tensor, available: torch.Tensor, features: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """
         Structure branch only (structure encoders, MMSF, MSSE; no style encoders, no decoders): the guidance
         ``F_s`` of the diffusion model.
@@ -298,11 +344,13 @@ class StructureStyleNet(nn.Module):
             images: ``(B, M * in_channels, *S)``, absent modalities' content is ignored.
             available: ``(B, M)`` bool availability mask, at least one True per row (validated where it enters
                 the model; only its shape and dtype are checked here).
+            features: :py:meth:`encode_modalities` of ``images`` when the caller has them (the structure encoders
+                are then not run; absent modalities' features are zeroed as usual); ``None``: computed here.
 
         Returns:
             ``F_s`` of shape ``(B, structure_channels[-1], *(S / prod(strides)))``.
         """
-        return self._encode(images, available)[1]
+        return self._encode(images, available, features)[1]
 
     def encode_style(self, images: torch.Tensor) -> torch.Tensor:
         """

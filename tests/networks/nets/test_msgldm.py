@@ -130,6 +130,34 @@ class TestMSGLDM(unittest.TestCase):
             moved = (net.condition(changed_present, available) - fs)[0].abs().max()
         self.assertGreater(float(moved), 1e-4)
 
+    def test_condition_from_structure_features(self):
+        """structure_features(images) (per-contrast, mask-free) passed to condition give the same F_s and hybrid
+        condition as the images alone, for every mask; absent contrasts still cannot change it."""
+        torch.manual_seed(0)
+        for hybrid in (False, True):
+            net = tiny_msgldm(hybrid_condition=hybrid).eval()
+            images = torch.rand(3, 4, 16, 16) * 2 - 1
+            with torch.no_grad():
+                features = net.structure_features(images)
+                self.assertEqual(
+                    [tuple(f.shape) for f in features], [(3, 4, 4, 16, 16), (3, 4, 8, 8, 8), (3, 4, 8, 4, 4)]
+                )
+                for available in (
+                    torch.tensor([[True, False, True, True], [False, False, True, False], [True, True, False, True]]),
+                    torch.tensor([[False, True, False, False]] * 3),
+                ):
+                    with self.subTest(hybrid=hybrid, available=available.tolist()):
+                        expected = net.condition(images, available)
+                        got = net.condition(images, available, structure_features=features)
+                        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+                        changed = torch.where(available[:, :, None, None], images, torch.rand_like(images))
+                        torch.testing.assert_close(
+                            net.condition(changed, available, structure_features=net.structure_features(changed)),
+                            expected,
+                            rtol=1e-5,
+                            atol=1e-6,
+                        )
+
     def test_structure_condition_resized_by_area_average(self):
         """When the structure grid is finer than the latent grid by an integer factor, F_s is its area average."""
         torch.manual_seed(0)

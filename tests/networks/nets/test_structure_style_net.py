@@ -104,6 +104,35 @@ class TestStructureStyleNet(unittest.TestCase):
         net.encode_structure(images, AVAILABLE)
         self.assertEqual(calls, [])
 
+    @parameterized.expand([[2], [3]])
+    def test_encode_modalities_and_structure_from_features(self, sd):
+        """encode_modalities is each modality's encoder on its own image, stacked per level; F_s from those features
+        equals F_s computed from the images, for any availability mask (the features do not depend on it)."""
+        net = _net(sd).eval()
+        images = torch.randn(2, M, *_size(sd))
+        with torch.no_grad():
+            features = net.encode_modalities(images)
+            top = [s // 2 for s in _size(sd)]
+            self.assertEqual([tuple(f.shape) for f in features], [(2, M, 4, *_size(sd)), (2, M, 8, *top)])
+            for m in range(M):
+                for level, ref in enumerate(net.structure_encoders[m](images[:, m : m + 1])):
+                    self.assertTrue(torch.equal(features[level][:, m], ref))
+            masks = [AVAILABLE, torch.tensor([[True, False, False, True], [True, True, True, True]])]
+            for available in masks:
+                expected = net.encode_structure(images, available)
+                torch.testing.assert_close(net.encode_structure(images, available, features), expected)
+            # absent modalities' features are zeroed as their images are: garbage in them changes nothing
+            spoiled = [f.clone() for f in features]
+            for f in spoiled:
+                f[~AVAILABLE] = 1e3
+            torch.testing.assert_close(
+                net.encode_structure(images, AVAILABLE, spoiled), net.encode_structure(images, AVAILABLE)
+            )
+        with self.assertRaisesRegex(ValueError, "one tensor per level \\(2\\), got 1"):
+            net.encode_structure(images, AVAILABLE, features[:1])
+        with self.assertRaisesRegex(ValueError, "features\\[1\\] of shape"):
+            net.encode_structure(images, AVAILABLE, [features[0], features[1][:1]])
+
     def test_absent_encoder_skipped_only_outside_training(self):
         net = _net(2)
         images = torch.randn(2, M, 16, 16)
