@@ -49,14 +49,17 @@ SETTINGS: dict[str, dict[str, str]] = {
 }
 
 
-def run_once(setting: str, slices: int, threads: int) -> dict[str, Any]:
-    """One synthesis run in this process (see the module), started with the environment of ``setting``."""
+def run_once(setting: str, slices: int, threads: int, options: argparse.Namespace) -> dict[str, Any]:
+    """One synthesis run in this process (see the module), started with the environment of ``setting``;
+    ``options``: the network overrides and the phantom volume of the command line."""
     import torch
     from speed import build_network, content_indices, phantom_volume, time_bundle_inferer
 
     torch.set_num_threads(threads)
-    net = build_network("msgldm")
-    volume = phantom_volume()
+    net = build_network("msgldm", json.loads(options.overrides))
+    volume = phantom_volume(
+        options.volume_size, resolution=options.phantom_resolution, cache_dir=options.phantom_cache_dir
+    )
     with_content = content_indices(volume, [0, 1, 2])
     start = max(0, (len(with_content) - slices) // 2)
     volume = volume[..., with_content[start : start + slices]].contiguous()
@@ -66,7 +69,7 @@ def run_once(setting: str, slices: int, threads: int) -> dict[str, Any]:
     after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
     return {
         "setting": setting,
-        "environment": {k: os.environ.get(k) for k in SETTINGS[setting]},
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "slices": timing["slices_sampled_per_volume"],
         "seconds_per_slice": timing["seconds_per_slice"],
         "user_s": after.ru_utime - before.ru_utime,
@@ -83,18 +86,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=2, help="runs per setting, in alternation")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--overrides", default="{}", help="JSON dict of bundle overrides (smaller networks)")
+    parser.add_argument("--volume-size", type=int, default=192, help="in-plane size of the phantom volume")
+    parser.add_argument("--phantom-resolution", type=float, default=1.0, help="voxel size of the phantom (mm)")
+    parser.add_argument("--phantom-cache-dir", default=None, help="phantom cache (default: the package's)")
     parser.add_argument("--worker", choices=list(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.slices < 1 or args.rounds < 1:
         raise ValueError("malloc_tuning expects --slices >= 1 and --rounds >= 1.")
     if args.worker:
-        print(json.dumps(run_once(args.worker, args.slices, args.threads)))
+        print(json.dumps(run_once(args.worker, args.slices, args.threads, args)))
         return {}
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for setting, variables in SETTINGS.items():
             cmd = [sys.executable, __file__, "--worker", setting, "--slices", str(args.slices)]
-            cmd += ["--threads", str(args.threads)]
+            cmd += [
+                "--threads",
+                str(args.threads),
+                "--overrides",
+                args.overrides,
+                "--volume-size",
+                str(args.volume_size),
+            ]
+            cmd += ["--phantom-resolution", str(args.phantom_resolution)]
+            cmd += ["--phantom-cache-dir", args.phantom_cache_dir] if args.phantom_cache_dir else []
             env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**env, **variables})
             row = json.loads(out.stdout.strip().splitlines()[-1])

@@ -169,6 +169,36 @@ class TestSpeedBenchmark(unittest.TestCase):
         self.assertTrue(baseline.known_contrast_guidance)
 
 
+class TestMallocTuning(unittest.TestCase):
+    def test_main_tiny(self):
+        """Both settings in fresh processes: each worker runs with exactly its setting's MALLOC_ variables (none for
+        glibc's default, even when the caller has some), and the speed-ups are against the default."""
+        bench = _load("malloc_tuning")
+        self.assertEqual(bench.SETTINGS["glibc default"], {})
+        args = ["--slices", "2", "--rounds", "1", "--volume-size", "64", "--phantom-resolution", "4"]
+        args += ["--phantom-cache-dir", _TMP, "--overrides", json.dumps(TINY_NETS)]
+        previous = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = "12345"  # inherited by the default run unless removed
+        try:
+            result = bench.main(args)
+        finally:
+            if previous is None:
+                os.environ.pop("MALLOC_TRIM_THRESHOLD_")
+            else:
+                os.environ["MALLOC_TRIM_THRESHOLD_"] = previous
+        self.assertEqual([r["setting"] for r in result["runs"]], list(bench.SETTINGS))
+        for run in result["runs"]:
+            self.assertEqual(run["environment"], bench.SETTINGS[run["setting"]] or {})
+            self.assertEqual(run["slices"], 2)
+            self.assertGreater(run["seconds_per_slice"], 0.0)
+        self.assertEqual(result["speedups"]["glibc default"], 1.0)
+        other = "no trim, 32 MiB mmap threshold"
+        self.assertAlmostEqual(
+            result["speedups"][other],
+            result["summary"]["glibc default"]["seconds_per_slice"] / result["summary"][other]["seconds_per_slice"],
+        )
+
+
 class TestProfileSynthesis(unittest.TestCase):
     def test_slice_batch_takes_the_middle_slices_with_content(self):
         import torch
