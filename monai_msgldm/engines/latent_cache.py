@@ -134,9 +134,10 @@ class LatentCache:
     features of every contrast of the slice (``MSGLDM.structure_features``: one tensor per level, before the
     fusion). They depend on each contrast's own image only, so they hold for any availability mask drawn later; the
     trainer then runs only the fusion and enhancement of the structure branch per iteration. This removes most of
-    the structure branch's cost (about a quarter of a stage-2 iteration at the demo's size) but the features are
-    large: ``M * sum_l structure_channels[l] * prod(S_l)`` values per slice, 0.9 MiB at the demo's size (64 x 64,
-    channels 8, 16, 32) and 35 MiB at the paper's (192 x 192, channels 32 to 256): for small data sets only.
+    the structure branch's cost (a stage-2 iteration at the demo's size took 0.207 s instead of 0.326 s with the
+    latents alone, ``benchmarks/stage2_cache.py``) but the features are large: ``M * sum_l structure_channels[l] *
+    prod(S_l)`` values per slice, 0.9 MiB at the demo's size (64 x 64, channels 8, 16, 32) and 35 MiB at the paper's
+    (192 x 192, channels 32 to 256): for small data sets only.
 
     The cache lives in memory (``device``, CPU by default) and is not saved with checkpoints (a resumed run refills
     it). Size: ``2 * M * latent_channels * prod(L) * bytes(dtype)`` per slice, 72 KiB for the paper's model at
