@@ -130,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["1"],
         help="learning-curve budget multipliers of the stage-2 epochs (> 0, e.g. 0.25 0.5 1 2 4)",
     )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="subjects to score: the held-out test subjects, or the two validation subjects (to choose a recipe)",
+    )
     parser.add_argument("--no-dice", action="store_true", help="skip the downstream Dice (no segmenter training)")
     parser.add_argument("--dice-epochs", type=int, default=None, help="segmenter epochs (train_segmenter.json's)")
     args = parser.parse_args(argv)
@@ -154,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.train_only:
         return 0
     segmenter = None if args.no_dice else load_segmenter_model(args.work_dir)
-    cases = test_cases(BUDGET)
-    logger.info(f"{len(cases)} test subjects")
+    cases = test_cases(BUDGET, split=args.split)
+    logger.info(f"{len(cases)} {args.split} subjects")
     rows: list[dict] = []
     eval_seconds: dict[str, float] = {}
     for name in args.models:
@@ -191,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget": BUDGET,
         "iterations": iterations_text(args.work_dir, BUDGET),
         "ddim_steps": args.ddim_steps,
+        "split": args.split,
         "test_cases": [subject_name(c, i) for i, c in enumerate(cases)],
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,

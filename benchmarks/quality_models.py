@@ -67,6 +67,10 @@ BUDGET: dict[str, Any] = {
 #: condition since bundle 0.7.0, see docs/model.md)
 PAPER = {"hybrid_condition": False}
 
+#: the ``*_2step`` models train stage 2 only at the timesteps the 2-step DDIM sampler visits (``train_timesteps``,
+#: :func:`~monai_msgldm.inferers.ddim_step_timesteps` of the bundle's ``sampling_scheduler``: 999 and 499)
+SAMPLER_TIMESTEPS = "$monai_msgldm.inferers.ddim_step_timesteps(@sampling_scheduler, 2).tolist()"
+
 #: model name -> (kind, bundle overrides); kind "msgldm" trains with train.json + demo.json
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "msgldm": ("msgldm", PAPER),
@@ -80,6 +84,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "regression": ("baseline_regression", {}),
     "msgldm_hybrid_rflow": ("msgldm", {"hybrid_condition": True}),
     "plain_ldm_rflow": ("baseline_ldm", {}),
+    "msgldm_hybrid_2step": ("msgldm", {"hybrid_condition": True, "train_timesteps": SAMPLER_TIMESTEPS}),
+    "plain_ldm_2step": ("baseline_ldm", {"train_timesteps": SAMPLER_TIMESTEPS}),
 }
 
 #: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
@@ -91,7 +97,7 @@ MODEL_OVERLAYS: dict[str, tuple[str, ...]] = {
 
 
 #: MSG-LDM variants that differ from ``msgldm`` in stage 2 only: they reuse its stage-0 and stage-1 checkpoints
-STAGE2_ONLY = ("msgldm_hybrid", "msgldm_hybrid_rflow")
+STAGE2_ONLY = ("msgldm_hybrid", "msgldm_hybrid_rflow", "msgldm_hybrid_2step")
 
 
 def parse_model(name: str) -> tuple[str, float]:

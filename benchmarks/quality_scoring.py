@@ -80,12 +80,16 @@ def variant_name(name: str, sampling: str) -> str:
     return name if sampling == "plain" else f"{name}+{sampling}"
 
 
-def test_cases(budget: Mapping[str, Any], overlays: Sequence[str] = ()) -> list[dict]:
+def test_cases(budget: Mapping[str, Any], overlays: Sequence[str] = (), split: str = "test") -> list[dict]:
     """The preprocessed held-out test subjects of the benchmark split (64 px, with the lesion segmentation);
-    ``overlays``: bundle config files of the contrast set and phantom (e.g. ``wmh.json``), as the models trained."""
+    ``overlays``: bundle config files of the contrast set and phantom (e.g. ``wmh.json``), as the models trained;
+    ``split``: ``"test"``, or ``"validation"`` to choose a recipe without looking at the test subjects."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"test_cases expects split 'test' or 'validation', got {split!r}.")
     parser = evaluation_parser(overlays)
     parser.update(
         {
+            "data_list_key": split,
             "bundle_root": str(BUNDLE),
             "spatial_size": preset_values("demo")["spatial_size"],
             "pixdim": [float(budget["phantom_resolution"])] * 3,  # the models' working grid: the phantom's own

@@ -134,6 +134,10 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             batch. Their activations at full resolution dominate the peak memory of a large batch (at 192 px the
             autoencoder's first level holds 64 channels per contrast and slice), so this bounds the memory without
             giving up the batched denoiser; the result is the same. ``None``: the whole batch at once.
+        train_timesteps: the training timesteps the training path draws from, uniformly (for example
+            ``ddim_step_timesteps(sampling_scheduler, 2).tolist()``: the network is trained only at the noise levels
+            a 2-step DDIM sampler visits); ``None`` = all ``num_train_timesteps`` (the usual uniform draw). Not for
+            rectified flow, whose timesteps are continuous and drawn by its scheduler. Sampling is unaffected.
 
     Example::
 
@@ -154,6 +158,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         eta: float = 0.0,
         known_contrast_guidance: bool = False,
         image_batch_size: int | None = None,
+        train_timesteps: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -187,11 +192,36 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         self.progress = bool(progress)
         self.known_contrast_guidance = bool(known_contrast_guidance)
         self.rectified_flow = isinstance(scheduler, RFlowScheduler)
+        self.train_timesteps = self._check_train_timesteps(train_timesteps, max_steps)
         self.prediction_type = "v_prediction" if self.rectified_flow else str(scheduler.prediction_type)
         self.step_kwargs: dict[str, Any] = {"eta": self.eta} if isinstance(scheduler, DDIMScheduler) else {}
         # steps that draw noise: a scheduler whose step takes a generator (DDPM), except DDIM without eta
         takes_generator = "generator" in inspect.signature(scheduler.step).parameters
         self.stochastic_steps = takes_generator and not (isinstance(scheduler, DDIMScheduler) and self.eta == 0)
+
+    def _check_train_timesteps(self, train_timesteps: Sequence[int] | None, max_steps: int) -> torch.Tensor | None:
+        """``train_timesteps`` as a sorted ``(K,)`` long tensor of distinct steps (``None`` stays ``None``)."""
+        name = type(self).__name__
+        if train_timesteps is None:
+            return None
+        if self.rectified_flow:
+            raise ValueError(
+                f"{name} expects train_timesteps to be None with an RFlowScheduler (its timesteps are continuous "
+                f"and drawn by the scheduler), got {train_timesteps!r}."
+            )
+        if isinstance(train_timesteps, torch.Tensor):
+            train_timesteps = train_timesteps.tolist()
+        if isinstance(train_timesteps, (str, bytes)) or not isinstance(train_timesteps, Sequence):
+            raise ValueError(
+                f"{name} expects train_timesteps to be None or a sequence of ints, got {train_timesteps!r}."
+            )
+        steps = list(train_timesteps)
+        if not steps or any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < max_steps for t in steps):
+            raise ValueError(
+                f"{name} expects train_timesteps to be a non-empty sequence of ints in [0, {max_steps - 1}] (the "
+                f"scheduler's training steps), got {train_timesteps!r}."
+            )
+        return torch.tensor(sorted(set(steps)), dtype=torch.long)
 
     # ------------------------------------------------------------ training
     def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -206,9 +236,13 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
 
     def training_timesteps(self, latents: torch.Tensor) -> torch.Tensor:
         """One training timestep per sample of ``latents`` ``(B, ...)`` (only its batch size and device are used):
-        the scheduler's own draw for rectified flow, uniform over the training steps otherwise."""
+        the scheduler's own draw for rectified flow, otherwise uniform over ``train_timesteps`` (all the training
+        steps when it is ``None``)."""
         if self.rectified_flow:
             return self.scheduler.sample_timesteps(latents)
+        if self.train_timesteps is not None:
+            index = torch.randint(0, len(self.train_timesteps), (latents.shape[0],), device=latents.device)
+            return self.train_timesteps.to(latents.device)[index]
         n = int(self.scheduler.num_train_timesteps)
         return torch.randint(0, n, (latents.shape[0],), device=latents.device).long()
 

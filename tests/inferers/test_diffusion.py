@@ -378,6 +378,59 @@ class TestTrainingPath(unittest.TestCase):
         torch.manual_seed(5)
         torch.testing.assert_close(t, torch.randint(0, 1000, (64,)).long(), rtol=0, atol=0)  # uniform draw
 
+    @parameterized.expand([("one", [999]), ("ddim_2", [999, 499]), ("unsorted_repeated", [499, 999, 499, 0])])
+    def test_train_timesteps_are_drawn_uniformly_from_the_given_set(self, _, steps):
+        inferer = MultiContrastDiffusionInferer(ddpm(), train_timesteps=steps)
+        expected = sorted(set(steps))
+        self.assertEqual(inferer.train_timesteps.tolist(), expected)
+        torch.manual_seed(7)
+        t = inferer.training_timesteps(torch.zeros(4000, 8, 4, 4))
+        torch.manual_seed(7)
+        index = torch.randint(0, len(expected), (4000,))
+        torch.testing.assert_close(t, torch.tensor(expected)[index], rtol=0, atol=0)  # the reference draw
+        self.assertEqual(t.dtype, torch.long)
+        counts = torch.stack([(t == s).sum() for s in expected]).float()
+        self.assertEqual(int(counts.sum()), 4000)  # nothing outside the set
+        # each step about 4000 / K times (binomial: more than 6 standard deviations off has odds below 1e-8)
+        k = len(expected)
+        sd = (4000 * (1 / k) * (1 - 1 / k)) ** 0.5
+        self.assertTrue(bool(((counts - 4000 / k).abs() <= 6 * sd + 1e-6).all()), counts)
+
+    def test_train_timesteps_reach_the_training_path_and_match_the_sampler(self):
+        """With the 2-step DDIM sampler's timesteps the training path runs the network only at 999 and 499, and the
+        target is the one of those timesteps."""
+        steps = ddim_step_timesteps(ddim("v_prediction"), 2).tolist()
+        self.assertEqual(steps, [999, 499])
+        net = tiny_msgldm().eval()
+        seen = []
+        forward = net.forward
+
+        def record(x, timesteps, *args, **kwargs):
+            seen.extend(timesteps.tolist())
+            return forward(x, timesteps, *args, **kwargs)
+
+        inferer = MultiContrastDiffusionInferer(ddpm("v_prediction"), train_timesteps=steps)
+        images = torch.rand(6, 4, 16, 16) * 2 - 1
+        available = torch.ones(6, 4, dtype=torch.bool)
+        noise = torch.randn(6, 8, 4, 4)
+        torch.manual_seed(0)
+        with mock.patch.object(net, "forward", side_effect=record):
+            for _ in range(5):
+                inferer(images, net, available, noise=noise)
+        self.assertEqual(len(seen), 30)
+        self.assertEqual(set(seen), {499, 999})
+
+    def test_train_timesteps_errors(self):
+        for bad in ([], [1000], [-1], [1.5], [True], "999", 999):
+            with self.assertRaisesRegex(ValueError, "train_timesteps"):
+                MultiContrastDiffusionInferer(ddpm(), train_timesteps=bad)
+        with self.assertRaisesRegex(ValueError, "RFlowScheduler"):
+            MultiContrastDiffusionInferer(rflow(), train_timesteps=[999])
+        torch.testing.assert_close(
+            MultiContrastDiffusionInferer(ddpm(), train_timesteps=torch.tensor([5, 3])).train_timesteps,
+            torch.tensor([3, 5]),
+        )
+
 
 if __name__ == "__main__":
     unittest.main()
