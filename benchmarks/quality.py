@@ -90,7 +90,15 @@ from quality_scoring import (  # noqa: E402
 #: the models of the learning curves (those of ``--models``)
 CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "regression")
 #: the models of the steps-versus-quality curve (those of ``--models``): DDIM and rectified flow
-STEPS_CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "msgldm_hybrid_rflow", "plain_ldm_rflow")
+STEPS_CURVE_MODELS = (
+    "msgldm",
+    "msgldm_hybrid",
+    "plain_ldm",
+    "msgldm_hybrid_rflow",
+    "plain_ldm_rflow",
+    "msgldm_hybrid_2step",
+    "plain_ldm_2step",
+)
 
 __all__ = ["BUDGET", "MODELS", "main", "train_model", "evaluate_model"]
 
