@@ -59,13 +59,17 @@ def preset_parser(preset: str):
 
 
 def preset_values(preset: str, config: str = "inference.json") -> dict:
-    """What a preset changes in ``configs/<config>`` (network sizes, ``prediction_type``, ``spatial_size``,
-    ``ddim_steps``...): ``monai_msgldm.bundle.running_values``, as the demo hands them to its inference."""
+    """What a preset changes in ``configs/<config>`` (network sizes, ``spatial_size``, ``ddim_steps``...):
+    ``monai_msgldm.bundle.running_values``, as the demo hands them to its inference, and its ``prediction_type``."""
     from monai_msgldm.bundle import running_values
 
-    values = running_values(CONFIGS / config, CONFIGS / "train.json", parser=preset_parser(preset))
+    parser = preset_parser(preset)
+    values = running_values(CONFIGS / config, CONFIGS / "train.json", parser=parser)
     for key in ("bundle_root", "ckpt_dir", "output_dir", "num_workers"):
         values.pop(key, None)
+    # what the preset's model predicts: a trained model records it (models/model.sampling.json), the random-weight
+    # models of the benchmarks do not, and inference.json's default for a model without a record is epsilon
+    values["prediction_type"] = parser.get_parsed_content("prediction_type")
     return values
 
 

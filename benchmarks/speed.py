@@ -103,19 +103,22 @@ PAPER_BASELINE: dict[str, Any] = {**BASELINE, "hybrid_condition": False, "known_
 BASELINE_SAMPLER = "bundle 0.7.0 (hybrid, guided, DDIM 20 steps)"
 PAPER_SAMPLER = "bundle 0.6.0 (F_s only, DDIM 20 steps)"
 DEFAULT_SAMPLER = "inference.json"
-FEW_STEP_SAMPLER = "inference.json, v-prediction model (2 DDIM steps)"
+EPSILON_SAMPLER = "inference.json, epsilon model (20 DDIM steps, the default before 0.10.0)"
+#: what ``train.json`` trains and records beside ``model.pt`` (``models/model.sampling.json``), from which
+#: ``inference.json`` takes its prediction type and step count; the random-weight models timed here have no record
+DEFAULT_MODEL: dict[str, Any] = {"prediction_type": "v_prediction"}
 #: the samplers of the whole-volume comparison: label -> (bundle overlays after inference.json, overrides of
 #: inference.json and of the network's train.json). A 2-step sampler costs the same with DDIM (a v-prediction model,
-#: ``prediction_type v_prediction``) or rectified flow (``rflow.json``): the denoiser runs twice either way.
+#: the default since 0.10.0) or rectified flow (``rflow.json``): the denoiser runs twice either way.
 SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     PAPER_SAMPLER: ((), PAPER_BASELINE),
     BASELINE_SAMPLER: ((), BASELINE),
-    DEFAULT_SAMPLER: ((), {}),
-    "inference.json, 32 slices per batch": ((), {"slice_batch_size": 32}),
-    FEW_STEP_SAMPLER: ((), {"prediction_type": "v_prediction"}),
+    DEFAULT_SAMPLER: ((), DEFAULT_MODEL),
+    "inference.json, 32 slices per batch": ((), {**DEFAULT_MODEL, "slice_batch_size": 32}),
+    EPSILON_SAMPLER: ((), {"prediction_type": "epsilon"}),
 }
 #: the samplers timed end to end through ``python -m monai.bundle run`` by default
-BUNDLE_SAMPLERS = (BASELINE_SAMPLER, DEFAULT_SAMPLER, FEW_STEP_SAMPLER)
+BUNDLE_SAMPLERS = (BASELINE_SAMPLER, DEFAULT_SAMPLER, EPSILON_SAMPLER)
 
 
 def inference_parser(overlays: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> Any:

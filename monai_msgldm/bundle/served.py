@@ -21,9 +21,16 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
+from monai.networks.schedulers import Scheduler
 
 from monai_msgldm.bundle.metadata import contrast_network_data_format
 from monai_msgldm.bundle.stages import running_values
+from monai_msgldm.inferers.sampling_record import (
+    check_sampling_record,
+    load_sampling_record,
+    sampling_record_path,
+    save_sampling_record,
+)
 
 __all__ = ["write_served_bundle"]
 
@@ -60,6 +67,7 @@ def write_served_bundle(
     overrides: Mapping[str, Any] | None = None,
     configs: Sequence[str] = ("inference.json", "evaluate.json"),
     base_config: str = "train.json",
+    scheduler: Scheduler | None = None,
 ) -> str:
     """Copy the serving part of a bundle to ``output_dir`` with ``overrides`` written into its configs, so that
     tools that read a bundle folder as it is (MONAI Label's ``BundleInferTask``, ``python -m monai.bundle run``
@@ -69,7 +77,9 @@ def write_served_bundle(
     config defines the id or the root of a nested id, written as JSON), ``configs/metadata.json`` (its
     ``network_data_format`` rewritten for the served ``modalities`` and ``spatial_size``),
     ``configs/logging.conf``, ``LICENSE``, ``docs/README.md``, ``schema/meta_schema.json`` (those that exist) and
-    ``models/model.pt`` (a copy of ``model_path``). Everything is written to a temporary folder next to
+    ``models/model.pt`` (a copy of ``model_path``) with its sampling record ``models/model.sampling.json``
+    (:mod:`monai_msgldm.inferers.sampling_record`: what the model predicts, which ``inference.json`` reads): a copy
+    of ``model_path``'s, or written from ``scheduler``. Everything is written to a temporary folder next to
     ``output_dir`` first, which then replaces ``output_dir``.
 
     Args:
@@ -83,12 +93,16 @@ def write_served_bundle(
             source run (``bundle_root``, ``ckpt_dir``, ``output_dir``...) are never written in.
         configs: the config files of ``bundle_dir/configs`` to copy with the overrides.
         base_config: the config of ``bundle_dir/configs`` the running workflow started from (``overrides=None``).
+        scheduler: the training scheduler of a diffusion model (the bundle's ``@noise_scheduler``): the served
+            record is written from it, so that a model trained before records existed is served with one. ``None``:
+            ``model_path``'s record is copied when it has one.
 
     Returns:
         ``output_dir``.
 
     Raises:
         FileNotFoundError: ``model_path`` or a config does not exist.
+        ValueError: ``scheduler`` contradicts ``model_path``'s record.
     """
     bundle_dir, output_dir, model_path = os.fspath(bundle_dir), os.fspath(output_dir), os.fspath(model_path)
     if not os.path.isfile(model_path):
@@ -99,6 +113,10 @@ def write_served_bundle(
     for path in sources:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"write_served_bundle: config {path} does not exist.")
+    if scheduler is not None:
+        check_sampling_record(model_path, scheduler)
+    else:
+        load_sampling_record(model_path)  # a malformed record fails here, before anything is written
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".served_bundle_", dir=parent)
@@ -121,7 +139,12 @@ def write_served_bundle(
                 shutil.copy2(src, os.path.join(tmp, rel))
         _write_contrast_metadata(tmp, configs[0])
         os.makedirs(os.path.join(tmp, "models"))
-        shutil.copy2(model_path, os.path.join(tmp, "models", "model.pt"))
+        served_model = os.path.join(tmp, "models", "model.pt")
+        shutil.copy2(model_path, served_model)
+        if scheduler is not None:
+            save_sampling_record(served_model, scheduler)
+        elif os.path.isfile(sampling_record_path(model_path)):
+            shutil.copy2(sampling_record_path(model_path), sampling_record_path(served_model))
         if os.path.isdir(output_dir):
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

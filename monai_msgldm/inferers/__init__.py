@@ -18,6 +18,14 @@ from .naming import case_name_from_files
 from .outputs import SaveSynthesizedModalitiesd
 from .regression import RegressionSynthesisInferer
 from .sampler import SynthesisSampler, unwrap_network
+from .sampling_record import (
+    check_sampling_record,
+    load_sampling_record,
+    recorded_prediction_type,
+    sampling_record,
+    sampling_record_path,
+    save_sampling_record,
+)
 from .synthesis import ModalitySynthesisInferer, resolve_availability
 
 __all__ = [
@@ -27,6 +35,12 @@ __all__ = [
     "SynthesisSampler",
     "SaveSynthesizedModalitiesd",
     "case_name_from_files",
+    "check_sampling_record",
+    "load_sampling_record",
+    "recorded_prediction_type",
+    "sampling_record",
+    "sampling_record_path",
+    "save_sampling_record",
     "check_case_files",
     "ddim_step_timesteps",
     "load_model_weights",

@@ -106,7 +106,9 @@ class TestBundleTiming(unittest.TestCase):
         self.assertEqual(values["unet_def"]["channels"], [32, 64, 64])
         self.assertEqual(common.preset_parser("default").get_parsed_content("spatial_size"), 192)
         # the default preset trains on the 2 mm phantom: its working grid is what inference.json must be told
-        self.assertEqual(timing.preset_values("default"), {"pixdim": [2.0, 2.0, 2.0]})
+        self.assertEqual(
+            timing.preset_values("default"), {"pixdim": [2.0, 2.0, 2.0], "prediction_type": "v_prediction"}
+        )
         self.assertEqual(values["pixdim"], [3.0, 3.0, 3.0])
 
 
@@ -141,7 +143,11 @@ class TestSpeedBenchmark(unittest.TestCase):
         row = result["volumes"][0]
         self.assertGreater(row["peak_process_memory_gb"], 0.0)
         self.assertLessEqual(row["slices_sampled_per_volume"], 6)
-        self.assertEqual(row["ddim_steps"], speed.inference_parser().get_parsed_content("ddim_steps"))
+        # the default model (v-prediction, as train.json records it): 2 steps
+        self.assertEqual(
+            row["ddim_steps"], speed.inference_parser(overrides=speed.DEFAULT_MODEL).get_parsed_content("ddim_steps")
+        )
+        self.assertEqual(row["ddim_steps"], 2)
         (run,) = result["bundle"]
         self.assertEqual((run["sampler"], run["returncode"]), ("inference.json", 0))
         self.assertGreater(run["peak_process_memory_gb"], 0.0)

@@ -20,6 +20,7 @@ import unittest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from monai_msgldm.inferers import load_sampling_record
 from monai_msgldm.networks.nets import PlainConditionalLDM
 from tests.bundles import test_train_diffusion as stage2
 from tests.bundles.utils import collect_outputs, reference_psnr, state_equal
@@ -66,6 +67,7 @@ class TestBaselineLDMBundle(unittest.TestCase):
         self.assertAlmostEqual(wf.evaluator.state.metrics["val_psnr"], reference_psnr(pairs, max_val=2.0), delta=1e-4)
         wf.finalize()
         served = torch.load(os.path.join(ckpt_dir, "model.pt"), map_location="cpu", weights_only=True)
+        self.assertEqual(load_sampling_record(os.path.join(ckpt_dir, "model.pt"))["prediction_type"], "v_prediction")
         loaded = wf.parser.get_parsed_content("network_def", instantiate=True)
         loaded.load_state_dict(served)
         self.assertNotEqual(float(loaded.scale_factor), 1.0)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from monai_msgldm.bundle import stage_is_finished
 from monai_msgldm.data.phantom import ensure_phantom_dataset
+from monai_msgldm.inferers import load_sampling_record
 
 __all__: list[str] = []
 
@@ -143,6 +144,12 @@ class TestDemoWorkflow(unittest.TestCase):
         self.assertEqual(parser.get("field_of_view"), "crop")
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(os.path.join(served, "models", "model.pt"), weights_only=True), strict=True)
+        # what the model predicts comes from the record served beside it (models/model.sampling.json)
+        self.assertEqual(
+            load_sampling_record(os.path.join(served, "models", "model.pt")),
+            {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+        )
+        parser["bundle_root"] = served
         self.assertEqual(parser.get_parsed_content("sampling_scheduler").prediction_type, "v_prediction")
         for rel in ("configs/evaluate.json", "configs/metadata.json", "configs/logging.conf", "LICENSE"):
             self.assertTrue(os.path.isfile(os.path.join(served, rel)), rel)

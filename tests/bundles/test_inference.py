@@ -305,12 +305,19 @@ class TestInferenceWorkflow(unittest.TestCase):
             "structure_def",
             "unet_def",
             "network_def",
-            "prediction_type",
             "hybrid_condition",
             "sampling_scheduler",
             "spatial_size",
         ):
             self.assertEqual(parser.get(key), train.get(key), key)
+        # the prediction type is the model's record (models/model.sampling.json, which train.json writes with its
+        # own prediction_type); a model without one was trained before 0.10.0, when epsilon was the default
+        self.assertEqual(train.get("prediction_type"), "v_prediction")
+        self.assertEqual(
+            parser.get("prediction_type"),
+            "$monai_msgldm.inferers.recorded_prediction_type(@model_path, default='epsilon')",
+        )
+        self.assertEqual(parser.get_parsed_content("prediction_type"), "epsilon")  # ./models/model.pt, no record
         # DDIM steps follow the figures of the v-prediction models (docs/model.md); epsilon keeps 20
         self.assertEqual(parser.get_parsed_content("ddim_steps"), 20)
         # 16 slices per batch through the denoiser, their image-resolution parts 4 at a time (benchmarks/speed.py)

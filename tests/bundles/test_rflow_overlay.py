@@ -29,7 +29,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.schedulers import RFlowScheduler
 
 from monai_msgldm.bundle import write_served_bundle
-from monai_msgldm.inferers import MultiContrastDiffusionInferer
+from monai_msgldm.inferers import MultiContrastDiffusionInferer, load_sampling_record
 from tests.bundles import test_train_diffusion as stage2
 
 __all__: list[str] = []
@@ -97,6 +97,25 @@ class TestRectifiedFlowOverlay(unittest.TestCase):
         wf.finalize()
         served_model = os.path.join(ckpt_dir, "model.pt")
         self.assertTrue(os.path.isfile(served_model))
+        self.assertEqual(
+            load_sampling_record(served_model),
+            {"scheduler": "rflow", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+        )
+        # sampled without rflow.json, the model is refused in initialize (its record), not misread
+        plain = ConfigWorkflow(
+            config_file=INFERENCE[0],
+            workflow_type="infer",
+            bundle_root=self.root,
+            output_dir=os.path.join(self.root, "refused"),
+            **TINY_INFERENCE,
+        )
+        with self.assertRaises(RuntimeError) as ctx:
+            plain.initialize()
+        cause = ctx.exception
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        self.assertIn("add configs/rflow.json", str(cause))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "refused")))
 
         # the served copy written from this run's values samples with rectified flow too
         values = {**TINY_INFERENCE, "sampling_scheduler": _overlay()["sampling_scheduler"]}

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
+from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
 from monai_msgldm.bundle import write_served_bundle
+from monai_msgldm.inferers import load_sampling_record, recorded_prediction_type, sampling_record, save_sampling_record
 
 __all__: list[str] = []
 
@@ -65,6 +67,26 @@ class TestWriteServedBundle(unittest.TestCase):
         self.assertTrue(torch.equal(torch.load(os.path.join(out, "models", "model.pt"))["w"], torch.zeros(1)))
         self.assertEqual(sorted(os.listdir(self.tmp)), ["model.pt", "served"])  # no temporary folder left
 
+    def test_sampling_record_served(self):
+        """The model's record is copied; with ``scheduler`` it is written from it (a model trained before records
+        existed gets one), and a scheduler the source record contradicts is refused before anything is written."""
+        out = os.path.join(self.tmp, "served")
+        write_served_bundle(BUNDLE_DIR, out, self.model, {})
+        self.assertEqual(sorted(os.listdir(os.path.join(out, "models"))), ["model.pt"])  # none to copy
+        self.assertEqual(recorded_prediction_type(os.path.join(out, "models", "model.pt")), "epsilon")
+        v_model = DDPMScheduler(1000, prediction_type="v_prediction")
+        write_served_bundle(BUNDLE_DIR, out, self.model, {}, scheduler=v_model)
+        served_model = os.path.join(out, "models", "model.pt")
+        self.assertEqual(load_sampling_record(served_model), sampling_record(v_model))
+        self.assertEqual(recorded_prediction_type(served_model), "v_prediction")
+        save_sampling_record(self.model, RFlowScheduler(1000))
+        write_served_bundle(BUNDLE_DIR, out, self.model, {})  # copied
+        self.assertEqual(load_sampling_record(served_model)["scheduler"], "rflow")
+        shutil.rmtree(out)
+        with self.assertRaisesRegex(ValueError, "rflow.json"):
+            write_served_bundle(BUNDLE_DIR, out, self.model, {}, scheduler=v_model)
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["model.pt", "model.sampling.json"])  # nothing written
+
     def test_values_of_the_running_workflow(self):
         """Called from a running train.json workflow without overrides, the served configs get the values that
         workflow changed (network sizes, prediction_type, spatial_size, settings train.json lacks such as
@@ -78,7 +100,7 @@ class TestWriteServedBundle(unittest.TestCase):
                 "bundle_root": self.tmp,
                 "ckpt_dir": "$os.path.join(@bundle_root, 'elsewhere')",
                 "unet_def#channels": [8, 8, 8],
-                "prediction_type": "v_prediction",
+                "prediction_type": "epsilon",  # train.json's is v_prediction
                 "spatial_size": "$16 * 2",
                 "ddim_steps": 3,
                 "phantom_resolution": 4.0,
@@ -90,7 +112,7 @@ class TestWriteServedBundle(unittest.TestCase):
         inference = ConfigParser.load_config_file(os.path.join(out, "configs", "inference.json"))
         self.assertEqual(inference["unet_def"]["channels"], [8, 8, 8])
         self.assertEqual(
-            (inference["prediction_type"], inference["spatial_size"], inference["ddim_steps"]), ("v_prediction", 32, 3)
+            (inference["prediction_type"], inference["spatial_size"], inference["ddim_steps"]), ("epsilon", 32, 3)
         )
         source = ConfigParser.load_config_file(str(configs / "inference.json"))
         for key in ("bundle_root", "ckpt_dir", "model_path", "output_dir", "datalist", "imports", "initialize"):

@@ -30,6 +30,7 @@ from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
 from monai_msgldm.engines import LatentCache
+from monai_msgldm.inferers import load_sampling_record
 from monai_msgldm.networks.nets import MSGLDM, StructureStyleNet
 from tests.bundles.utils import assert_tensorboard_images, state_equal
 
@@ -233,6 +234,11 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         self.assertTrue(state_equal(periodic["ema"], ckpt["ema"]))
 
         served = torch.load(os.path.join(self.ckpt_dir, "model.pt"), map_location="cpu", weights_only=True)
+        # beside it, what it predicts (inference.json reads it): train.json's v-prediction on the DDPM schedule
+        self.assertEqual(
+            load_sampling_record(os.path.join(self.ckpt_dir, "model.pt")),
+            {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+        )
         # frozen stages: bit for bit the loaded checkpoints
         self.assertTrue(state_equal(_sub_state(served, "autoencoder.model."), stage_states["autoencoder"]))
         self.assertTrue(state_equal(_sub_state(served, "structure_net."), stage_states["structure"]))
@@ -283,7 +289,7 @@ class TestDefaultNetworks(unittest.TestCase):
             overlaid = ConfigParser()
             overlaid.read_config(CONFIG + [str(BUNDLE_DIR / "configs" / f) for f in overlays])
             self.assertIs(overlaid.get_parsed_content("train#latent_cache").structure_features, expected, overlays)
-        self.assertEqual(parser.get_parsed_content("val_ddim_steps"), 10)
+        self.assertEqual(parser.get_parsed_content("val_ddim_steps"), 2)  # v-prediction (epsilon: 10)
         self.assertEqual(parser.get_parsed_content("learning_rate"), 1e-4)
         self.assertEqual(parser.get_parsed_content("spatial_size"), 192)
         unet = parser.get_parsed_content("unet_def")
@@ -306,7 +312,7 @@ class TestDefaultNetworks(unittest.TestCase):
         for key, kind in (("noise_scheduler", DDPMScheduler), ("sampling_scheduler", DDIMScheduler)):
             scheduler = parser.get_parsed_content(key)
             self.assertIsInstance(scheduler, kind)
-            self.assertEqual((scheduler.num_train_timesteps, scheduler.prediction_type), (1000, "epsilon"))
+            self.assertEqual((scheduler.num_train_timesteps, scheduler.prediction_type), (1000, "v_prediction"))
             reference_betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2
             torch.testing.assert_close(scheduler.betas, reference_betas)
         # the autoencoder is exactly the stage-0 network_def
