@@ -28,6 +28,7 @@ from monai_msgldm.bundle.stages import running_values
 from monai_msgldm.inferers.sampling_record import (
     check_sampling_record,
     load_sampling_record,
+    sampling_record,
     sampling_record_path,
     save_sampling_record,
 )
@@ -68,6 +69,7 @@ def write_served_bundle(
     configs: Sequence[str] = ("inference.json", "evaluate.json"),
     base_config: str = "train.json",
     scheduler: Scheduler | None = None,
+    train_timesteps: Sequence[int] | None = None,
 ) -> str:
     """Copy the serving part of a bundle to ``output_dir`` with ``overrides`` written into its configs, so that
     tools that read a bundle folder as it is (MONAI Label's ``BundleInferTask``, ``python -m monai.bundle run``
@@ -96,6 +98,8 @@ def write_served_bundle(
         scheduler: the training scheduler of a diffusion model (the bundle's ``@noise_scheduler``): the served
             record is written from it, so that a model trained before records existed is served with one. ``None``:
             ``model_path``'s record is copied when it has one.
+        train_timesteps: with ``scheduler``, the timesteps stage 2 was restricted to (the bundle's
+            ``@train_timesteps``; ``None``: all).
 
     Returns:
         ``output_dir``.
@@ -114,7 +118,13 @@ def write_served_bundle(
         if not os.path.isfile(path):
             raise FileNotFoundError(f"write_served_bundle: config {path} does not exist.")
     if scheduler is not None:
-        check_sampling_record(model_path, scheduler)
+        source = check_sampling_record(model_path, scheduler)
+        written = sampling_record(scheduler, train_timesteps)
+        if source is not None and source["train_timesteps"] != written["train_timesteps"]:
+            raise ValueError(
+                f"write_served_bundle: {model_path} was trained at the timesteps {source['train_timesteps']} "
+                f"({sampling_record_path(model_path)}), not {written['train_timesteps']} (train_timesteps)."
+            )
     else:
         load_sampling_record(model_path)  # a malformed record fails here, before anything is written
     parent = os.path.dirname(os.path.abspath(output_dir))
@@ -142,7 +152,7 @@ def write_served_bundle(
         served_model = os.path.join(tmp, "models", "model.pt")
         shutil.copy2(model_path, served_model)
         if scheduler is not None:
-            save_sampling_record(served_model, scheduler)
+            save_sampling_record(served_model, scheduler, train_timesteps)
         elif os.path.isfile(sampling_record_path(model_path)):
             shutil.copy2(sampling_record_path(model_path), sampling_record_path(served_model))
         if os.path.isdir(output_dir):

@@ -17,21 +17,28 @@ rectified flow. Sampling it with another setting gives a wrong image without an 
 
 .. code-block:: json
 
-    {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 1000}
+    {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 1000, "train_timesteps": null}
+
+(``train_timesteps``: the timesteps stage 2 trained at when it was restricted to some, e.g. ``[499, 999]`` for the
+2-step DDIM sampler; ``null``: all of them.)
 
 ``inference.json`` / ``evaluate.json`` take their ``prediction_type`` from it (:func:`recorded_prediction_type`; a
 model without a record, trained before bundle 0.10.0, keeps the configs' previous default, epsilon) and check their
-sampling scheduler against it before anything is read (:func:`check_sampling_record`).
+sampling scheduler and step count against it before anything is read (:func:`check_sampling_record`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from monai.networks.schedulers import RFlowScheduler, Scheduler
+import torch
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
 
+from monai_msgldm.inferers.diffusion import ddim_step_timesteps
 from monai_msgldm.utils.files import atomic_write_text
 
 __all__ = [
@@ -54,28 +61,40 @@ def sampling_record_path(model_path: str | os.PathLike) -> str:
     return os.path.splitext(os.fspath(model_path))[0] + ".sampling.json"
 
 
-def sampling_record(scheduler: Scheduler) -> dict[str, Any]:
+def sampling_record(
+    scheduler: Scheduler, train_timesteps: Sequence[int] | torch.Tensor | None = None
+) -> dict[str, Any]:
     """The record of a model trained with ``scheduler``: its family (``"rflow"`` for MONAI's ``RFlowScheduler``,
     ``"ddpm"`` for ``DDPMScheduler`` and the samplers of its models, DDIM and PNDM), what the network predicts
-    (``"v_prediction"`` for rectified flow: the velocity ``z0 - noise``) and the number of training steps."""
+    (``"v_prediction"`` for rectified flow: the velocity ``z0 - noise``), the number of training steps and the
+    timesteps it was trained at when restricted (``train_timesteps`` of
+    :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`; sorted, distinct; ``None``: all)."""
     if not isinstance(scheduler, Scheduler):
         raise ValueError(f"sampling_record expects a monai.networks.schedulers.Scheduler, got {scheduler!r}.")
     rflow = isinstance(scheduler, RFlowScheduler)
+    if isinstance(train_timesteps, torch.Tensor):
+        train_timesteps = train_timesteps.tolist()
     return {
         "scheduler": "rflow" if rflow else "ddpm",
         "prediction_type": "v_prediction" if rflow else str(scheduler.prediction_type),
         "num_train_timesteps": int(scheduler.num_train_timesteps),
+        "train_timesteps": None if train_timesteps is None else sorted({int(t) for t in train_timesteps}),
     }
 
 
-def save_sampling_record(model_path: str | os.PathLike, scheduler: Scheduler) -> str:
-    """Write the record of the model ``model_path`` trained with ``scheduler`` (atomically, next to it).
+def save_sampling_record(
+    model_path: str | os.PathLike,
+    scheduler: Scheduler,
+    train_timesteps: Sequence[int] | torch.Tensor | None = None,
+) -> str:
+    """Write the record of the model ``model_path`` trained with ``scheduler`` (and only at ``train_timesteps``
+    when not ``None``), atomically, next to it.
 
     Returns:
         the record's path (:func:`sampling_record_path`).
     """
     path = sampling_record_path(model_path)
-    atomic_write_text(path, json.dumps(sampling_record(scheduler), indent=4) + "\n")
+    atomic_write_text(path, json.dumps(sampling_record(scheduler, train_timesteps), indent=4) + "\n")
     return path
 
 
@@ -95,8 +114,9 @@ def load_sampling_record(model_path: str | os.PathLike) -> dict[str, Any] | None
     except (OSError, ValueError) as e:
         raise ValueError(f"the sampling record {path} of {os.fspath(model_path)} is not readable JSON: {e}") from e
     expected = "{'scheduler': 'ddpm' or 'rflow', 'prediction_type': one of " + f"{PREDICTION_TYPES}, "
-    expected += "'num_train_timesteps': an int >= 1}"
+    expected += "'num_train_timesteps': an int >= 1, 'train_timesteps': null or a list of ints in [0, steps)}"
     steps = record.get("num_train_timesteps") if isinstance(record, dict) else None
+    trained = record.get("train_timesteps") if isinstance(record, dict) else None
     if (
         not isinstance(record, dict)
         or record.get("scheduler") not in _FAMILIES
@@ -104,9 +124,17 @@ def load_sampling_record(model_path: str | os.PathLike) -> dict[str, Any] | None
         or isinstance(steps, bool)
         or not isinstance(steps, int)
         or steps < 1
+        or not (
+            trained is None
+            or (
+                isinstance(trained, list)
+                and trained
+                and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < steps for t in trained)
+            )
+        )
     ):
         raise ValueError(f"the sampling record {path} of {os.fspath(model_path)} expects {expected}, got {record!r}.")
-    return record
+    return {**record, "train_timesteps": trained}
 
 
 def recorded_prediction_type(model_path: str | os.PathLike, default: str = "epsilon") -> str:
@@ -120,12 +148,26 @@ def recorded_prediction_type(model_path: str | os.PathLike, default: str = "epsi
     return default if record is None else str(record["prediction_type"])
 
 
-def check_sampling_record(model_path: str | os.PathLike, scheduler: Scheduler) -> dict[str, Any] | None:
-    """Refuse to sample the model ``model_path`` with a ``scheduler`` its record contradicts.
+def _sampler_timesteps(scheduler: Scheduler, num_inference_steps: int) -> list[int]:
+    """The timesteps at which :py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer` calls the network
+    with ``num_inference_steps`` steps of ``scheduler`` (DDIM: :func:`ddim_step_timesteps`)."""
+    if isinstance(scheduler, DDIMScheduler):
+        return ddim_step_timesteps(scheduler, num_inference_steps).tolist()
+    probe = copy.deepcopy(scheduler)
+    probe.set_timesteps(num_inference_steps)
+    return [int(t) for t in probe.timesteps.tolist()]
+
+
+def check_sampling_record(
+    model_path: str | os.PathLike, scheduler: Scheduler, num_inference_steps: int | None = None
+) -> dict[str, Any] | None:
+    """Refuse to sample the model ``model_path`` with a ``scheduler`` (and ``num_inference_steps``) its record
+    contradicts.
 
     Nothing is checked for a model without a record. A rectified-flow model needs an ``RFlowScheduler`` (the
     ``configs/rflow.json`` overlay) and a DDPM-trained one a DDPM-family sampler; the prediction type and the
-    number of training steps must be the recorded ones.
+    number of training steps must be the recorded ones; a model trained only at some timesteps must be sampled
+    with ``num_inference_steps`` that call the network at those alone.
 
     Returns:
         the record (``None`` when there is none).
@@ -153,5 +195,15 @@ def check_sampling_record(model_path: str | os.PathLike, scheduler: Scheduler) -
             raise ValueError(
                 f"{os.fspath(model_path)} was trained with {key} {record[key]!r} ({path}) but the sampling scheduler "
                 f"has {given[key]!r}: {fix}."
+            )
+    trained = record["train_timesteps"]
+    if trained is not None and num_inference_steps is not None:
+        visited = _sampler_timesteps(scheduler, num_inference_steps)
+        if not set(visited) <= set(trained):
+            fits = [k for k in range(1, len(trained) + 1) if set(_sampler_timesteps(scheduler, k)) <= set(trained)]
+            fix = f"run with --ddim_steps {fits[-1]}" if fits else "sample with a scheduler that visits them"
+            raise ValueError(
+                f"{os.fspath(model_path)} was trained only at the timesteps {trained} ({path}) but "
+                f"{num_inference_steps} sampling steps call it at {sorted(visited)}: {fix}."
             )
     return record

@@ -147,7 +147,12 @@ class TestDemoWorkflow(unittest.TestCase):
         # what the model predicts comes from the record served beside it (models/model.sampling.json)
         self.assertEqual(
             load_sampling_record(os.path.join(served, "models", "model.pt")),
-            {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+            {
+                "scheduler": "ddpm",
+                "prediction_type": "v_prediction",
+                "num_train_timesteps": 1000,
+                "train_timesteps": None,
+            },
         )
         parser["bundle_root"] = served
         self.assertEqual(parser.get_parsed_content("sampling_scheduler").prediction_type, "v_prediction")

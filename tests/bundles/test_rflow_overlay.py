@@ -99,7 +99,12 @@ class TestRectifiedFlowOverlay(unittest.TestCase):
         self.assertTrue(os.path.isfile(served_model))
         self.assertEqual(
             load_sampling_record(served_model),
-            {"scheduler": "rflow", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+            {
+                "scheduler": "rflow",
+                "prediction_type": "v_prediction",
+                "num_train_timesteps": 1000,
+                "train_timesteps": None,
+            },
         )
         # sampled without rflow.json, the model is refused in initialize (its record), not misread
         plain = ConfigWorkflow(

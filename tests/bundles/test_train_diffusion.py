@@ -237,7 +237,12 @@ class TestTrainDiffusionWorkflow(unittest.TestCase):
         # beside it, what it predicts (inference.json reads it): train.json's v-prediction on the DDPM schedule
         self.assertEqual(
             load_sampling_record(os.path.join(self.ckpt_dir, "model.pt")),
-            {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+            {
+                "scheduler": "ddpm",
+                "prediction_type": "v_prediction",
+                "num_train_timesteps": 1000,
+                "train_timesteps": None,
+            },
         )
         # frozen stages: bit for bit the loaded checkpoints
         self.assertTrue(state_equal(_sub_state(served, "autoencoder.model."), stage_states["autoencoder"]))

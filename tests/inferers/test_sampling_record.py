@@ -26,6 +26,7 @@ from parameterized import parameterized
 
 from monai_msgldm.inferers import (
     check_sampling_record,
+    ddim_step_timesteps,
     load_sampling_record,
     recorded_prediction_type,
     sampling_record,
@@ -54,21 +55,45 @@ class TestSamplingRecord(unittest.TestCase):
 
     @parameterized.expand(
         [
-            ("ddpm_eps", _ddpm(), {"scheduler": "ddpm", "prediction_type": "epsilon", "num_train_timesteps": 1000}),
+            (
+                "ddpm_eps",
+                _ddpm(),
+                {
+                    "scheduler": "ddpm",
+                    "prediction_type": "epsilon",
+                    "num_train_timesteps": 1000,
+                    "train_timesteps": None,
+                },
+            ),
             (
                 "ddpm_v",
                 _ddpm("v_prediction", 500),
-                {"scheduler": "ddpm", "prediction_type": "v_prediction", "num_train_timesteps": 500},
+                {
+                    "scheduler": "ddpm",
+                    "prediction_type": "v_prediction",
+                    "num_train_timesteps": 500,
+                    "train_timesteps": None,
+                },
             ),
             (
                 "ddim_sample",
                 _ddim("sample"),
-                {"scheduler": "ddpm", "prediction_type": "sample", "num_train_timesteps": 1000},
+                {
+                    "scheduler": "ddpm",
+                    "prediction_type": "sample",
+                    "num_train_timesteps": 1000,
+                    "train_timesteps": None,
+                },
             ),
             (
                 "rflow",
                 RFlowScheduler(1000),
-                {"scheduler": "rflow", "prediction_type": "v_prediction", "num_train_timesteps": 1000},
+                {
+                    "scheduler": "rflow",
+                    "prediction_type": "v_prediction",
+                    "num_train_timesteps": 1000,
+                    "train_timesteps": None,
+                },
             ),
         ]
     )
@@ -117,6 +142,16 @@ class TestSamplingRecord(unittest.TestCase):
             ("family", '{"scheduler": "pndm", "prediction_type": "epsilon", "num_train_timesteps": 10}', "expects"),
             ("type", '{"scheduler": "ddpm", "prediction_type": "eps", "num_train_timesteps": 10}', "expects"),
             ("steps", '{"scheduler": "ddpm", "prediction_type": "epsilon", "num_train_timesteps": true}', "expects"),
+            (
+                "trained_range",
+                '{"scheduler": "ddpm", "prediction_type": "epsilon", "num_train_timesteps": 10, "train_timesteps": [10]}',
+                "expects",
+            ),
+            (
+                "trained_empty",
+                '{"scheduler": "ddpm", "prediction_type": "epsilon", "num_train_timesteps": 10, "train_timesteps": []}',
+                "expects",
+            ),
         ]
     )
     def test_malformed_record(self, _, text, message):
@@ -127,6 +162,30 @@ class TestSamplingRecord(unittest.TestCase):
             load_sampling_record(self.model)
         with self.assertRaisesRegex(ValueError, "model.sampling.json"):
             recorded_prediction_type(self.model)
+
+    def test_restricted_timesteps_recorded_and_checked(self):
+        """A model trained only at the 2-step DDIM sampler's timesteps records them; sampling it with 2 (or 1) DDIM
+        steps passes, with 20 it is refused naming --ddim_steps 2."""
+        trained = ddim_step_timesteps(_ddim("v_prediction"), 2)
+        self.assertEqual(trained.tolist(), [999, 499])
+        save_sampling_record(self.model, _ddpm("v_prediction"), trained)
+        self.assertEqual(load_sampling_record(self.model)["train_timesteps"], [499, 999])
+        for steps in (1, 2):  # 1 step calls the network at 999 alone
+            check_sampling_record(self.model, _ddim("v_prediction"), steps)
+        check_sampling_record(self.model, _ddim("v_prediction"))  # no step count: scheduler checks only
+        with self.assertRaisesRegex(ValueError, r"trained only at the timesteps \[499, 999\].*--ddim_steps 2"):
+            check_sampling_record(self.model, _ddim("v_prediction"), 20)
+        with self.assertRaisesRegex(ValueError, "--ddim_steps 1"):  # 999 alone: only 1 step fits
+            save_sampling_record(self.model, _ddpm("v_prediction"), [999, 3])
+            check_sampling_record(self.model, _ddim("v_prediction"), 2)
+        # a DDPM sampler (no DDIM timesteps): its own set_timesteps, the scheduler left untouched
+        ddpm = _ddpm("v_prediction")
+        save_sampling_record(self.model, ddpm, range(1000))
+        check_sampling_record(self.model, ddpm, 1000)
+        self.assertEqual(len(ddpm.timesteps), 1000)
+        save_sampling_record(self.model, ddpm, [999])
+        with self.assertRaisesRegex(ValueError, "trained only at"):
+            check_sampling_record(self.model, ddpm, 10)
 
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "Scheduler"):
@@ -161,6 +220,12 @@ class TestSamplingRecord(unittest.TestCase):
             cause = cause.__cause__
         self.assertIsInstance(cause, ValueError)
         self.assertIn("--prediction_type v_prediction", str(cause))
+        # a model trained at the 2-step sampler's timesteps: the default 2 steps pass, --ddim_steps 20 is refused
+        save_sampling_record(self.model, _ddpm("v_prediction"), [499, 999])
+        parsed().get_parsed_content("initialize#1")
+        with self.assertRaises(RuntimeError) as ctx:
+            parsed({"ddim_steps": 20}).get_parsed_content("initialize#1")
+        self.assertIn("--ddim_steps 2", str(ctx.exception.__cause__ or ctx.exception))
 
 
 if __name__ == "__main__":
