@@ -37,8 +37,14 @@ The models:
   latents of the available contrasts, no structure branch;
 - ``msgldm_hybrid_rflow`` / ``plain_ldm_rflow``: the same two with ``rflow.json`` last (stage 2 trained and sampled
   with MONAI's ``RFlowScheduler``, rectified flow, instead of DDPM / DDIM);
+- ``msgldm_hybrid_2step`` / ``plain_ldm_2step``: the same two with stage 2 trained only at the timesteps the 2-step
+  DDIM sampler visits (``train_timesteps``: 999 and 499);
+- ``msgldm_hybrid_wide``: the hybrid MSG-LDM with a UNet of 64/128/128 channels instead of the demo's 32/64/64;
 - ``regression``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_regression.json``: a MONAI ``BasicUNet`` from the zero-filled
   contrasts + availability mask to the four contrasts, L1 loss.
+
+``--split validation`` scores the split's two validation subjects instead of the test subjects, to choose a recipe
+without looking at the test subjects.
 
 Trained models are kept in ``--work-dir`` and not trained again (delete a model's folder to retrain it). Writes
 ``quality.json``, ``quality.md`` and PNG plots to ``--output-dir``. Hours on 2 CPU cores: not part of CI.

@@ -220,19 +220,39 @@ class TestProfileSynthesis(unittest.TestCase):
             profile.slice_batch(volume, 7)
 
 
+TINY_BUDGET = {
+    "phantom_subjects": 4,
+    "phantom_resolution": 4.0,
+    "phantom_seed": 0,
+    "val_ratio": 0.25,
+    "test_ratio": 0.25,
+    "split_seed": 0,
+    "epochs": {"autoencoder": 1, "structure": 1, "diffusion": 1},
+}
+
+
 class TestQualityBenchmark(unittest.TestCase):
+    def test_validation_split(self):
+        """``--split validation`` scores the split's validation subjects, never a test subject."""
+        _load("quality")
+        scoring = importlib.import_module("quality_scoring")
+        budget = {**TINY_BUDGET, "phantom_cache_dir": _TMP}
+        names = {}
+        for split in ("validation", "test"):
+            cases = scoring.test_cases(budget, split=split)
+            names[split] = {scoring.subject_name(c, i) for i, c in enumerate(cases)}
+            self.assertEqual(len(names[split]), 1, split)  # 4 subjects, ratios 0.25 / 0.25
+        from monai_msgldm.data.datalist import split_subjects
+
+        _, validation, test = split_subjects([f"Phantom_{i:03d}" for i in range(4)], 0.25, 0.25, 0)  # the bundle's
+        self.assertEqual((names["validation"], names["test"]), (set(validation), set(test)))
+        self.assertFalse(names["validation"] & names["test"])
+        with self.assertRaisesRegex(ValueError, "split 'test' or 'validation'"):
+            scoring.test_cases(budget, split="training")
+
     def test_main_tiny(self):
         quality = _load("quality")
-        quality.BUDGET = {
-            "phantom_subjects": 4,
-            "phantom_resolution": 4.0,
-            "phantom_seed": 0,
-            "phantom_cache_dir": _TMP,
-            "val_ratio": 0.25,
-            "test_ratio": 0.25,
-            "split_seed": 0,
-            "epochs": {"autoencoder": 1, "structure": 1, "diffusion": 1},
-        }
+        quality.BUDGET = {**TINY_BUDGET, "phantom_cache_dir": _TMP}
         out = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, out, True)
         models = ["msgldm", "plain_ldm", "regression"]
@@ -319,6 +339,30 @@ class TestQualityModelNames(unittest.TestCase):
         for name, (kind, overrides) in models.items():
             if kind == "msgldm":
                 self.assertEqual(overrides["hybrid_condition"], name.startswith("msgldm_hybrid"), name)
+
+    def test_two_step_and_wide_models(self):
+        """``*_2step`` train stage 2 at the 2-step DDIM sampler's timesteps; ``msgldm_hybrid_wide`` doubles the UNet;
+        all reuse msgldm's stages 0 and 1 (MSG-LDM) and are resolved by the bundle config itself."""
+        from monai.bundle import ConfigParser
+
+        models = _quality_models()
+        for name, key, expected in (
+            ("msgldm_hybrid_2step", "train#inferer", [499, 999]),
+            ("plain_ldm_2step", "train#inferer", [499, 999]),
+            ("msgldm_hybrid", "train#inferer", None),
+            ("msgldm_hybrid_wide", "unet_def", [64, 128, 128]),
+        ):
+            parser = ConfigParser()
+            parser.read_config(models.model_configs(name) + [str(models.CONFIGS / "train_diffusion.json")])
+            parser.update({"bundle_root": str(models.BUNDLE), **models.MODELS[name][1]})
+            value = parser.get_parsed_content(key)
+            if key == "unet_def":
+                self.assertEqual(list(value.block_out_channels), expected, name)
+            else:
+                got = value.train_timesteps
+                self.assertEqual(None if got is None else got.tolist(), expected, name)
+        for name in ("msgldm_hybrid_2step", "msgldm_hybrid_wide"):
+            self.assertIn(name, models.STAGE2_ONLY)
 
     def test_rectified_flow_models(self):
         """The ``*_rflow`` models train and sample with ``rflow.json`` last: MONAI's RFlowScheduler; the others
