@@ -39,7 +39,8 @@ The models:
   with MONAI's ``RFlowScheduler``, rectified flow, instead of DDPM / DDIM);
 - ``msgldm_hybrid_2step`` / ``plain_ldm_2step``: the same two with stage 2 trained only at the timesteps the 2-step
   DDIM sampler visits (``train_timesteps``: 999 and 499);
-- ``msgldm_hybrid_wide``: the hybrid MSG-LDM with a UNet of 64/128/128 channels instead of the demo's 32/64/64;
+- ``msgldm_hybrid_wide`` / ``plain_ldm_wide``: a UNet of 64/128/128 channels instead of the demo's 32/64/64;
+  ``msgldm_hybrid_wider``: 128/128/256 (the paper-size default's);
 - ``regression``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_regression.json``: a MONAI ``BasicUNet`` from the zero-filled
   contrasts + availability mask to the four contrasts, L1 loss.
 

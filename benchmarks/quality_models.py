@@ -87,6 +87,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "msgldm_hybrid_2step": ("msgldm", {"hybrid_condition": True, "train_timesteps": SAMPLER_TIMESTEPS}),
     "plain_ldm_2step": ("baseline_ldm", {"train_timesteps": SAMPLER_TIMESTEPS}),
     "msgldm_hybrid_wide": ("msgldm", {"hybrid_condition": True, "unet_def#channels": [64, 128, 128]}),
+    "msgldm_hybrid_wider": ("msgldm", {"hybrid_condition": True, "unet_def#channels": [128, 128, 256]}),
+    "plain_ldm_wide": ("baseline_ldm", {"unet_def#channels": [64, 128, 128]}),
 }
 
 #: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
@@ -98,7 +100,13 @@ MODEL_OVERLAYS: dict[str, tuple[str, ...]] = {
 
 
 #: MSG-LDM variants that differ from ``msgldm`` in stage 2 only: they reuse its stage-0 and stage-1 checkpoints
-STAGE2_ONLY = ("msgldm_hybrid", "msgldm_hybrid_rflow", "msgldm_hybrid_2step", "msgldm_hybrid_wide")
+STAGE2_ONLY = (
+    "msgldm_hybrid",
+    "msgldm_hybrid_rflow",
+    "msgldm_hybrid_2step",
+    "msgldm_hybrid_wide",
+    "msgldm_hybrid_wider",
+)
 
 
 def parse_model(name: str) -> tuple[str, float]:
