@@ -41,6 +41,8 @@ The models:
   DDIM sampler visits (``train_timesteps``: 999 and 499);
 - ``msgldm_hybrid_wide`` / ``plain_ldm_wide``: a UNet of 64/128/128 channels instead of the demo's 32/64/64;
   ``msgldm_hybrid_wider``: 128/128/256 (the paper-size default's);
+- ``msgldm_hybrid_imgloss`` / ``plain_ldm_imgloss``: stage 2 with the image-space loss as well (``image_loss_weight``
+  1: L1 between the images and the decoded clean latent the UNet's prediction implies);
 - ``regression``: ``train.json`` + ``demo.json`` + ``train_diffusion.json`` + ``baseline_regression.json``: a MONAI ``BasicUNet`` from the zero-filled
   contrasts + availability mask to the four contrasts, L1 loss.
 

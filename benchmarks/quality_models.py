@@ -71,6 +71,10 @@ PAPER = {"hybrid_condition": False}
 #: :func:`~monai_msgldm.inferers.ddim_step_timesteps` of the bundle's ``sampling_scheduler``: 999 and 499)
 SAMPLER_TIMESTEPS = "$monai_msgldm.inferers.ddim_step_timesteps(@sampling_scheduler, 2).tolist()"
 
+#: the ``*_imgloss`` models add the image-space loss to stage 2 (``image_loss_weight``: L1 between the decoded
+#: clean-latent estimate and the images, see ``LatentDiffusionTrainer``)
+IMAGE_LOSS_WEIGHT = 1.0
+
 #: model name -> (kind, bundle overrides); kind "msgldm" trains with train.json + demo.json
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "msgldm": ("msgldm", PAPER),
@@ -89,6 +93,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "msgldm_hybrid_wide": ("msgldm", {"hybrid_condition": True, "unet_def#channels": [64, 128, 128]}),
     "msgldm_hybrid_wider": ("msgldm", {"hybrid_condition": True, "unet_def#channels": [128, 128, 256]}),
     "plain_ldm_wide": ("baseline_ldm", {"unet_def#channels": [64, 128, 128]}),
+    "msgldm_hybrid_imgloss": ("msgldm", {"hybrid_condition": True, "image_loss_weight": IMAGE_LOSS_WEIGHT}),
+    "plain_ldm_imgloss": ("baseline_ldm", {"image_loss_weight": IMAGE_LOSS_WEIGHT}),
 }
 
 #: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
@@ -106,6 +112,7 @@ STAGE2_ONLY = (
     "msgldm_hybrid_2step",
     "msgldm_hybrid_wide",
     "msgldm_hybrid_wider",
+    "msgldm_hybrid_imgloss",
 )
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -133,7 +134,18 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     ``structure_features``: only the fusion and enhancement of the structure branch then run per iteration, with the
     same ``F_s``.
 
-    ``engine.state.output``: ``image``, ``available`` (drawn mask) and ``loss``.
+    Image-space loss (``image_loss_weight > 0``; not in the paper): the latent loss only asks the UNet for the
+    joint latent, yet the synthesis is judged on the decoded images, and the decoder does not map the mean of the
+    latents it may see to the mean of their images. With a weight, each iteration also decodes the clean latent the
+    prediction implies (:py:meth:`~monai_msgldm.inferers.MultiContrastDiffusionInferer.predicted_latents`) with the
+    frozen decoder and adds ``image_loss_weight * image_loss(decoded, images)`` over the contrasts the data has
+    (``present_contrast_loss`` with one channel per contrast); the gradient reaches the UNet through the decoder,
+    whose weights stay frozen. It needs a prediction whose clean-latent estimate is bounded: ``v_prediction``,
+    ``sample`` or rectified flow (``epsilon`` is refused: its estimate divides by ``sqrt(alphas_cumprod[t])``). It
+    costs one decoder pass of every contrast, forward and backward, per iteration.
+
+    ``engine.state.output``: ``image``, ``available`` (drawn mask) and ``loss`` (the total), with
+    ``image_loss_weight > 0`` also ``latent_loss`` and ``image_loss`` (the two terms, detached).
 
     Args:
         device: device to train on.
@@ -157,6 +169,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         amp: mixed precision; only on CUDA.
         latent_cache: a :py:class:`~monai_msgldm.engines.LatentCache`, ``True`` (``LatentCache(image_key=image_key)``)
             or ``None`` / ``False`` (encode every slice at every iteration); see above.
+        image_loss_weight: weight of the image-space loss (see above); 0 (default, the paper) leaves it out.
+        image_loss: ``(decoded, images) -> scalar`` for the image-space loss; default ``torch.nn.L1Loss()``.
         kwargs: further ``SupervisedTrainer`` arguments.
 
     Example::
@@ -185,10 +199,21 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         input_mask_key: str | None = None,
         amp: bool = False,
         latent_cache: LatentCache | bool | None = None,
+        image_loss_weight: float = 0.0,
+        image_loss: Any = None,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
         net = freeze_msgldm_conditioning(network)
+        if (
+            isinstance(image_loss_weight, bool)
+            or not isinstance(image_loss_weight, (int, float))
+            or not math.isfinite(image_loss_weight)
+            or image_loss_weight < 0
+        ):
+            raise ValueError(f"{name} expects image_loss_weight to be a finite number >= 0, got {image_loss_weight!r}.")
+        if image_loss is not None and not callable(image_loss):
+            raise ValueError(f"{name} expects image_loss to be callable or None, got {image_loss!r}.")
         if latent_cache is True:
             latent_cache = LatentCache(image_key=image_key)
         elif latent_cache is False:
@@ -220,6 +245,12 @@ class LatentDiffusionTrainer(SupervisedTrainer):
                 f"{name} expects inferer to be a monai_msgldm.inferers.MultiContrastDiffusionInferer (the training "
                 f"scheduler lives there), got {type(inferer).__name__}."
             )
+        if image_loss_weight > 0 and not inferer.rectified_flow and inferer.prediction_type == "epsilon":
+            raise ValueError(
+                f"{name} expects image_loss_weight 0 with an epsilon-predicting scheduler (its clean-latent estimate "
+                "divides by sqrt(alphas_cumprod[t]), about 1/70 at the last step); use prediction_type "
+                f"'v_prediction' or 'sample', or rectified flow, got image_loss_weight={image_loss_weight}."
+            )
         if loss_function is not None and not callable(loss_function):
             raise ValueError(f"{name} expects loss_function to be callable or None, got {loss_function!r}.")
         kwargs.setdefault(
@@ -241,6 +272,13 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         )
         self.msgldm = net
         self.latent_cache: LatentCache | None = latent_cache
+        self.image_loss_weight = float(image_loss_weight)
+        self.image_loss = (nn.L1Loss() if image_loss is None else image_loss) if self.image_loss_weight > 0 else None
+        if self.image_loss is not None:
+            self.logger.info(
+                f"stage 2 adds the image-space loss: {self.image_loss_weight} x {type(self.image_loss).__name__} of "
+                "the decoded clean-latent estimate"
+            )
         self.calibrate_scale_factor = bool(calibrate_scale_factor)
         self._scale_checked = False
         attach_mask_sampler(self, min_available, max_missing, seed, input_mask_key)
@@ -280,6 +318,24 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             draws["structure_features"] = found["structure_features"]
         return draws
 
+    def _fresh_draws(self, images: torch.Tensor) -> dict[str, Any]:
+        """``noise``, ``timesteps`` and ``latents`` drawn as the inferer's training path draws them, for the
+        image-space loss without a latent cache (it needs the clean latent and the noise)."""
+        with torch.no_grad():
+            latents = self.msgldm.encode(images)
+        noise = torch.randn(latents.shape, device=images.device, dtype=images.dtype)
+        return {"noise": noise, "timesteps": self.inferer.training_timesteps(noise), "latents": latents}
+
+    def _image_loss(
+        self, prediction: torch.Tensor, draws: dict[str, Any], images: torch.Tensor, available: torch.Tensor
+    ) -> torch.Tensor:
+        """``image_loss`` between the decoded clean-latent estimate of ``prediction`` and ``images``, over the
+        contrasts the data has."""
+        noisy = self.inferer.noisy_latents(draws["latents"], draws["noise"], draws["timesteps"])
+        estimate = self.inferer.predicted_latents(prediction.float(), noisy.float(), draws["timesteps"])
+        decoded = self.msgldm.decode(estimate)
+        return present_contrast_loss(self.image_loss, decoded.float(), images.float(), available)
+
     def _iteration(self, engine: LatentDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("LatentDiffusionTrainer must be given batch data for the current iteration.")
@@ -294,9 +350,15 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(engine):
             draws = {} if engine.latent_cache is None else engine._cached_draws(batchdata, images)
+            if engine.image_loss is not None and not draws:
+                draws = engine._fresh_draws(images)
             prediction, target = engine.inferer(images, engine.network, mask, **draws)
             # only the latent channels of the contrasts the data has: absent ones (-1 fills) have no ground truth
             loss = present_contrast_loss(engine.loss_function, prediction.float(), target.float(), data_available)
+            if engine.image_loss is not None:
+                image_loss = engine._image_loss(prediction, draws, images, data_available)
+                engine.state.output.update({"latent_loss": loss.detach(), "image_loss": image_loss.detach()})
+                loss = loss + engine.image_loss_weight * image_loss
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -234,6 +234,56 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
             return self.scheduler.get_velocity(latents, noise, timesteps)
         return latents
 
+    def predicted_latents(self, prediction: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean latent ``z0`` that a network ``prediction`` at the noisy latent ``noisy`` implies.
+
+        With ``a = alphas_cumprod[t]`` and ``noisy = sqrt(a) z0 + sqrt(1 - a) noise``:
+
+        - ``"v_prediction"``: ``sqrt(a) noisy - sqrt(1 - a) v``;
+        - ``"sample"``: the prediction itself;
+        - ``"epsilon"``: ``(noisy - sqrt(1 - a) eps) / sqrt(a)``; the error of ``eps`` is multiplied by
+          ``1 / sqrt(a)``, about 70 at the last training step of the paper's schedule;
+        - rectified flow (``noisy = (1 - t / T) z0 + (t / T) noise``, velocity ``z0 - noise``):
+          ``noisy + (t / T) v``.
+
+        Given the exact target (:py:meth:`training_target`) it returns ``z0`` exactly, up to float rounding.
+
+        Args:
+            prediction: ``(B, C, *L)``, what the network predicts.
+            noisy: ``(B, C, *L)``, ``scheduler.add_noise(z0, noise, timesteps)``.
+            timesteps: ``(B,)`` training timesteps.
+
+        Returns:
+            ``(B, C, *L)``, differentiable with respect to ``prediction``.
+        """
+        if prediction.shape != noisy.shape or timesteps.ndim != 1 or timesteps.shape[0] != noisy.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}.predicted_latents expects prediction and noisy of the same shape (B, C, *L) "
+                f"and timesteps (B,), got {tuple(prediction.shape)}, {tuple(noisy.shape)} and "
+                f"{tuple(timesteps.shape)}."
+            )
+        view = (-1,) + (1,) * (noisy.ndim - 1)
+        if self.rectified_flow:
+            fraction = timesteps.to(noisy.dtype) / float(self.scheduler.num_train_timesteps)
+            return noisy + fraction.view(view) * prediction
+        if self.prediction_type == "sample":
+            return prediction
+        alphas = getattr(self.scheduler, "alphas_cumprod", None)
+        if not isinstance(alphas, torch.Tensor):
+            raise ValueError(
+                f"{type(self).__name__}.predicted_latents expects a scheduler with alphas_cumprod, got "
+                f"{type(self.scheduler).__name__}."
+            )
+        a = alphas.to(device=noisy.device, dtype=noisy.dtype)[timesteps.long()].view(view)
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * noisy - (1 - a).sqrt() * prediction
+        return (noisy - (1 - a).sqrt() * prediction) / a.sqrt()
+
+    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``z_t``: ``latents`` noised to ``timesteps`` with ``noise`` by the scheduler (what the training path feeds
+        the network)."""
+        return self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+
     def training_timesteps(self, latents: torch.Tensor) -> torch.Tensor:
         """One training timestep per sample of ``latents`` ``(B, ...)`` (only its batch size and device are used):
         the scheduler's own draw for rectified flow, otherwise uniform over ``train_timesteps`` (all the training
@@ -304,7 +354,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
                     f"{type(self).__name__} takes structure_features only for an MSGLDM network, got "
                     f"{type(model).__name__}."
                 )
-        noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        noisy = self.noisy_latents(latents, noise, timesteps)
         prediction = network(torch.cat([noisy, condition.to(noisy.dtype)], dim=1), timesteps=timesteps)
         return prediction, self.training_target(latents, noise, timesteps)
 

@@ -342,7 +342,7 @@ class TestQualityModelNames(unittest.TestCase):
 
     def test_two_step_and_wide_models(self):
         """``*_2step`` train stage 2 at the 2-step DDIM sampler's timesteps; ``msgldm_hybrid_wide`` doubles the UNet;
-        all reuse msgldm's stages 0 and 1 (MSG-LDM) and are resolved by the bundle config itself."""
+        ``*_imgloss`` add the image-space loss; all reuse msgldm's stages 0 and 1 (MSG-LDM) and are resolved by the bundle config itself."""
         from monai.bundle import ConfigParser
 
         models = _quality_models()
@@ -351,6 +351,9 @@ class TestQualityModelNames(unittest.TestCase):
             ("plain_ldm_2step", "train#inferer", [499, 999]),
             ("msgldm_hybrid", "train#inferer", None),
             ("msgldm_hybrid_wide", "unet_def", [64, 128, 128]),
+            ("msgldm_hybrid_imgloss", "train#trainer", 1.0),
+            ("plain_ldm_imgloss", "train#trainer", 1.0),
+            ("plain_ldm", "train#trainer", 0.0),
         ):
             parser = ConfigParser()
             parser.read_config(models.model_configs(name) + [str(models.CONFIGS / "train_diffusion.json")])
@@ -358,10 +361,12 @@ class TestQualityModelNames(unittest.TestCase):
             value = parser.get_parsed_content(key)
             if key == "unet_def":
                 self.assertEqual(list(value.block_out_channels), expected, name)
+            elif key == "train#trainer":
+                self.assertEqual(value.image_loss_weight, expected, name)
             else:
                 got = value.train_timesteps
                 self.assertEqual(None if got is None else got.tolist(), expected, name)
-        for name in ("msgldm_hybrid_2step", "msgldm_hybrid_wide"):
+        for name in ("msgldm_hybrid_2step", "msgldm_hybrid_wide", "msgldm_hybrid_imgloss"):
             self.assertIn(name, models.STAGE2_ONLY)
 
     def test_rectified_flow_models(self):

@@ -295,6 +295,7 @@ class TestDefaultNetworks(unittest.TestCase):
             overlaid.read_config(CONFIG + [str(BUNDLE_DIR / "configs" / f) for f in overlays])
             self.assertIs(overlaid.get_parsed_content("train#latent_cache").structure_features, expected, overlays)
         self.assertEqual(parser.get_parsed_content("val_ddim_steps"), 2)  # v-prediction (epsilon: 10)
+        self.assertEqual(parser.get_parsed_content("image_loss_weight"), 0.0)  # the paper's latent loss alone
         self.assertEqual(parser.get_parsed_content("learning_rate"), 1e-4)
         self.assertEqual(parser.get_parsed_content("spatial_size"), 192)
         unet = parser.get_parsed_content("unet_def")
@@ -337,7 +338,8 @@ class TestDefaultNetworks(unittest.TestCase):
 
 class TestTrainDiffusionCLI(unittest.TestCase):
     def test_run_training_without_ema(self):
-        """The CLI run, without EMA and without the latent cache (both switches off from the command line)."""
+        """The CLI run, without EMA and without the latent cache (both switches off from the command line), with the
+        image-space loss on (``--image_loss_weight``)."""
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
         ckpt_dir = os.path.join(root, "models")
@@ -345,12 +347,14 @@ class TestTrainDiffusionCLI(unittest.TestCase):
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", str(META)]
         cmd += ["--config_file", json.dumps(CONFIG), "--logging_file", str(LOGGING)]
         cmd += ["--bundle_root", root, "--dataset_dir", _DATA, "--ema_decay", "$None", "--cache_latents", "False"]
+        cmd += ["--image_loss_weight", "0.5"]
         for key, value in TINY.items():
             cmd += [f"--{key}", json.dumps(value)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
         self.assertIn("val_psnr", proc.stdout + proc.stderr)
+        self.assertIn("image-space loss: 0.5 x L1Loss", proc.stdout + proc.stderr)
         ckpt = torch.load(os.path.join(ckpt_dir, "diffusion.pt"), map_location="cpu", weights_only=True)
         self.assertEqual(set(ckpt), {"model", "optimizer", "lr_scheduler", "trainer"})  # no EMA
         self.assertEqual((ckpt["trainer"]["iteration"], ckpt["trainer"]["max_epochs"]), (2, 1))

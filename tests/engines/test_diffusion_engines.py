@@ -150,6 +150,76 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
         expected = torch.mean((prediction[keep] - target[keep]) ** 2)
         self.assertAlmostEqual(float(out["loss"]), float(expected), places=6)
 
+    def test_image_loss_is_the_decoded_estimate_against_the_images(self):
+        """With image_loss_weight, one iteration's loss is the latent loss plus the weight times the L1 distance
+        between the images and the decoding of sqrt(ab) z_t - sqrt(1 - ab) v (the clean latent a v-prediction
+        implies), over the contrasts the data has; the same draws (posterior sample, noise, timesteps) reproduce it.
+        The UNet learns from it, the frozen autoencoder does not."""
+        torch.manual_seed(0)
+        net = tiny_msgldm()
+        net.scale_factor.fill_(0.5)
+        inferer = MultiContrastDiffusionInferer(ddpm("v_prediction"))
+        trainer = LatentDiffusionTrainer(
+            "cpu",
+            1,
+            make_loader(),
+            net,
+            torch.optim.SGD(net.unet.parameters(), 0.1),
+            inferer=inferer,
+            epoch_length=1,
+            image_loss_weight=0.5,
+        )
+        seen = {}
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED,
+            lambda e: seen.update(rng=torch.get_rng_state(), unet=_state(net.unet), ae=_state(net.autoencoder)),
+        )
+        trainer.run()
+        out = trainer.state.output[0]
+        mask = torch.stack([o["available"] for o in trainer.state.output])
+        images = torch.stack([o["image"] for o in trainer.state.output])
+        after_unet = _state(net.unet)
+        net.unet.load_state_dict(seen["unet"])
+        torch.set_rng_state(seen["rng"])
+        with torch.no_grad():
+            z0 = net.encode(images)
+            noise = torch.randn_like(z0)
+            t = inferer.training_timesteps(noise)
+            prediction, target = inferer(images, net, mask, noise=noise, timesteps=t, latents=z0)
+            ab = inferer.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+            zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+            decoded = net.decode(ab.sqrt() * zt - (1 - ab).sqrt() * prediction)
+        data = torch.stack([s["available"] for s in make_samples(2)])
+        keep = data.repeat_interleave(2, dim=1)
+        latent = torch.mean((prediction[keep] - target[keep]) ** 2)
+        image = torch.mean((decoded[data] - images[data]).abs())
+        self.assertAlmostEqual(float(out["latent_loss"]), float(latent), places=5)
+        self.assertAlmostEqual(float(out["image_loss"]), float(image), places=5)
+        self.assertAlmostEqual(float(out["loss"]), float(latent + 0.5 * image), places=5)
+        self.assertTrue(any(not torch.equal(v, seen["unet"][k]) for k, v in after_unet.items()))
+        for k, v in net.autoencoder.state_dict().items():
+            self.assertTrue(torch.equal(v, seen["ae"][k]), k)
+
+    def test_image_loss_errors(self):
+        net = tiny_msgldm()
+        opt = torch.optim.Adam(net.unet.parameters())
+        for bad in (-1.0, True, float("nan"), "1"):
+            with self.assertRaisesRegex(ValueError, "image_loss_weight"):
+                LatentDiffusionTrainer("cpu", 1, make_loader(), net, opt, image_loss_weight=bad)
+        with self.assertRaisesRegex(ValueError, "epsilon"):
+            LatentDiffusionTrainer("cpu", 1, make_loader(), net, opt, image_loss_weight=1.0)  # default: epsilon DDPM
+        with self.assertRaisesRegex(ValueError, "image_loss to be callable"):
+            LatentDiffusionTrainer(
+                "cpu",
+                1,
+                make_loader(),
+                net,
+                opt,
+                inferer=MultiContrastDiffusionInferer(ddpm("v_prediction")),
+                image_loss_weight=1.0,
+                image_loss=3,
+            )
+
     def test_calibration_skipped_when_loaded(self):
         torch.manual_seed(0)
         net = tiny_msgldm()

@@ -431,6 +431,41 @@ class TestTrainingPath(unittest.TestCase):
             torch.tensor([3, 5]),
         )
 
+    @parameterized.expand(
+        [
+            ("epsilon", lambda: ddpm("epsilon"), 1e-4),
+            ("v_prediction", lambda: ddpm("v_prediction"), 1e-5),
+            ("sample", lambda: ddpm("sample"), 0.0),
+            ("rflow", rflow, 1e-5),
+        ]
+    )
+    def test_predicted_latents_invert_the_training_target(self, _, make_scheduler, tol):
+        """The exact training target at the noisy latent implies the clean latent itself, at every timestep (the
+        last included, where the epsilon estimate divides by sqrt(alphas_cumprod) ~ 0.014); a wrong prediction's
+        estimate moves by the closed-form factor (v: -sqrt(1 - ab), rectified flow: t / T)."""
+        torch.manual_seed(0)
+        inferer = MultiContrastDiffusionInferer(make_scheduler())
+        z0, noise = torch.randn(4, 8, 4, 4), torch.randn(4, 8, 4, 4)
+        timesteps = torch.tensor([0, 250, 600, 999])
+        noisy = inferer.noisy_latents(z0, noise, timesteps)
+        estimate = inferer.predicted_latents(inferer.training_target(z0, noise, timesteps), noisy, timesteps)
+        torch.testing.assert_close(estimate, z0, rtol=0, atol=tol)
+        shifted = inferer.predicted_latents(inferer.training_target(z0, noise, timesteps) + 1.0, noisy, timesteps)
+        if _ == "v_prediction":
+            ab = inferer.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+            torch.testing.assert_close(shifted - estimate, -(1 - ab).sqrt().expand_as(z0), rtol=0, atol=1e-5)
+        if _ == "rflow":
+            torch.testing.assert_close(
+                shifted - estimate, (timesteps / 1000.0).view(-1, 1, 1, 1).expand_as(z0), rtol=0, atol=1e-5
+            )
+
+    def test_predicted_latents_errors(self):
+        inferer = MultiContrastDiffusionInferer(ddpm("v_prediction"))
+        with self.assertRaisesRegex(ValueError, "predicted_latents"):
+            inferer.predicted_latents(torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 4, 3), torch.tensor([1, 2]))
+        with self.assertRaisesRegex(ValueError, "timesteps"):
+            inferer.predicted_latents(torch.zeros(2, 8, 4, 4), torch.zeros(2, 8, 4, 4), torch.tensor([1]))
+
 
 if __name__ == "__main__":
     unittest.main()
