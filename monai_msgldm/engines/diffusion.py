@@ -138,11 +138,12 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     joint latent, yet the synthesis is judged on the decoded images, and the decoder does not map the mean of the
     latents it may see to the mean of their images. With a weight, each iteration also decodes the clean latent the
     prediction implies (:py:meth:`~monai_msgldm.inferers.MultiContrastDiffusionInferer.predicted_latents`) with the
-    frozen decoder and adds ``image_loss_weight * image_loss(decoded, images)`` over the contrasts the data has
-    (``present_contrast_loss`` with one channel per contrast); the gradient reaches the UNet through the decoder,
+    frozen decoder and adds ``image_loss_weight * image_loss(decoded, images)`` over the contrasts to synthesize:
+    those the data has and the drawn input mask hides (``(K, 1, *S)`` pairs of item and contrast, decoded in one
+    batch; the given ones are returned as acquired at synthesis). The gradient reaches the UNet through the decoder,
     whose weights stay frozen. It needs a prediction whose clean-latent estimate is bounded: ``v_prediction``,
     ``sample`` or rectified flow (``epsilon`` is refused: its estimate divides by ``sqrt(alphas_cumprod[t])``). It
-    costs one decoder pass of every contrast, forward and backward, per iteration.
+    costs one decoder pass, forward and backward, per hidden contrast and iteration; a batch that hides none adds 0.
 
     ``engine.state.output``: ``image``, ``available`` (drawn mask) and ``loss`` (the total), with
     ``image_loss_weight > 0`` also ``latent_loss`` and ``image_loss`` (the two terms, detached).
@@ -327,14 +328,16 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         return {"noise": noise, "timesteps": self.inferer.training_timesteps(noise), "latents": latents}
 
     def _image_loss(
-        self, prediction: torch.Tensor, draws: dict[str, Any], images: torch.Tensor, available: torch.Tensor
+        self, prediction: torch.Tensor, draws: dict[str, Any], images: torch.Tensor, select: torch.Tensor
     ) -> torch.Tensor:
-        """``image_loss`` between the decoded clean-latent estimate of ``prediction`` and ``images``, over the
-        contrasts the data has."""
+        """``image_loss`` between the decoded clean-latent estimate of ``prediction`` and ``images`` over the
+        ``select``-ed ``(B, M)`` pairs of item and contrast (0, with a zero gradient, when none is)."""
         noisy = self.inferer.noisy_latents(draws["latents"], draws["noise"], draws["timesteps"])
         estimate = self.inferer.predicted_latents(prediction.float(), noisy.float(), draws["timesteps"])
-        decoded = self.msgldm.decode(estimate)
-        return present_contrast_loss(self.image_loss, decoded.float(), images.float(), available)
+        if not bool(select.any()):
+            return estimate.sum() * 0.0
+        decoded = self.msgldm.decode_selected(estimate, select)
+        return self.image_loss(decoded.float(), images[select].unsqueeze(1).float())
 
     def _iteration(self, engine: LatentDiffusionTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -356,7 +359,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             # only the latent channels of the contrasts the data has: absent ones (-1 fills) have no ground truth
             loss = present_contrast_loss(engine.loss_function, prediction.float(), target.float(), data_available)
             if engine.image_loss is not None:
-                image_loss = engine._image_loss(prediction, draws, images, data_available)
+                image_loss = engine._image_loss(prediction, draws, images, data_available & ~mask)
                 engine.state.output.update({"latent_loss": loss.detach(), "image_loss": image_loss.detach()})
                 loss = loss + engine.image_loss_weight * image_loss
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -153,7 +153,7 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
     def test_image_loss_is_the_decoded_estimate_against_the_images(self):
         """With image_loss_weight, one iteration's loss is the latent loss plus the weight times the L1 distance
         between the images and the decoding of sqrt(ab) z_t - sqrt(1 - ab) v (the clean latent a v-prediction
-        implies), over the contrasts the data has; the same draws (posterior sample, noise, timesteps) reproduce it.
+        implies), over the contrasts the data has and the input mask hides; the same draws (posterior sample, noise, timesteps) reproduce it.
         The UNet learns from it, the frozen autoencoder does not."""
         torch.manual_seed(0)
         net = tiny_msgldm()
@@ -192,7 +192,9 @@ class TestLatentDiffusionTrainer(unittest.TestCase):
         data = torch.stack([s["available"] for s in make_samples(2)])
         keep = data.repeat_interleave(2, dim=1)
         latent = torch.mean((prediction[keep] - target[keep]) ** 2)
-        image = torch.mean((decoded[data] - images[data]).abs())
+        hidden = data & ~mask  # the contrasts the data has and the input mask hides: those to synthesize
+        self.assertTrue(bool(hidden.any()) and not bool(hidden.all()))
+        image = torch.mean((decoded[hidden] - images[hidden]).abs())
         self.assertAlmostEqual(float(out["latent_loss"]), float(latent), places=5)
         self.assertAlmostEqual(float(out["image_loss"]), float(image), places=5)
         self.assertAlmostEqual(float(out["loss"]), float(latent + 0.5 * image), places=5)

@@ -205,6 +205,11 @@ class MultiContrastLDM(nn.Module):
         """Images from a scaled joint latent: ``(B, M * latent_channels, *L) -> (B, M or len(modalities), *S)``."""
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor, modalities=modalities)
 
+    def decode_selected(self, latents: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Images of the selected (item, contrast) pairs of a scaled joint latent: ``(B, M * latent_channels, *L)``
+        and ``(B, M)`` bool ``-> (K, 1, *S)``, in the order of ``images[select]``."""
+        return self.autoencoder.decode_selected(latents / self.scale_factor, select)
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Denoiser call on ``x = cat([noisy joint latent, condition], dim=1)``.
 

@@ -172,6 +172,31 @@ class ModalityWiseAutoencoder(nn.Module):
         images = self.model.decode_stage_2_outputs(per_modality.reshape(b * m, c, *latents.shape[2:]))
         return images.reshape(b, m, *images.shape[2:])
 
+    def decode_selected(self, latents: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Decode only the selected (item, contrast) pairs of a joint latent, in one batch of the shared autoencoder.
+
+        Args:
+            latents: ``(B, M * latent_channels, *L)``.
+            select: ``(B, M)`` bool, the pairs to decode.
+
+        Returns:
+            ``(K, 1, *S)`` for the ``K`` selected pairs, in the order of ``images[select]`` (item-major), so that
+            ``decode_selected(z, select)[:, 0]`` matches ``decode_stage_2_outputs(z)[select]``.
+        """
+        c = self.latent_channels
+        if latents.ndim < 3 or latents.shape[1] != self.num_modalities * c:
+            raise ValueError(
+                f"ModalityWiseAutoencoder expects latents of shape (B, {self.num_modalities * c}, *spatial), got "
+                f"{tuple(latents.shape)}."
+            )
+        if select.dtype != torch.bool or tuple(select.shape) != (latents.shape[0], self.num_modalities):
+            raise ValueError(
+                f"ModalityWiseAutoencoder expects select to be a bool tensor of shape ({latents.shape[0]}, "
+                f"{self.num_modalities}), got {select.dtype} {tuple(select.shape)}."
+            )
+        per_modality = latents.reshape(latents.shape[0], self.num_modalities, c, *latents.shape[2:])
+        return self.model.decode_stage_2_outputs(per_modality[select.to(latents.device)])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruct every modality through the autoencoder: ``(B, M, *S) -> (B, M, *S)``."""
         return self.decode_stage_2_outputs(self.encode_stage_2_inputs(images))

@@ -77,6 +77,12 @@ class TestModalityWiseAutoencoder(unittest.TestCase):
         self.assertEqual(tuple(decoded.shape), (2, 4, 16, 16))
         subset = net.decode_stage_2_outputs(z, modalities=[1, 3])
         torch.testing.assert_close(subset, decoded[:, [1, 3]])
+        select = torch.tensor([[True, False, False, True], [False, True, True, True]])
+        torch.testing.assert_close(net.decode_selected(z, select)[:, 0], decoded[select])
+        msgldm = tiny_msgldm()
+        msgldm.autoencoder.load_state_dict(net.state_dict())
+        msgldm.scale_factor.fill_(0.5)
+        torch.testing.assert_close(msgldm.decode_selected(z * 0.5, select), net.decode_selected(z, select))
 
     def test_errors(self):
         net = tiny_msgldm().autoencoder
@@ -86,6 +92,12 @@ class TestModalityWiseAutoencoder(unittest.TestCase):
             net.encode_stage_2_inputs(torch.randn(1, 4, 18, 16))
         with self.assertRaisesRegex(ValueError, "modalities"):
             net.decode_stage_2_outputs(torch.randn(1, 8, 4, 4), modalities=[4])
+        with self.assertRaisesRegex(ValueError, "select"):
+            net.decode_selected(torch.randn(1, 8, 4, 4), torch.ones(1, 3, dtype=torch.bool))
+        with self.assertRaisesRegex(ValueError, "select"):
+            net.decode_selected(torch.randn(1, 8, 4, 4), torch.ones(1, 4))
+        with self.assertRaisesRegex(ValueError, "latents"):
+            net.decode_selected(torch.randn(1, 6, 4, 4), torch.ones(1, 4, dtype=torch.bool))
         with self.assertRaisesRegex(ValueError, "single-channel"):
             ModalityWiseAutoencoder(
                 AutoencoderKL(
