@@ -31,7 +31,9 @@ __all__ = [
     "MODELS",
     "MODEL_OVERLAYS",
     "STAGE2_ONLY",
+    "BENCHMARK_UNET",
     "model_configs",
+    "model_overrides",
     "parse_model",
     "scaled_budget",
     "budget_label",
@@ -74,6 +76,10 @@ SAMPLER_TIMESTEPS = "$monai_msgldm.inferers.ddim_step_timesteps(@sampling_schedu
 #: the ``*_imgloss`` models add the image-space loss to stage 2 (``image_loss_weight``: L1 between the decoded
 #: clean-latent estimate and the images, see ``LatentDiffusionTrainer``)
 IMAGE_LOSS_WEIGHT = 1.0
+
+#: the UNet of every latent model unless the model sets its own: the demo's before bundle 0.10.0, kept so that the
+#: benchmark's figures stay comparable across runs (the demo's own, 64/128/128 since 0.10.0, is ``*_wide``)
+BENCHMARK_UNET: dict[str, Any] = {"unet_def#channels": [32, 64, 64]}
 
 #: model name -> (kind, bundle overrides); kind "msgldm" trains with train.json + demo.json
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -165,6 +171,13 @@ def model_configs(name: str, overlays: Sequence[str] = ()) -> list[str]:
     return files + [os.fspath(f) for f in overlays]
 
 
+def model_overrides(name: str) -> dict[str, Any]:
+    """The bundle overrides model ``name`` trains and is loaded with: :data:`BENCHMARK_UNET` for a latent model,
+    then the model's own (:data:`MODELS`)."""
+    kind, overrides = MODELS[parse_model(name)[0]]
+    return {**(BENCHMARK_UNET if kind != "baseline_regression" else {}), **overrides}
+
+
 def data_overrides(budget: Mapping[str, Any]) -> dict[str, Any]:
     """The bundle overrides of the data part of ``budget`` (phantom and split; everything but the epochs)."""
     return {k: v for k, v in budget.items() if k != "epochs"}
@@ -194,7 +207,7 @@ def train_model(
     from monai_msgldm.bundle import run_bundle_workflow
 
     base, multiplier = parse_model(name)
-    kind, overrides = MODELS[base]
+    kind, overrides = MODELS[base][0], model_overrides(name)
     out = model_dir(work_dir, name)
     if os.path.isfile(served_checkpoint(work_dir, name)):
         logger.info(f"{name}: trained already ({served_checkpoint(work_dir, name)})")
@@ -316,10 +329,9 @@ def load_model(name: str, work_dir: str | os.PathLike, device: str = "cpu", over
     import torch
     from monai.bundle import ConfigParser
 
-    _, overrides = MODELS[parse_model(name)[0]]
     parser = ConfigParser()
     parser.read_config(model_configs(name, overlays))
-    parser.update({"bundle_root": str(BUNDLE), **overrides})
+    parser.update({"bundle_root": str(BUNDLE), **model_overrides(name)})
     net = parser.get_parsed_content("network_def", instantiate=True)
     path = served_checkpoint(work_dir, name)
     if not os.path.isfile(path):

@@ -103,7 +103,7 @@ class TestBundleTiming(unittest.TestCase):
         self.assertEqual(demo.get_parsed_content("epochs#diffusion"), 500)
         values = timing.preset_values("demo")  # what the demo changes in inference.json
         self.assertEqual((values["spatial_size"], values["prediction_type"]), (64, "v_prediction"))
-        self.assertEqual(values["unet_def"]["channels"], [32, 64, 64])
+        self.assertEqual(values["unet_def"]["channels"], [64, 128, 128])
         self.assertEqual(common.preset_parser("default").get_parsed_content("spatial_size"), 192)
         # the default preset trains on the 2 mm phantom: its working grid is what inference.json must be told
         self.assertEqual(
@@ -351,13 +351,15 @@ class TestQualityModelNames(unittest.TestCase):
             ("plain_ldm_2step", "train#inferer", [499, 999]),
             ("msgldm_hybrid", "train#inferer", None),
             ("msgldm_hybrid_wide", "unet_def", [64, 128, 128]),
+            ("msgldm_hybrid", "unet_def", [32, 64, 64]),  # the benchmark's UNet, not the demo's (64/128/128)
+            ("plain_ldm", "unet_def", [32, 64, 64]),
             ("msgldm_hybrid_imgloss", "train#trainer", 1.0),
             ("plain_ldm_imgloss", "train#trainer", 1.0),
             ("plain_ldm", "train#trainer", 0.0),
         ):
             parser = ConfigParser()
             parser.read_config(models.model_configs(name) + [str(models.CONFIGS / "train_diffusion.json")])
-            parser.update({"bundle_root": str(models.BUNDLE), **models.MODELS[name][1]})
+            parser.update({"bundle_root": str(models.BUNDLE), **models.model_overrides(name)})
             value = parser.get_parsed_content(key)
             if key == "unet_def":
                 self.assertEqual(list(value.block_out_channels), expected, name)
