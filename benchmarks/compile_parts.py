@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     images, available = slice_batch(phantom_volume(), args.batch)
     images = images.as_subclass(torch.Tensor).contiguous()  # torch.compile does not trace MetaTensor
     with torch.inference_mode():
-        eager = {name: _seconds(fn, args.repeats) / args.batch for name, fn in part_calls(net, images, available).items()}
+        eager = {
+            name: _seconds(fn, args.repeats) / args.batch for name, fn in part_calls(net, images, available).items()
+        }
         reference = {name: fn().clone() for name, fn in part_calls(net, images, available).items()}
     if args.freezing:
         import torch._inductor.config as inductor_config
