@@ -220,6 +220,29 @@ class TestProfileSynthesis(unittest.TestCase):
             profile.slice_batch(volume, 7)
 
 
+class TestCompileParts(unittest.TestCase):
+    def test_part_calls_time_what_the_sampler_runs(self):
+        """The timed parts are the sampler's own image-resolution calls: the given contrasts' posterior means, F_s of
+        the given contrasts and the decoding of the missing contrast only (here FLAIR, channel 3)."""
+        import torch
+
+        from tests.networks.nets.test_msgldm import tiny_msgldm
+
+        compile_parts = _load("compile_parts")
+        torch.manual_seed(0)
+        net = tiny_msgldm(hybrid_condition=True).eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, True, True, False]] * 2)
+        with torch.no_grad():
+            calls = compile_parts.part_calls(net, images, available)
+            latents = net.given_latents(images, available)
+            torch.testing.assert_close(calls["encode given contrasts"](), latents)
+            torch.testing.assert_close(calls["structure F_s"](), net.encode_structure(images, available))
+            decoded = calls["decode missing"]()
+            self.assertEqual(tuple(decoded.shape), (2, 1, 16, 16))
+            torch.testing.assert_close(decoded, net.decode(latents)[:, 3:])
+
+
 TINY_BUDGET = {
     "phantom_subjects": 4,
     "phantom_resolution": 4.0,
