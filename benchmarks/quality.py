@@ -21,8 +21,8 @@ iterations of each stage, the same for every model), then synthesizes the held-o
   models);
 - the latent models with each ``--sampling`` variant (``quality_scoring.SAMPLING``: known-contrast guidance, the
   mean of 4 samples, both), each a row of its own (``msgldm+guided``...);
-- learning curves (``--budgets 0.5 1 2``): MSG-LDM (and its hybrid variant when listed), the plain LDM and the
-  regression U-Net trained again with the stage-2 / baseline epochs times each budget multiplier (``msgldm@2x``,
+- learning curves (``--budgets 0.5 1 2``): MSG-LDM (and its hybrid and wide variants when listed), the plain LDM
+  (and its wide variant) and the regression U-Net trained again with the stage-2 / baseline epochs times each budget multiplier (``msgldm@2x``,
   ``plain_ldm@0.5x``..., sharing stages 0 and 1), scored on 3 -> 1 and 1 -> 3 with plain sampling.
 
 The models:
@@ -97,7 +97,7 @@ from quality_scoring import (  # noqa: E402
 )
 
 #: the models of the learning curves (those of ``--models``)
-CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "regression")
+CURVE_MODELS = ("msgldm", "msgldm_hybrid", "plain_ldm", "regression", "msgldm_hybrid_wide", "plain_ldm_wide")
 #: the models of the steps-versus-quality curve (those of ``--models``): DDIM and rectified flow
 STEPS_CURVE_MODELS = (
     "msgldm",
