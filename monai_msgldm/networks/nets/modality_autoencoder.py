@@ -142,6 +142,16 @@ class ModalityWiseAutoencoder(nn.Module):
         self.latent_shape(images.shape[2:])
         return self._encode(images, sample=False)
 
+    def _per_modality(self, latents: torch.Tensor) -> torch.Tensor:
+        """A checked joint latent ``(B, M * latent_channels, *L)`` as ``(B, M, latent_channels, *L)``."""
+        c = self.latent_channels
+        expected = self.num_modalities * c
+        if latents.ndim < 3 or latents.shape[1] != expected:
+            raise ValueError(
+                f"ModalityWiseAutoencoder expects latents of shape (B, {expected}, *spatial), got {tuple(latents.shape)}."
+            )
+        return latents.reshape(latents.shape[0], self.num_modalities, c, *latents.shape[2:])
+
     def decode_stage_2_outputs(self, latents: torch.Tensor, modalities: Sequence[int] | None = None) -> torch.Tensor:
         """Decode a joint latent back to images.
 
@@ -153,13 +163,8 @@ class ModalityWiseAutoencoder(nn.Module):
             ``(B, M, *S)``, or ``(B, len(modalities), *S)`` when ``modalities`` is given.
         """
         c = self.latent_channels
-        expected = self.num_modalities * c
-        if latents.ndim < 3 or latents.shape[1] != expected:
-            raise ValueError(
-                f"ModalityWiseAutoencoder expects latents of shape (B, {expected}, *spatial), got {tuple(latents.shape)}."
-            )
         b = latents.shape[0]
-        per_modality = latents.reshape(b, self.num_modalities, c, *latents.shape[2:])
+        per_modality = self._per_modality(latents)
         if modalities is not None:
             idx = list(modalities)
             if not idx or any(not 0 <= i < self.num_modalities for i in idx):
@@ -183,18 +188,12 @@ class ModalityWiseAutoencoder(nn.Module):
             ``(K, 1, *S)`` for the ``K`` selected pairs, in the order of ``images[select]`` (item-major), so that
             ``decode_selected(z, select)[:, 0]`` matches ``decode_stage_2_outputs(z)[select]``.
         """
-        c = self.latent_channels
-        if latents.ndim < 3 or latents.shape[1] != self.num_modalities * c:
-            raise ValueError(
-                f"ModalityWiseAutoencoder expects latents of shape (B, {self.num_modalities * c}, *spatial), got "
-                f"{tuple(latents.shape)}."
-            )
+        per_modality = self._per_modality(latents)
         if select.dtype != torch.bool or tuple(select.shape) != (latents.shape[0], self.num_modalities):
             raise ValueError(
                 f"ModalityWiseAutoencoder expects select to be a bool tensor of shape ({latents.shape[0]}, "
                 f"{self.num_modalities}), got {select.dtype} {tuple(select.shape)}."
             )
-        per_modality = latents.reshape(latents.shape[0], self.num_modalities, c, *latents.shape[2:])
         return self.model.decode_stage_2_outputs(per_modality[select.to(latents.device)])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
