@@ -439,7 +439,7 @@ class TestTrainingPath(unittest.TestCase):
             ("rflow", rflow, 1e-5),
         ]
     )
-    def test_predicted_latents_invert_the_training_target(self, _, make_scheduler, tol):
+    def test_predicted_latents_invert_the_training_target(self, kind, make_scheduler, tol):
         """The exact training target at the noisy latent implies the clean latent itself, at every timestep (the
         last included, where the epsilon estimate divides by sqrt(alphas_cumprod) ~ 0.014); a wrong prediction's
         estimate moves by the closed-form factor (v: -sqrt(1 - ab), rectified flow: t / T)."""
@@ -451,10 +451,10 @@ class TestTrainingPath(unittest.TestCase):
         estimate = inferer.predicted_latents(inferer.training_target(z0, noise, timesteps), noisy, timesteps)
         torch.testing.assert_close(estimate, z0, rtol=0, atol=tol)
         shifted = inferer.predicted_latents(inferer.training_target(z0, noise, timesteps) + 1.0, noisy, timesteps)
-        if _ == "v_prediction":
+        if kind == "v_prediction":
             ab = inferer.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
             torch.testing.assert_close(shifted - estimate, -(1 - ab).sqrt().expand_as(z0), rtol=0, atol=1e-5)
-        if _ == "rflow":
+        if kind == "rflow":
             torch.testing.assert_close(
                 shifted - estimate, (timesteps / 1000.0).view(-1, 1, 1, 1).expand_as(z0), rtol=0, atol=1e-5
             )
