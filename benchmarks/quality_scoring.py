@@ -83,9 +83,10 @@ def variant_name(name: str, sampling: str) -> str:
 def test_cases(budget: Mapping[str, Any], overlays: Sequence[str] = (), split: str = "test") -> list[dict]:
     """The preprocessed held-out test subjects of the benchmark split (64 px, with the lesion segmentation);
     ``overlays``: bundle config files of the contrast set and phantom (e.g. ``wmh.json``), as the models trained;
-    ``split``: ``"test"``, or ``"validation"`` to choose a recipe without looking at the test subjects."""
-    if split not in ("test", "validation"):
-        raise ValueError(f"test_cases expects split 'test' or 'validation', got {split!r}.")
+    ``split``: ``"test"``, ``"validation"`` to choose a recipe without looking at the test subjects, or
+    ``"training"`` (preprocessed as for scoring, for probes fitted on the training subjects)."""
+    if split not in ("test", "validation", "training"):
+        raise ValueError(f"test_cases expects split 'test', 'validation' or 'training', got {split!r}.")
     parser = evaluation_parser(overlays)
     parser.update(
         {

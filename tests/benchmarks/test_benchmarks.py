@@ -267,11 +267,13 @@ class TestQualityBenchmark(unittest.TestCase):
             self.assertEqual(len(names[split]), 1, split)  # 4 subjects, ratios 0.25 / 0.25
         from monai_msgldm.data.datalist import split_subjects
 
-        _, validation, test = split_subjects([f"Phantom_{i:03d}" for i in range(4)], 0.25, 0.25, 0)  # the bundle's
+        train, validation, test = split_subjects([f"Phantom_{i:03d}" for i in range(4)], 0.25, 0.25, 0)  # the bundle's
         self.assertEqual((names["validation"], names["test"]), (set(validation), set(test)))
         self.assertFalse(names["validation"] & names["test"])
-        with self.assertRaisesRegex(ValueError, "split 'test' or 'validation'"):
-            scoring.test_cases(budget, split="training")
+        training = scoring.test_cases(budget, split="training")  # for probes fitted on the training subjects
+        self.assertEqual({scoring.subject_name(c, i) for i, c in enumerate(training)}, set(train))
+        with self.assertRaisesRegex(ValueError, "split 'test', 'validation' or 'training'"):
+            scoring.test_cases(budget, split="train")
 
     def test_main_tiny(self):
         quality = _load("quality")
@@ -469,3 +471,74 @@ class TestRunAll(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def _probe_case(seed: int, flair: str) -> dict:
+    """A 16 x 16 x 4 case: a brain disc with smooth random T1 / T1CE / T2 and a FLAIR that is either a per-voxel
+    function of them (``"pointwise"``) or independent of them (``"independent"``); -1 outside the disc."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    disc = ((yy - 7.5) ** 2 + (xx - 7.5) ** 2 < 49)[..., None].expand(16, 16, 4)
+    given = torch.nn.functional.avg_pool3d(torch.rand(3, 16, 16, 4, generator=g)[None], 3, 1, 1)[0] * 1.6 - 0.8
+    if flair == "pointwise":
+        target = 0.5 * given[0] - 0.6 * given[1] * given[2] + 0.1
+    else:
+        target = torch.rand(16, 16, 4, generator=g) * 1.6 - 0.8
+    image = torch.where(disc, torch.cat([given, target[None]]), torch.tensor(-1.0))
+    return {"image": image[None], "subject": [f"Phantom_{seed:03d}"]}
+
+
+class TestPointwiseProbes(unittest.TestCase):
+    def test_fit_recovers_a_known_function(self):
+        import torch
+
+        pointwise = _load("quality_pointwise")
+        x = torch.rand(20000, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        y = (0.6 * x[:, 0] - 0.4 * x[:, 1] ** 2 + 0.2)[:, None]
+        model = pointwise.fit_pointwise(x, y, steps=600)
+        with torch.no_grad():
+            self.assertLess(float(torch.nn.functional.mse_loss(model(x), y)), 1e-3)
+            # applied at every position of a feature map, it is the same function
+            grid = x[:16].T.reshape(1, 2, 4, 4)
+            self.assertTrue(torch.allclose(model(grid).reshape(1, 16).T, model(x[:16]), atol=1e-6))
+        with self.assertRaisesRegex(ValueError, "fit_pointwise expects inputs"):
+            pointwise.fit_pointwise(x, y[:10])
+
+    @parameterized.expand([("pointwise", 35.0, None), ("independent", None, 20.0)])
+    def test_image_probe_measures_how_pointwise_the_target_is(self, flair, above, below):
+        import torch
+        from monai.networks.nets import AutoencoderKL
+
+        from monai_msgldm.networks.nets import ModalityWiseAutoencoder
+
+        pointwise = _load("quality_pointwise")
+        torch.manual_seed(0)
+        autoencoder = AutoencoderKL(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            channels=(4, 4),
+            latent_channels=2,
+            num_res_blocks=1,
+            norm_num_groups=2,
+            attention_levels=(False, False),
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        )
+        net = type("Net", (), {})()
+        net.autoencoder = ModalityWiseAutoencoder(autoencoder, num_modalities=4).eval()
+        net.scale_factor = torch.tensor(0.5)
+        rows = pointwise.probe_rows(
+            net, [_probe_case(1, flair), _probe_case(2, flair)], [_probe_case(3, flair)], groups=["3->1"], steps=400
+        )
+        self.assertEqual(len(rows), 4 * len(pointwise.PROBES))  # 4 targets of 3->1, one case
+        self.assertEqual({r["model"] for r in rows}, set(pointwise.PROBES))
+        flair_image = [r for r in rows if r["model"] == "pointwise_image" and r["target"] == "flair"]
+        self.assertEqual(flair_image[0]["given"], ["t1", "t1ce", "t2"])
+        if above is not None:
+            self.assertGreater(flair_image[0]["psnr"], above)
+        if below is not None:
+            self.assertLess(flair_image[0]["psnr"], below)
+        self.assertIn("| pointwise_latent |", pointwise.render(rows))
