@@ -101,6 +101,11 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain_ldm_wide": ("baseline_ldm", {"unet_def#channels": [64, 128, 128]}),
     "msgldm_hybrid_imgloss": ("msgldm", {"hybrid_condition": True, "image_loss_weight": IMAGE_LOSS_WEIGHT}),
     "plain_ldm_imgloss": ("baseline_ldm", {"image_loss_weight": IMAGE_LOSS_WEIGHT}),
+    "msgldm_hybrid_wide_pixels": (
+        "msgldm",
+        {"hybrid_condition": True, "pixel_condition": True, "unet_def#channels": [64, 128, 128]},
+    ),
+    "plain_ldm_wide_pixels": ("baseline_ldm", {"pixel_condition": True, "unet_def#channels": [64, 128, 128]}),
 }
 
 #: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
@@ -119,6 +124,7 @@ STAGE2_ONLY = (
     "msgldm_hybrid_wide",
     "msgldm_hybrid_wider",
     "msgldm_hybrid_imgloss",
+    "msgldm_hybrid_wide_pixels",
 )
 
 

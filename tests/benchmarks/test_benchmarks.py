@@ -393,8 +393,19 @@ class TestQualityModelNames(unittest.TestCase):
             else:
                 got = value.train_timesteps
                 self.assertEqual(None if got is None else got.tolist(), expected, name)
-        for name in ("msgldm_hybrid_2step", "msgldm_hybrid_wide", "msgldm_hybrid_imgloss"):
+        for name in ("msgldm_hybrid_2step", "msgldm_hybrid_wide", "msgldm_hybrid_imgloss", "msgldm_hybrid_wide_pixels"):
             self.assertIn(name, models.STAGE2_ONLY)
+        # *_pixels: the given images on the demo's 16 x 16 latent grid, 4 contrasts x 4 x 4 pixels more channels
+        channels = {}
+        for name in ("msgldm_hybrid_wide", "msgldm_hybrid_wide_pixels", "plain_ldm_wide", "plain_ldm_wide_pixels"):
+            parser = ConfigParser()
+            parser.read_config(models.model_configs(name))
+            parser.update({"bundle_root": str(models.BUNDLE), **models.model_overrides(name)})
+            net = parser.get_parsed_content("network_def")
+            self.assertEqual(net.pixel_condition, name.endswith("_pixels"), name)
+            channels[name] = net.condition_channels
+        self.assertEqual(channels["msgldm_hybrid_wide_pixels"] - channels["msgldm_hybrid_wide"], 64)
+        self.assertEqual(channels["plain_ldm_wide_pixels"] - channels["plain_ldm_wide"], 64)
 
     def test_rectified_flow_models(self):
         """The ``*_rflow`` models train and sample with ``rflow.json`` last: MONAI's RFlowScheduler; the others

@@ -202,6 +202,13 @@ class TestInferenceWorkflow(unittest.TestCase):
         self.assertTrue(network.hybrid_condition)
         self.assertEqual(network.condition_channels, 8 + 4 * 4 + 4)
         self.assertFalse(parser.get_parsed_content("inferer").return_std)
+        # pixel_condition: the given images on the factor-8 latent grid, 4 contrasts x 8 x 8 channels more
+        parser = ConfigParser()
+        parser.read_config(str(CONFIG))
+        parser.update({**TINY, "pixel_condition": True})
+        network = parser.get_parsed_content("network_def")
+        self.assertTrue(network.pixel_condition)
+        self.assertEqual(network.condition_channels, 8 + 4 * 4 + 4 + 4 * 64)
 
     def test_datalist(self):
         datalist = os.path.join(self.out, "list", "datalist.json")
@@ -306,6 +313,8 @@ class TestInferenceWorkflow(unittest.TestCase):
             "unet_def",
             "network_def",
             "hybrid_condition",
+            "pixel_condition",
+            "pixel_condition_channels",
             "sampling_scheduler",
             "spatial_size",
         ):

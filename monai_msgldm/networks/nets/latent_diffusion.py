@@ -197,6 +197,25 @@ class MultiContrastLDM(nn.Module):
         mask = available.to(given.dtype).view(b, m, *([1] * self.spatial_dims)).expand(b, m, *grid)
         return torch.cat([given, mask], dim=1)
 
+    def given_pixels(self, images: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        """The given contrasts' images moved onto the latent grid without loss (space to depth: each ``f^d`` block
+        of pixels becomes ``f^d`` channels, in ``torch.nn.functional.pixel_unshuffle``'s order), zero for absent
+        contrasts: ``(B, M, *S) -> (B, M * f^d, *S / f)``, ``f`` the autoencoder factor. The pixel part of the
+        ``pixel_condition`` option: it hands the UNet the intensities the given latents only encode.
+
+        Args:
+            images: ``(B, M, *S)``; channels of absent contrasts are ignored.
+            available: ``(B, M)`` bool, validated by the caller (only its shape and dtype are checked here).
+        """
+        grid = self.check_images(images)
+        check_availability_shape(available, images.shape[0], self.num_modalities, type(self).__name__)
+        b, m, f, d = images.shape[0], self.num_modalities, int(self.autoencoder.downsample_factor), self.spatial_dims
+        keep = available.view(b, m, *([1] * d))
+        x = torch.where(keep, images, torch.zeros((), dtype=images.dtype, device=images.device))
+        x = x.reshape(b, m, *[size for g in grid for size in (g, f)])  # (B, M, h, f, w, f[, d, f])
+        x = x.permute(0, 1, *range(3, 3 + 2 * d, 2), *range(2, 2 + 2 * d, 2))  # (B, M, f, f[, f], h, w[, d])
+        return x.reshape(b, m * f**d, *grid)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled joint latent of all modalities (sampled): ``(B, M, *S) -> (B, M * latent_channels, *S / f)``."""
         return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor

@@ -25,7 +25,10 @@ from monai_msgldm.networks.nets.latent_diffusion import (
     default_contrast_autoencoder,
     default_diffusion_unet,
 )
-from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
+from monai_msgldm.networks.nets.modality_autoencoder import (
+    autoencoder_downsample_factor,
+    autoencoder_latent_channels,
+)
 from monai_msgldm.networks.nets.structure_style_net import StructureStyleNet
 from monai_msgldm.utils.availability import check_availability_shape
 
@@ -81,6 +84,9 @@ class MSGLDM(MultiContrastLDM):
             so that the UNet sees what was acquired directly and not only through the structure map; the UNet then
             has ``M * latent_channels`` more input channels for the latents and ``M`` for the mask. ``False`` (the
             paper): ``F_s`` alone.
+        pixel_condition: with ``hybrid_condition``, also the given contrasts' images moved onto the latent grid
+            without loss (:py:meth:`given_pixels`, ``M * f^d`` more UNet input channels for the autoencoder factor
+            ``f``): the intensities the latents only encode. ``False``: the latents only.
 
     Example::
 
@@ -104,7 +110,13 @@ class MSGLDM(MultiContrastLDM):
         unet: DiffusionModelUNet | None = None,
         scale_factor: float = 1.0,
         hybrid_condition: bool = False,
+        pixel_condition: bool = False,
     ) -> None:
+        if pixel_condition and not hybrid_condition:
+            raise ValueError(
+                "MSGLDM expects hybrid_condition=True with pixel_condition=True (the pixels come with the given "
+                "latents and the availability mask), got hybrid_condition=False."
+            )
         if structure_net is None:
             # 3 segmentation channels: tumour core, whole tumour, enhancing (what the BraTS preprocessing produces)
             structure_net = StructureStyleNet(
@@ -120,6 +132,8 @@ class MSGLDM(MultiContrastLDM):
             autoencoder = default_contrast_autoencoder(spatial_dims)
         latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
         condition_channels = structure_channels + (latent_ch + num_modalities if hybrid_condition else 0)
+        if pixel_condition:
+            condition_channels += num_modalities * autoencoder_downsample_factor(autoencoder) ** spatial_dims
         if unet is None:
             unet = default_diffusion_unet(spatial_dims, latent_ch + condition_channels, latent_ch)
         super().__init__(
@@ -133,6 +147,7 @@ class MSGLDM(MultiContrastLDM):
         self.structure_net = structure_net
         self.structure_channels = structure_channels
         self.hybrid_condition = bool(hybrid_condition)
+        self.pixel_condition = bool(pixel_condition)
 
     @property
     def size_divisor(self) -> int:
@@ -185,8 +200,12 @@ class MSGLDM(MultiContrastLDM):
     ) -> torch.Tensor:
         """``F_s`` (:py:meth:`encode_structure`, from ``structure_features`` when given), followed with
         ``hybrid_condition`` by :py:meth:`latent_condition` (the given contrasts' latents, from ``latents`` when
-        given, as in training, or their posterior means): ``(B, condition_channels, *S / f)``."""
+        given, as in training, or their posterior means) and with ``pixel_condition`` by :py:meth:`given_pixels`:
+        ``(B, condition_channels, *S / f)``."""
         structure = self.encode_structure(images, available, structure_features)
         if not self.hybrid_condition:
             return structure
-        return torch.cat([structure, self.latent_condition(images, available, latents).to(structure.dtype)], dim=1)
+        parts = [structure, self.latent_condition(images, available, latents).to(structure.dtype)]
+        if self.pixel_condition:
+            parts.append(self.given_pixels(images, available).to(structure.dtype))
+        return torch.cat(parts, dim=1)

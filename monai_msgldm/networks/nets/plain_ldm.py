@@ -21,7 +21,10 @@ from monai_msgldm.networks.nets.latent_diffusion import (
     default_contrast_autoencoder,
     default_diffusion_unet,
 )
-from monai_msgldm.networks.nets.modality_autoencoder import autoencoder_latent_channels
+from monai_msgldm.networks.nets.modality_autoencoder import (
+    autoencoder_downsample_factor,
+    autoencoder_latent_channels,
+)
 
 __all__ = ["PlainConditionalLDM"]
 
@@ -45,6 +48,8 @@ class PlainConditionalLDM(MultiContrastLDM):
         unet: a ``DiffusionModelUNet`` with ``2 * M * latent_channels + M`` input and ``M * latent_channels`` output
             channels; default: the MSG-LDM UNet sizes (128, 128, 256), attention at the two lower levels.
         scale_factor: see :py:class:`MultiContrastLDM`.
+        pixel_condition: also condition on the given contrasts' images moved onto the latent grid without loss
+            (:py:meth:`given_pixels`, ``M * f^d`` more UNet input channels for the autoencoder factor ``f``).
 
     Example::
 
@@ -62,25 +67,31 @@ class PlainConditionalLDM(MultiContrastLDM):
         autoencoder: nn.Module | None = None,
         unet: DiffusionModelUNet | None = None,
         scale_factor: float = 1.0,
+        pixel_condition: bool = False,
     ) -> None:
         if autoencoder is None:
             autoencoder = default_contrast_autoencoder(spatial_dims)
         latent_ch = num_modalities * autoencoder_latent_channels(autoencoder)
+        condition_channels = latent_ch + num_modalities
+        if pixel_condition:
+            condition_channels += num_modalities * autoencoder_downsample_factor(autoencoder) ** spatial_dims
         if unet is None:
-            unet = default_diffusion_unet(spatial_dims, 2 * latent_ch + num_modalities, latent_ch)
+            unet = default_diffusion_unet(spatial_dims, latent_ch + condition_channels, latent_ch)
         super().__init__(
             spatial_dims=spatial_dims,
             num_modalities=num_modalities,
             autoencoder=autoencoder,
             unet=unet,
-            condition_channels=latent_ch + num_modalities,
+            condition_channels=condition_channels,
             scale_factor=scale_factor,
         )
+        self.pixel_condition = bool(pixel_condition)
 
     def condition(
         self, images: torch.Tensor, available: torch.Tensor, latents: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``cat([latents * mask, mask])`` on the latent grid: ``(B, M, *S) -> (B, M * latent_channels + M, *L)``.
+        """``cat([latents * mask, mask])`` on the latent grid, followed with ``pixel_condition`` by
+        :py:meth:`given_pixels`: ``(B, M, *S) -> (B, condition_channels, *L)``.
 
         Args:
             images: ``(B, M, *S)``; channels of absent modalities are ignored.
@@ -88,4 +99,7 @@ class PlainConditionalLDM(MultiContrastLDM):
             latents: the scaled joint latent of ``images`` (training passes the sampled one it diffuses); None:
                 the posterior mean of the available contrasts (deterministic, as at inference).
         """
-        return self.latent_condition(images, available, latents)
+        condition = self.latent_condition(images, available, latents)
+        if not self.pixel_condition:
+            return condition
+        return torch.cat([condition, self.given_pixels(images, available).to(condition.dtype)], dim=1)

@@ -16,14 +16,18 @@ from unittest import mock
 
 import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from parameterized import parameterized
 
 from monai_msgldm.networks.nets import MSGLDM, ModalityWiseAutoencoder, StructureStyleNet
 from monai_msgldm.networks.nets.msgldm import resize_to_grid
 
 
-def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4, hybrid_condition: bool = False) -> MSGLDM:
+def tiny_msgldm(
+    spatial_dims: int = 2, num_modalities: int = 4, hybrid_condition: bool = False, pixel_condition: bool = False
+) -> MSGLDM:
     """A tiny MSG-LDM: autoencoder factor 4, structure strides (1, 2, 2) -> same grid as the latent; with
-    ``hybrid_condition`` the UNet also takes the given latents (2 channels per contrast) and the mask."""
+    ``hybrid_condition`` the UNet also takes the given latents (2 channels per contrast) and the mask, with
+    ``pixel_condition`` the given images (4 ** spatial_dims channels per contrast)."""
     ae = AutoencoderKL(
         spatial_dims=spatial_dims,
         channels=(8, 8, 8),
@@ -45,7 +49,10 @@ def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4, hybrid_condition
     )
     unet = DiffusionModelUNet(
         spatial_dims=spatial_dims,
-        in_channels=num_modalities * 2 + 8 + (num_modalities * 3 if hybrid_condition else 0),
+        in_channels=num_modalities * 2
+        + 8
+        + (num_modalities * 3 if hybrid_condition else 0)
+        + (num_modalities * 4**spatial_dims if pixel_condition else 0),
         out_channels=num_modalities * 2,
         channels=(8, 8),
         attention_levels=(False, True),
@@ -60,6 +67,7 @@ def tiny_msgldm(spatial_dims: int = 2, num_modalities: int = 4, hybrid_condition
         structure_net=structure,
         unet=unet,
         hybrid_condition=hybrid_condition,
+        pixel_condition=pixel_condition,
     )
 
 
@@ -218,6 +226,49 @@ class TestMSGLDM(unittest.TestCase):
         self.assertNotAlmostEqual(value, 1.0 / float(z.std()), places=3)
         with self.assertRaisesRegex(ValueError, "at least one available contrast"):
             net.calibrate_scale_factor(images, torch.zeros(2, 4, dtype=torch.bool))
+
+    @parameterized.expand([("2d", 2, (16, 12)), ("3d", 3, (8, 12, 4))])
+    def test_given_pixels_moves_every_pixel_onto_the_latent_grid(self, _, spatial_dims, size):
+        """given_pixels is space to depth by the autoencoder factor (pixel_unshuffle's channel order), per contrast,
+        zero for absent contrasts: channel m * f^d + offset at latent position p holds pixel f * p + offset."""
+        torch.manual_seed(0)
+        net = tiny_msgldm(spatial_dims, hybrid_condition=True, pixel_condition=True)
+        images = torch.randn(2, 4, *size)
+        available = torch.tensor([[True, False, True, True], [False, True, True, False]])
+        out = net.given_pixels(images, available)
+        f, grid = 4, [s // 4 for s in size]
+        self.assertEqual(tuple(out.shape), (2, 4 * f**spatial_dims, *grid))
+        expected = images * available.view(2, 4, *([1] * spatial_dims))
+        if spatial_dims == 2:  # torch's own space to depth
+            unshuffled = torch.nn.functional.pixel_unshuffle(expected.reshape(8, 1, *size), f)
+            torch.testing.assert_close(out, unshuffled.reshape(2, 4 * f**2, *grid), rtol=0, atol=0)
+        for m in range(4):
+            for offset in ((0, 0, 0), (1, 3, 2), (3, 0, 1))[: 3 if spatial_dims == 3 else 2]:
+                offset = offset[:spatial_dims]
+                index = m * f**spatial_dims + sum(o * f ** (spatial_dims - 1 - i) for i, o in enumerate(offset))
+                pixels = expected[(slice(None), m, *[slice(o, None, f) for o in offset])]
+                torch.testing.assert_close(out[:, index], pixels, rtol=0, atol=0)
+
+    def test_pixel_condition_appends_the_given_pixels_to_the_hybrid_condition(self):
+        torch.manual_seed(0)
+        net = tiny_msgldm(hybrid_condition=True, pixel_condition=True).eval()
+        hybrid = tiny_msgldm(hybrid_condition=True).eval()
+        hybrid.autoencoder.load_state_dict(net.autoencoder.state_dict())
+        hybrid.structure_net.load_state_dict(net.structure_net.state_dict())
+        self.assertEqual(net.condition_channels, hybrid.condition_channels + 4 * 16)
+        images = torch.randn(2, 4, 16, 16)
+        available = torch.tensor([[True, True, True, False], [True, False, False, False]])
+        with torch.no_grad():
+            condition = net.condition(images, available)
+            torch.testing.assert_close(condition[:, : hybrid.condition_channels], hybrid.condition(images, available))
+        torch.testing.assert_close(condition[:, hybrid.condition_channels :], net.given_pixels(images, available))
+        # absent contrasts cannot reach the pixel channels
+        changed = images.clone()
+        changed[0, 3] += 5.0
+        with torch.no_grad():
+            torch.testing.assert_close(net.condition(changed, available), condition)
+        with self.assertRaisesRegex(ValueError, "hybrid_condition=True with pixel_condition=True"):
+            MSGLDM(2, 4, autoencoder=net.autoencoder.model, structure_net=net.structure_net, pixel_condition=True)
 
     def test_errors(self):
         net = tiny_msgldm()

@@ -22,7 +22,9 @@ from monai_msgldm.networks.nets import MSGLDM, MultiContrastLDM, PlainConditiona
 __all__: list[str] = []
 
 
-def _tiny(spatial_dims: int = 2, latent: int = 2, in_extra: int = 0) -> PlainConditionalLDM:
+def _tiny(
+    spatial_dims: int = 2, latent: int = 2, in_extra: int = 0, pixel_condition: bool = False
+) -> PlainConditionalLDM:
     ae = AutoencoderKL(
         spatial_dims=spatial_dims,
         channels=(8, 8),
@@ -35,14 +37,16 @@ def _tiny(spatial_dims: int = 2, latent: int = 2, in_extra: int = 0) -> PlainCon
     )
     unet = DiffusionModelUNet(
         spatial_dims=spatial_dims,
-        in_channels=2 * 4 * latent + 4 + in_extra,
+        in_channels=2 * 4 * latent + 4 + in_extra + (4 * 2**spatial_dims if pixel_condition else 0),
         out_channels=4 * latent,
         channels=(8, 8),
         attention_levels=(False, False),
         norm_num_groups=4,
         num_res_blocks=1,
     )
-    return PlainConditionalLDM(spatial_dims=spatial_dims, num_modalities=4, autoencoder=ae, unet=unet)
+    return PlainConditionalLDM(
+        spatial_dims=spatial_dims, num_modalities=4, autoencoder=ae, unet=unet, pixel_condition=pixel_condition
+    )
 
 
 class TestPlainConditionalLDM(unittest.TestCase):
@@ -54,6 +58,25 @@ class TestPlainConditionalLDM(unittest.TestCase):
         self.assertEqual(net.frozen_modules(), [net.autoencoder])
         self.assertEqual(net.size_divisor, 2)
         self.assertEqual(net.condition_channels, 4 * 2 + 4)
+
+    @parameterized.expand([("2d", 2, (16, 16)), ("3d", 3, (8, 8, 8))])
+    def test_pixel_condition_appends_the_given_pixels(self, _, spatial_dims, size):
+        torch.manual_seed(0)
+        net = _tiny(spatial_dims, pixel_condition=True).eval()
+        self.assertEqual(net.condition_channels, 4 * 2 + 4 + 4 * 2**spatial_dims)
+        images = torch.randn(2, 4, *size)
+        available = torch.tensor([[True, False, True, False], [False, False, False, True]])
+        with torch.no_grad():
+            condition = net.condition(images, available)
+            torch.testing.assert_close(condition[:, :12], net.latent_condition(images, available))
+        torch.testing.assert_close(condition[:, 12:], net.given_pixels(images, available))
+        with torch.no_grad():
+            self.assertEqual(
+                tuple(
+                    net(torch.cat([torch.randn(2, 8, *condition.shape[2:]), condition], 1), torch.tensor([3, 9])).shape
+                ),
+                (2, 8, *condition.shape[2:]),
+            )
 
     @parameterized.expand([(2, (16, 16)), (3, (8, 8, 8))])
     def test_condition_masks_absent_latents_and_appends_the_mask(self, spatial_dims, size):
