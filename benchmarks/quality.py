@@ -73,6 +73,7 @@ from common import device_description  # noqa: E402
 from quality_models import (  # noqa: E402
     BUDGET,
     MODELS,
+    autoencoder_source,
     budget_label,
     budget_multiplier,
     load_segmenter_model,
@@ -205,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for group in ("3->1", "1->3")
             }
     rows += autoencoder_ceiling(args.work_dir, cases)
+    for source in dict.fromkeys(autoencoder_source(m) for m in args.models):
+        if source not in (None, "msgldm"):  # a model that trains its own autoencoder: its ceiling too
+            rows += autoencoder_ceiling(args.work_dir, cases, source=source)
     summary = summarize(rows)
     curve_models = [m for m in STEPS_CURVE_MODELS if m in args.models]
     curve, curve_rows = steps_curve(curve_models, args.work_dir, cases, rows, args.curve_steps, args.ddim_steps)

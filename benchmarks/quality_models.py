@@ -36,6 +36,9 @@ __all__ = [
     "model_overrides",
     "parse_model",
     "scaled_budget",
+    "autoencoder_source",
+    "STAGE0_MULTIPLIER",
+    "AUTOENCODER_SOURCE",
     "budget_label",
     "budget_multiplier",
     "data_overrides",
@@ -106,7 +109,16 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
         {"hybrid_condition": True, "pixel_condition": True, "unet_def#channels": [64, 128, 128]},
     ),
     "plain_ldm_wide_pixels": ("baseline_ldm", {"pixel_condition": True, "unet_def#channels": [64, 128, 128]}),
+    "msgldm_hybrid_wide_ae4x": ("msgldm", {"hybrid_condition": True, "unet_def#channels": [64, 128, 128]}),
+    "plain_ldm_wide_ae4x": ("baseline_ldm", {"unet_def#channels": [64, 128, 128]}),
 }
+
+#: models that train their own stage-0 autoencoder, with the budget's autoencoder epochs times this (the other
+#: latent models share ``msgldm``'s, or the one :data:`AUTOENCODER_SOURCE` names)
+STAGE0_MULTIPLIER: dict[str, float] = {"msgldm_hybrid_wide_ae4x": 4.0}
+
+#: latent models that share another model's stage-0 autoencoder than ``msgldm``'s
+AUTOENCODER_SOURCE: dict[str, str] = {"plain_ldm_wide_ae4x": "msgldm_hybrid_wide_ae4x"}
 
 #: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
 #: rectified flow (MONAI's ``RFlowScheduler``) instead of DDPM / DDIM for stage 2
@@ -156,12 +168,23 @@ def budget_label(multiplier: float) -> str:
     return f"{float(multiplier):g}"
 
 
-def scaled_budget(budget: Mapping[str, Any], multiplier: float) -> dict[str, Any]:
-    """``budget`` with the stage-2 (and baseline) epochs times ``multiplier`` (rounded, at least 1); stages 0 and 1
-    unchanged."""
+def scaled_budget(budget: Mapping[str, Any], multiplier: float, stage0_multiplier: float = 1.0) -> dict[str, Any]:
+    """``budget`` with the stage-2 (and baseline) epochs times ``multiplier`` and the stage-0 (autoencoder) epochs
+    times ``stage0_multiplier`` (rounded, at least 1); stage 1 unchanged."""
     epochs = dict(budget["epochs"])
     epochs["diffusion"] = max(1, round(int(epochs["diffusion"]) * float(multiplier)))
+    epochs["autoencoder"] = max(1, round(int(epochs["autoencoder"]) * float(stage0_multiplier)))
     return {**budget, "epochs": epochs}
+
+
+def autoencoder_source(name: str) -> str | None:
+    """The model whose stage-0 autoencoder model ``name`` uses: ``"msgldm"`` for the latent models (the shared
+    one), a :data:`STAGE0_MULTIPLIER` model (and its learning-curve points) its own, :data:`AUTOENCODER_SOURCE`'s
+    entry; ``None`` for the regression baseline (no autoencoder)."""
+    base = parse_model(name)[0]
+    if MODELS[base][0] == "baseline_regression":
+        return None
+    return AUTOENCODER_SOURCE.get(base, base if base in STAGE0_MULTIPLIER else "msgldm")
 
 
 def model_configs(name: str, overlays: Sequence[str] = ()) -> list[str]:
@@ -220,14 +243,21 @@ def train_model(
         return 0.0
     ckpt_dir = os.path.join(out, "models")
     os.makedirs(ckpt_dir, exist_ok=True)
-    if kind != "baseline_regression" and name != "msgldm":  # the latent models share msgldm's stage-0 autoencoder
+    source = autoencoder_source(name)
+    if source is not None and name != source:  # the latent models share msgldm's (or their source's) stage 0
+        train_model(source, work_dir, budget, overlays)
+        shared = {"autoencoder.pt": source}
+        if kind == "msgldm" and (base in STAGE2_ONLY or (base == source and multiplier != 1)):
+            shared["structure.pt"] = source  # and, when only stage 2 differs, its stage-1 structure net
+        for file, owner in shared.items():
+            shutil.copyfile(os.path.join(model_dir(work_dir, owner), "models", file), os.path.join(ckpt_dir, file))
+    elif source == name and name != "msgldm":  # its own autoencoder; stage 1 is msgldm's (it does not use stage 0)
         train_model("msgldm", work_dir, budget, overlays)
-        shared = ["autoencoder.pt"]
-        if kind == "msgldm" and (base in STAGE2_ONLY or (base == "msgldm" and multiplier != 1)):
-            shared.append("structure.pt")  # and, when only stage 2 differs, its stage-1 structure net
-        for file in shared:
-            shutil.copyfile(os.path.join(model_dir(work_dir, "msgldm"), "models", file), os.path.join(ckpt_dir, file))
-    budget = scaled_budget(budget, multiplier)
+        shutil.copyfile(
+            os.path.join(model_dir(work_dir, "msgldm"), "models", "structure.pt"),
+            os.path.join(ckpt_dir, "structure.pt"),
+        )
+    budget = scaled_budget(budget, multiplier, STAGE0_MULTIPLIER.get(base, 1.0) if name == source else 1.0)
     meta, logging_file = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
     logger.info(f"{name}: training ({kind}, overrides {overrides})")
     start = time.perf_counter()

@@ -157,11 +157,14 @@ def evaluate_model(
     return rows
 
 
-def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict], overlays: Sequence[str] = ()) -> list[dict]:
+def autoencoder_ceiling(
+    work_dir: str | os.PathLike, cases: Sequence[dict], overlays: Sequence[str] = (), source: str = "msgldm"
+) -> list[dict]:
     """What the shared stage-0 autoencoder loses alone: every contrast of every test case encoded and decoded
     (posterior mean), scored like a synthesis of that contrast from all the others (3 -> 1 for BraTS, 1 -> 1 for
     the two WMH contrasts of ``overlays``). No latent model can do better than this on average, whatever its
-    condition."""
+    condition. ``source``: the model whose autoencoder is scored (``quality_models.autoencoder_source``); rows of
+    another than ``msgldm``'s are labelled ``autoencoder_ceiling[<source>]``."""
     import torch
 
     from monai_msgldm.evaluation import (
@@ -173,7 +176,8 @@ def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict], over
 
     modalities, _ = contrast_set(overlays)
     group = scenario_group(modalities[1:], len(modalities))
-    net = load_model("msgldm", work_dir, overlays=overlays)
+    net = load_model(source, work_dir, overlays=overlays)
+    label = "autoencoder_ceiling" if source == "msgldm" else f"autoencoder_ceiling[{source}]"
     rows = []
     for index, case in enumerate(cases):
         truth = torch.as_tensor(case["image"]).float()  # (1, M, H, W, D)
@@ -186,7 +190,7 @@ def autoencoder_ceiling(work_dir: str | os.PathLike, cases: Sequence[dict], over
             brain = brain_mask_from_available(truth[0], flags)
             psnr, ssim, _ = masked_slice_psnr_ssim(recon[c], truth[0, c], brain)
             rows.append(
-                {"model": "autoencoder_ceiling", "group": group, "target": target, "case": subject_name(case, index)}
+                {"model": label, "group": group, "target": target, "case": subject_name(case, index)}
                 | {"psnr": psnr, "ssim": ssim, "ssim3d_tumour": None, "ddim_steps": None}
                 | {"sharpness": sharpness_ratio(recon[c], truth[0, c], brain)}
             )

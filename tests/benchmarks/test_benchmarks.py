@@ -325,6 +325,24 @@ class TestQualityBenchmark(unittest.TestCase):
             self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
         # a second run trains nothing again
         self.assertEqual(quality.train_model("plain_ldm", os.path.join(out, "models")), 0.0)
+        # plain_ldm_wide_ae4x shares the autoencoder msgldm_hybrid_wide_ae4x trains with 4x the stage-0 epochs;
+        # that one takes msgldm's structure net; each ceiling scores its own autoencoder
+        quality.train_model("plain_ldm_wide_ae4x", work)
+
+        def same(a_model, b_model, ckpt):
+            with open(os.path.join(work, a_model, "models", ckpt), "rb") as a:
+                with open(os.path.join(work, b_model, "models", ckpt), "rb") as b:
+                    return a.read() == b.read()
+
+        self.assertTrue(same("plain_ldm_wide_ae4x", "msgldm_hybrid_wide_ae4x", "autoencoder.pt"))
+        self.assertFalse(same("msgldm", "msgldm_hybrid_wide_ae4x", "autoencoder.pt"))
+        self.assertTrue(same("msgldm", "msgldm_hybrid_wide_ae4x", "structure.pt"))
+        scoring = importlib.import_module("quality_scoring")
+        cases = scoring.test_cases(quality.BUDGET)
+        own = scoring.autoencoder_ceiling(work, cases, source="msgldm_hybrid_wide_ae4x")
+        shared = scoring.autoencoder_ceiling(work, cases)
+        self.assertEqual({r["model"] for r in own}, {"autoencoder_ceiling[msgldm_hybrid_wide_ae4x]"})
+        self.assertNotEqual([r["psnr"] for r in own], [r["psnr"] for r in shared])
 
 
 def _quality_models():
@@ -351,6 +369,26 @@ class TestQualityModelNames(unittest.TestCase):
         self.assertEqual(
             {k: v for k, v in scaled["epochs"].items() if k != "diffusion"},
             {k: v for k, v in models.BUDGET["epochs"].items() if k != "diffusion"},
+        )
+
+    @parameterized.expand(
+        [
+            ("msgldm", "msgldm"),
+            ("plain_ldm@2x", "msgldm"),
+            ("regression", None),
+            ("msgldm_hybrid_wide_ae4x", "msgldm_hybrid_wide_ae4x"),
+            ("msgldm_hybrid_wide_ae4x@2x", "msgldm_hybrid_wide_ae4x"),
+            ("plain_ldm_wide_ae4x", "msgldm_hybrid_wide_ae4x"),
+        ]
+    )
+    def test_autoencoder_source(self, name, source):
+        self.assertEqual(_quality_models().autoencoder_source(name), source)
+
+    def test_stage0_multiplier(self):
+        models = _quality_models()
+        self.assertEqual(
+            models.scaled_budget(models.BUDGET, 2.0, 4.0)["epochs"],
+            {"autoencoder": 240, "structure": 40, "diffusion": 600},
         )
 
     @parameterized.expand([("unknown@2x",), ("msgldm@0x",), ("msgldm@-1x",), ("msgldm@twox",), ("msgldm@2",)])
