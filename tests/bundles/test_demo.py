@@ -88,12 +88,12 @@ class TestDemoConfig(unittest.TestCase):
         parser.read_config(CONFIGS)
         self.assertEqual(parser.get("spatial_size"), 64)
         self.assertEqual(parser.get("phantom_resolution"), 3.0)
-        self.assertEqual(parser.get("epochs"), {"autoencoder": 150, "structure": 50, "diffusion": 300})
+        self.assertEqual(parser.get("epochs"), {"autoencoder": 130, "structure": 40, "diffusion": 250})
         self.assertEqual(parser.get("prediction_type"), "v_prediction")  # the schedulers' setting, not the network's
         self.assertEqual(parser.get("autoencoder_def#channels"), [16, 32, 32])
         demo = ConfigParser.load_config_file(CONFIGS[1])
         self.assertFalse(any(k.startswith(("stages", "demo_sizes")) for k in demo))  # no re-injection
-        for stage, epochs in (("autoencoder", 150), ("structure", 50), ("diffusion", 300)):
+        for stage, epochs in (("autoencoder", 130), ("structure", 40), ("diffusion", 250)):
             merged = ConfigParser()
             merged.read_config([*CONFIGS, str(CONFIG_DIR / f"train_{stage}.json")])
             self.assertEqual(merged.get_parsed_content("train#trainer#max_epochs"), epochs, stage)
