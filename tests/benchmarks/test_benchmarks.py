@@ -100,7 +100,7 @@ class TestBundleTiming(unittest.TestCase):
         common = _load("common")
         demo = common.preset_parser("demo")
         self.assertEqual(demo.get_parsed_content("spatial_size"), 64)
-        self.assertEqual(demo.get_parsed_content("epochs#diffusion"), 400)
+        self.assertEqual(demo.get_parsed_content("epochs#diffusion"), 250)
         values = timing.preset_values("demo")  # what the demo changes in inference.json
         self.assertEqual((values["spatial_size"], values["prediction_type"]), (64, "v_prediction"))
         self.assertEqual(values["unet_def"]["channels"], [64, 128, 128])
