@@ -45,8 +45,9 @@ class PlainConditionalLDM(MultiContrastLDM):
         spatial_dims: 2 (slices) or 3.
         num_modalities: number of contrasts M.
         autoencoder: a single-channel MONAI ``AutoencoderKL`` (or ``VQVAE``); default: factor 8, 4 latent channels.
-        unet: a ``DiffusionModelUNet`` with ``2 * M * latent_channels + M`` input and ``M * latent_channels`` output
-            channels; default: the MSG-LDM UNet sizes (128, 128, 256), attention at the two lower levels.
+        unet: a ``DiffusionModelUNet`` with ``2 * M * latent_channels + M`` input (``M * f^d`` more with
+            ``pixel_condition``) and ``M * latent_channels`` output channels; default: the MSG-LDM UNet sizes
+            (128, 128, 256), attention at the two lower levels.
         scale_factor: see :py:class:`MultiContrastLDM`.
         pixel_condition: also condition on the given contrasts' images moved onto the latent grid without loss
             (:py:meth:`given_pixels`, ``M * f^d`` more UNet input channels for the autoencoder factor ``f``).
