@@ -166,8 +166,9 @@ def probe_rows(
             t = modalities.index(target_name)
             start = time.perf_counter()
             # image probe: brain voxels of the training subjects
-            x = torch.cat([s[:, given].permute(0, 2, 3, 1)[_brain(s, given)] for s in train])
-            y = torch.cat([s[:, t][_brain(s, given)] for s in train])[:, None]
+            brains = [_brain(s, given) for s in train]
+            x = torch.cat([s[:, given].permute(0, 2, 3, 1)[b] for s, b in zip(train, brains)])
+            y = torch.cat([s[:, t][b] for s, b in zip(train, brains)])[:, None]
             image_probe = fit_pointwise(x, y, steps=steps)
             # latent probe: every latent position of the training subjects
             channels = [k * c + j for k in given for j in range(c)]
