@@ -95,6 +95,7 @@ BASELINE: dict[str, Any] = {
     "slice_batch_size": 4,
     "image_batch_size": None,
     "known_contrast_guidance": True,
+    "crop_foreground": False,
 }
 
 #: the sampling the speed issue was measured with (bundle 0.6.0): the paper's F_s-only model, no guidance
@@ -104,6 +105,7 @@ BASELINE_SAMPLER = "bundle 0.7.0 (hybrid, guided, DDIM 20 steps)"
 PAPER_SAMPLER = "bundle 0.6.0 (F_s only, DDIM 20 steps)"
 DEFAULT_SAMPLER = "inference.json"
 EPSILON_SAMPLER = "inference.json, epsilon model (20 DDIM steps, the default before 0.10.0)"
+NO_CROP_SAMPLER = "inference.json without the foreground crop (the default before 0.12.0)"
 #: what ``train.json`` trains and records beside ``model.pt`` (``models/model.sampling.json``), from which
 #: ``inference.json`` takes its prediction type and step count; the random-weight models timed here have no record
 DEFAULT_MODEL: dict[str, Any] = {"prediction_type": "v_prediction"}
@@ -114,11 +116,12 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     PAPER_SAMPLER: ((), PAPER_BASELINE),
     BASELINE_SAMPLER: ((), BASELINE),
     DEFAULT_SAMPLER: ((), DEFAULT_MODEL),
+    NO_CROP_SAMPLER: ((), {**DEFAULT_MODEL, "crop_foreground": False}),
     "inference.json, 32 slices per batch": ((), {**DEFAULT_MODEL, "slice_batch_size": 32}),
-    EPSILON_SAMPLER: ((), {"prediction_type": "epsilon"}),
+    EPSILON_SAMPLER: ((), {"prediction_type": "epsilon", "crop_foreground": False}),
 }
 #: the samplers timed end to end through ``python -m monai.bundle run`` by default
-BUNDLE_SAMPLERS = (BASELINE_SAMPLER, DEFAULT_SAMPLER, EPSILON_SAMPLER)
+BUNDLE_SAMPLERS = (BASELINE_SAMPLER, DEFAULT_SAMPLER, NO_CROP_SAMPLER, EPSILON_SAMPLER)
 
 
 def inference_parser(overlays: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> Any:

@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 from parameterized import parameterized
 
 from monai_msgldm.inferers import ModalitySynthesisInferer, MultiContrastDiffusionInferer, resolve_availability
+from monai_msgldm.inferers.foreground_crop import foreground_box
 from monai_msgldm.utils import validate_availability
 from tests.inferers.test_diffusion import ddim, ddpm
 from tests.networks.nets.test_msgldm import tiny_msgldm
@@ -27,6 +28,31 @@ from tests.networks.nets.test_plain_ldm import _tiny as tiny_plain_ldm
 
 def sampler(steps: int = 2) -> MultiContrastDiffusionInferer:
     return MultiContrastDiffusionInferer(ddim(), num_inference_steps=steps)
+
+
+class _PointwiseSampler:
+    """A deterministic per-voxel synthesis (each missing contrast is tanh(2 x the mean of the given ones)) that
+    records the shape of every batch it is given."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def sample(self, images, network, available, noise=None, generator=None, checked=False):
+        self.shapes.append(tuple(images.shape))
+        given = available.view(*available.shape, *([1] * (images.ndim - 2)))
+        mean = (images * given).sum(1, keepdim=True) / given.sum(1, keepdim=True)
+        return torch.where(given, images, torch.tanh(2 * mean))
+
+
+def _head(size: int = 32, depth: int = 6) -> torch.Tensor:
+    """``(1, 4, size, size, depth)`` at -1 with a random 'brain' that shrinks towards both ends of the last axis."""
+    torch.manual_seed(0)
+    vol = -torch.ones(1, 4, size, size, depth)
+    for k in range(depth):
+        half = 2 + min(k, depth - 1 - k) * 3
+        lo, hi = size // 2 - half, size // 2 + half
+        vol[..., lo:hi, lo + 1 : hi - 2, k] = torch.rand(1, 4, hi - lo, hi - lo - 3) * 1.8 - 0.9
+    return vol
 
 
 class TestResolveAvailability(unittest.TestCase):
@@ -184,8 +210,75 @@ class TestModalitySynthesisInferer(unittest.TestCase):
         )
         torch.testing.assert_close(out.as_tensor(), direct)
 
+    def test_crop_foreground_synthesizes_inside_each_batch_box(self):
+        """With a per-voxel synthesis the cropped result equals the full-size one inside each slice batch's box and
+        is background outside it; the sampler sees exactly the boxes of foreground_box (margin 2, the network's
+        size_divisor 8)."""
+        net = tiny_msgldm().eval()
+        vol, available = _head(), [True, True, False, True]
+        full_sampler, crop_sampler = _PointwiseSampler(), _PointwiseSampler()
+        full = ModalitySynthesisInferer(full_sampler, 2, progress=False)(vol, net, available)
+        cropped = ModalitySynthesisInferer(crop_sampler, 2, progress=False, crop_foreground=True, crop_margin=2)(
+            vol, net, available
+        )
+        mask = torch.tensor([available] * 2)
+        boxes = [foreground_box(vol[0, ..., k : k + 2].permute(3, 0, 1, 2), mask, 2, 8) for k in (0, 2, 4)]
+        self.assertEqual(crop_sampler.shapes, [(2, 4, b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes])
+        self.assertEqual(full_sampler.shapes, [(2, 4, 32, 32)] * 3)
+        self.assertLess(boxes[0][0].stop - boxes[0][0].start, 32)  # the end slices are cropped
+        for k, box in zip((0, 2, 4), boxes):
+            region = (0, slice(None), *box, slice(k, k + 2))
+            torch.testing.assert_close(cropped[region], full[region], rtol=0, atol=0)
+            outside = cropped[0, 2, ..., k : k + 2].clone()
+            outside[box] = -1.0
+            self.assertTrue(torch.all(outside == -1.0))
+        torch.testing.assert_close(cropped[:, [0, 1, 3]], vol[:, [0, 1, 3]], rtol=0, atol=0)
+        # without content close to the edges of any batch, nothing is cropped: the same as the full synthesis
+        whole = ModalitySynthesisInferer(_PointwiseSampler(), 6, progress=False, crop_foreground=True, crop_margin=8)
+        torch.testing.assert_close(whole(vol, net, available), full, rtol=0, atol=0)
+
+    def test_crop_foreground_with_a_diffusion_sampler_and_std(self):
+        torch.manual_seed(0)
+        net = tiny_msgldm(hybrid_condition=True).eval()
+        vol = _head(32, 4)
+        inferer = ModalitySynthesisInferer(
+            MultiContrastDiffusionInferer(ddim(), 2),
+            4,
+            progress=False,
+            num_samples=2,
+            return_std=True,
+            crop_foreground=True,
+            crop_margin=0,
+        )
+        out = inferer(vol, net, ["t1", "t2"])
+        self.assertEqual(out.shape, (1, 8, 32, 32, 4))
+        mean, std = out[:, :4], out[:, 4:]
+        box = foreground_box(vol[0].permute(3, 0, 1, 2), torch.tensor([[True, False, True, False]] * 4), 0, 8)
+        self.assertIsNotNone(box)
+        torch.testing.assert_close(mean[:, [0, 2]], vol[:, [0, 2]], rtol=0, atol=0)
+        inside = (0, slice(None), *box)
+        self.assertGreater(float(std[inside][[1, 3]].mean()), 0.0)  # two samples differ inside the box
+        outside_mean, outside_std = mean[0, [1, 3]].clone(), std[0, [1, 3]].clone()
+        outside_mean[(slice(None), *box)], outside_std[(slice(None), *box)] = -1.0, 0.0
+        self.assertTrue(torch.all(outside_mean == -1.0) and torch.all(outside_std == 0.0))
+        self.assertTrue(torch.all(std[:, [0, 2]] == 0))
+
+    def test_sizes_the_denoising_unet_cannot_take_are_padded(self):
+        """12 px is divisible by the tiny autoencoder's factor (4) but gives a 3-pixel latent, which the two-level
+        UNet cannot take: size_divisor counts the UNet too, so the inferer pads to 16 and crops back."""
+        net = tiny_msgldm().eval()
+        self.assertEqual(net.size_divisor, 8)
+        x = torch.rand(1, 4, 12, 12) * 2 - 1
+        with self.assertRaises(RuntimeError):
+            sampler().sample(x, net, torch.tensor([[True, True, True, False]]))
+        out = ModalitySynthesisInferer(sampler(), progress=False)(x, net, ["t1", "t1ce", "t2"])
+        self.assertEqual(out.shape, x.shape)
+        self.assertTrue(torch.isfinite(out).all())
+
     def test_errors(self):
         net = tiny_msgldm()
+        with self.assertRaisesRegex(ValueError, "crop_margin"):
+            ModalitySynthesisInferer(crop_margin=-1)
         with self.assertRaisesRegex(ValueError, "slice_batch_size"):
             ModalitySynthesisInferer(slice_batch_size=0)
         with self.assertRaisesRegex(ValueError, "sample\\(\\) method"):

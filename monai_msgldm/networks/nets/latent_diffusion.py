@@ -135,8 +135,17 @@ class MultiContrastLDM(nn.Module):
     # ----------------------------------------------------------- components
     @property
     def size_divisor(self) -> int:
-        """Every spatial size of the images must be divisible by this (the autoencoder factor here)."""
-        return int(self.autoencoder.downsample_factor)
+        """Every spatial size of the images must be divisible by this: the autoencoder factor times the denoising
+        UNet's (``2 ** (levels - 1)`` for MONAI's ``DiffusionModelUNet``: its stride-2 downsampling and 2x upsampling
+        only meet again on even sizes at every level)."""
+        return int(self.autoencoder.downsample_factor) * self.unet_downsample_factor
+
+    @property
+    def unet_downsample_factor(self) -> int:
+        """How much the denoising UNet shrinks the latent grid: ``2 ** (len(block_out_channels) - 1)`` for MONAI's
+        ``DiffusionModelUNet``, 1 for a UNet that does not say."""
+        levels = getattr(self.unet, "block_out_channels", None)
+        return 2 ** (len(levels) - 1) if levels else 1
 
     def frozen_modules(self) -> list[nn.Module]:
         """The modules trained before stage 2 and frozen during it (the autoencoder here)."""

@@ -56,7 +56,7 @@ class TestPlainConditionalLDM(unittest.TestCase):
         self.assertNotIsInstance(net, MSGLDM)
         self.assertFalse(hasattr(net, "structure_net"))
         self.assertEqual(net.frozen_modules(), [net.autoencoder])
-        self.assertEqual(net.size_divisor, 2)
+        self.assertEqual(net.size_divisor, 4)  # autoencoder 2 x UNet 2 (two levels)
         self.assertEqual(net.condition_channels, 4 * 2 + 4)
 
     @parameterized.expand([("2d", 2, (16, 16)), ("3d", 3, (8, 8, 8))])
