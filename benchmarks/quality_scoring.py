@@ -30,6 +30,7 @@ __all__ = [
     "METRICS",
     "BRATS_GROUPS",
     "SAMPLING",
+    "CROP_MARGIN",
     "variant_name",
     "test_cases",
     "synthesis_inferer",
@@ -66,13 +67,19 @@ EXTRA_METRICS = (
     "error_rest",
 )
 
-#: sampling variants of the latent models: name -> (known-contrast guidance, number of samples averaged)
-SAMPLING: dict[str, tuple[bool, int]] = {
-    "plain": (False, 1),
-    "guided": (True, 1),
-    "mean4": (False, 4),
-    "guided_mean4": (True, 4),
+#: sampling variants of the latent models: name -> (known-contrast guidance, number of samples averaged, crop to
+#: the foreground). ``crop`` is plain sampling with ``inference.json``'s foreground crop (16 slices per batch as
+#: there, margin :data:`CROP_MARGIN`)
+SAMPLING: dict[str, tuple[bool, int, bool]] = {
+    "plain": (False, 1, False),
+    "guided": (True, 1, False),
+    "mean4": (False, 4, False),
+    "guided_mean4": (True, 4, False),
+    "crop": (False, 1, True),
 }
+
+#: the foreground crop's margin at the benchmark's 64 px: ``inference.json``'s 8 px at 192 px, scaled and rounded up
+CROP_MARGIN = 3
 
 
 def variant_name(name: str, sampling: str) -> str:
@@ -107,19 +114,21 @@ def synthesis_inferer(
 ) -> Any:
     """The inferer model ``name`` is scored with: its sampler (:func:`quality_models.model_sampler`: DDIM with
     ``ddim_steps`` steps on the model's schedule, or the regression's single pass) with the ``sampling`` variant of
-    :data:`SAMPLING`, 64 slices per batch (16 when averaging several samples), seed 0; ``modalities``: the model's
+    :data:`SAMPLING`, 64 slices per batch (16 when averaging several samples or cropping), seed 0; ``modalities``: the model's
     contrasts in channel order."""
     from monai_msgldm.inferers import ModalitySynthesisInferer
 
-    guidance, num_samples = SAMPLING[sampling]
+    guidance, num_samples, crop = SAMPLING[sampling]
     return ModalitySynthesisInferer(
         model_sampler(name, ddim_steps, known_contrast_guidance=guidance),
-        slice_batch_size=64 // num_samples,
+        slice_batch_size=16 if crop else 64 // num_samples,
         seed=0,
         progress=False,
         num_samples=num_samples,
         return_std=num_samples > 1,
         modalities=modalities,
+        crop_foreground=crop,
+        crop_margin=CROP_MARGIN,
     )
 
 

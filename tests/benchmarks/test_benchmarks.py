@@ -173,6 +173,12 @@ class TestSpeedBenchmark(unittest.TestCase):
         self.assertEqual(type(baseline.scheduler).__name__, "DDIMScheduler")
         self.assertEqual((baseline.num_inference_steps, baseline.scheduler.prediction_type), (20, "epsilon"))
         self.assertTrue(baseline.known_contrast_guidance)
+        # the foreground crop: on in inference.json, off for 0.7.0's sampling and the row without it
+        crops = {
+            label: speed.inference_parser(*speed.SAMPLERS[label]).get_parsed_content("inferer").crop_foreground
+            for label in (speed.BASELINE_SAMPLER, speed.DEFAULT_SAMPLER, speed.NO_CROP_SAMPLER)
+        }
+        self.assertEqual(list(crops.values()), [False, True, False])
 
 
 class TestMallocTuning(unittest.TestCase):
@@ -274,6 +280,15 @@ class TestQualityBenchmark(unittest.TestCase):
         self.assertEqual({scoring.subject_name(c, i) for i, c in enumerate(training)}, set(train))
         with self.assertRaisesRegex(ValueError, "split 'test', 'validation' or 'training'"):
             scoring.test_cases(budget, split="train")
+
+    def test_crop_sampling_variant(self):
+        """``crop``: plain sampling in 16-slice batches inside each batch's foreground box, as inference.json."""
+        _load("quality")
+        scoring = importlib.import_module("quality_scoring")
+        plain, crop = (scoring.synthesis_inferer("msgldm", 2, s) for s in ("plain", "crop"))
+        self.assertEqual((plain.crop_foreground, plain.slice_batch_size), (False, 64))
+        self.assertEqual((crop.crop_foreground, crop.crop_margin, crop.slice_batch_size), (True, 3, 16))
+        self.assertEqual((crop.num_samples, crop.sampler.known_contrast_guidance), (1, False))
 
     def test_main_tiny(self):
         quality = _load("quality")
