@@ -21,7 +21,7 @@ iterations of each stage, the same for every model), then synthesizes the held-o
   models);
 - the latent models with each ``--sampling`` variant (``quality_scoring.SAMPLING``: known-contrast guidance, the
   mean of 4 samples, both, and ``crop``: plain sampling inside each slice batch's foreground box, as
-  ``inference.json`` samples since 0.12.0, with smaller batches and no margin), each a row of its own
+  ``inference.json`` samples since 0.12.0, one slice per batch), each a row of its own
   (``msgldm+guided``...);
 - learning curves (``--budgets 0.5 1 2``): MSG-LDM (and its hybrid and wide variants when listed), the plain LDM
   (and its wide variant) and the regression U-Net trained again with the stage-2 / baseline epochs times each budget multiplier (``msgldm@2x``,

@@ -79,11 +79,13 @@ SAMPLING: dict[str, tuple[bool, int, bool]] = {
     "crop": (False, 1, True),
 }
 
-#: the foreground crop of the ``crop`` variant, harsher than ``inference.json``'s at the default size: at 64 px the
-#: network's size divisor (16) is a quarter of the slice, so 16-slice batches with a margin would keep 95 % of the
-#: test subjects' pixels; 4-slice batches without a margin keep 65 % (``inference.json`` on a 192 px volume: 69 %)
-CROP_SLICE_BATCH = 4
-CROP_MARGIN = 0
+#: the foreground crop of the ``crop`` variant, as close to ``inference.json``'s at the default size as 64 px allows:
+#: its margin, 8 px of 192, scaled (3 px), and one slice per batch, since the network's size divisor (16) is a
+#: quarter of the slice and 16-slice batches would keep 95 % of the test subjects' pixels; one slice keeps 74 %
+#: (``inference.json`` on a 192 px volume: 69 %). Without a margin (4-slice batches, 65 % kept) the synthesis loses
+#: 0.7-1.1 dB on 3 -> 1 (docs/benchmarks.md)
+CROP_SLICE_BATCH = 1
+CROP_MARGIN = 3
 
 
 def variant_name(name: str, sampling: str) -> str:
@@ -118,7 +120,7 @@ def synthesis_inferer(
 ) -> Any:
     """The inferer model ``name`` is scored with: its sampler (:func:`quality_models.model_sampler`: DDIM with
     ``ddim_steps`` steps on the model's schedule, or the regression's single pass) with the ``sampling`` variant of
-    :data:`SAMPLING`, 64 slices per batch (16 when averaging several samples, 4 when cropping), seed 0; ``modalities``: the model's
+    :data:`SAMPLING`, 64 slices per batch (16 when averaging several samples, 1 when cropping), seed 0; ``modalities``: the model's
     contrasts in channel order."""
     from monai_msgldm.inferers import ModalitySynthesisInferer
 
