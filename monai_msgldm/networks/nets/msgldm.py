@@ -153,8 +153,7 @@ class MSGLDM(MultiContrastLDM):
     def size_divisor(self) -> int:
         """Every spatial size must be divisible by the autoencoder factor times the denoising UNet's and by the
         structure encoder stride."""
-        latent = int(self.autoencoder.downsample_factor) * self.unet_downsample_factor
-        return math.lcm(latent, int(self.structure_net.total_stride))
+        return math.lcm(super().size_divisor, int(self.structure_net.total_stride))
 
     def frozen_modules(self) -> list[nn.Module]:
         """The stage-0 autoencoder and the stage-1 structure net, frozen in stage 2."""
