@@ -80,11 +80,11 @@ SAMPLING: dict[str, tuple[bool, int, bool]] = {
 }
 
 #: the foreground crop of the ``crop`` variant, as close to ``inference.json``'s at the default size as 64 px allows:
-#: its margin, 8 px of 192, scaled (3 px), and 4 slices per batch. The boxes round to the sampler's input size
-#: divisor, 4 px here (8 px at 192), since the sampler pads the latent grid for the UNet (before bundle 0.13.0 they
-#: rounded to the network's 16 px, a quarter of the slice); 4-slice batches then keep 64.5 % of the test subjects'
-#: pixels, ``inference.json`` on a 192 px volume 63 % (one slice per batch: 60 %; 16 slices: 79 %)
-CROP_SLICE_BATCH = 4
+#: its margin, 8 px of 192, scaled (3 px), and one slice per batch, since the network's size divisor (16) is a
+#: quarter of the slice and 16-slice batches would keep 95 % of the test subjects' pixels; one slice keeps 74 %
+#: (``inference.json`` on a 192 px volume: 69 %). Without a margin (4-slice batches, 65 % kept) the synthesis loses
+#: 0.7-1.1 dB on 3 -> 1 (docs/benchmarks.md)
+CROP_SLICE_BATCH = 1
 CROP_MARGIN = 3
 
 

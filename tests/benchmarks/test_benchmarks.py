@@ -282,12 +282,12 @@ class TestQualityBenchmark(unittest.TestCase):
             scoring.test_cases(budget, split="train")
 
     def test_crop_sampling_variant(self):
-        """``crop``: plain sampling inside the foreground box of each batch of 4 slices, with a 3 px margin."""
+        """``crop``: plain sampling inside each slice's foreground box, with a 3 px margin."""
         _load("quality")
         scoring = importlib.import_module("quality_scoring")
         plain, crop = (scoring.synthesis_inferer("msgldm", 2, s) for s in ("plain", "crop"))
         self.assertEqual((plain.crop_foreground, plain.slice_batch_size), (False, 64))
-        self.assertEqual((crop.crop_foreground, crop.crop_margin, crop.slice_batch_size), (True, 3, 4))
+        self.assertEqual((crop.crop_foreground, crop.crop_margin, crop.slice_batch_size), (True, 3, 1))
         self.assertEqual((crop.num_samples, crop.sampler.known_contrast_guidance), (1, False))
 
     def test_main_tiny(self):
