@@ -496,10 +496,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         if noise is None:
             noise = self.initial_noise(shape, generator, inputs.device)
         elif tuple(noise.shape) != shape:
-            raise ValueError(
-                f"{type(self).__name__} expects noise of shape {shape} (the latent grid rounded up for the UNet: "
-                f"sampling_grid), got {tuple(noise.shape)}."
-            )
+            raise ValueError(f"{type(self).__name__} expects noise of shape {shape}, got {tuple(noise.shape)}.")
         step_generator = self.step_generators(generator, inputs.device)
         return self._synthesize(inputs, network, available, noise, step_generator, repeats=1)[0]
 
@@ -517,27 +514,9 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         step_generator = None if any(s is None for s in steps) else [g for s in steps for g in s]
         return self._synthesize(inputs, network, available, noise, step_generator, repeats=len(generators))
 
-    def input_size_divisor(self, network: nn.Module) -> int:
-        """The network's ``condition_size_divisor`` (its ``size_divisor`` without one): the images the encodings
-        and the condition take. The denoising UNet's own factor is not needed: the sampling path pads the latent
-        grid for it (:py:meth:`sampling_grid`)."""
-        model = unwrap_network(network)
-        return int(getattr(model, "condition_size_divisor", getattr(model, "size_divisor", 1)))
-
-    @staticmethod
-    def sampling_grid(network: nn.Module, grid: Sequence[int]) -> tuple[int, ...]:
-        """The grid the denoising loop runs on for a latent grid ``grid``: each size rounded up to a multiple of the
-        network's ``unet_downsample_factor`` (the UNet's stride-2 levels meet again only on such sizes). The
-        latents are sampled on it and cropped back to ``grid`` before decoding; the condition and the guidance
-        latents are extended to it by repeating their last row (the edge of a slice or of a foreground box is
-        background)."""
-        factor = int(getattr(unwrap_network(network), "unet_downsample_factor", 1))
-        return tuple(int(g) + (-int(g)) % factor for g in grid)
-
     def _latent_shape(self, inputs: torch.Tensor, network: nn.Module) -> tuple[int, ...]:
-        """The shape of the initial noise: ``(B, M * latent_channels, *sampling_grid)``."""
         model = unwrap_network(network)
-        return (inputs.shape[0], model.latent_channels(), *self.sampling_grid(model, model.check_images(inputs)))
+        return (inputs.shape[0], model.latent_channels(), *model.check_images(inputs))
 
     def _synthesize(self, inputs, network, available, noise, step_generator, repeats: int) -> torch.Tensor:
         """``repeats`` samples ``(repeats, B, M, *S)`` from ``noise`` ``(repeats * B, ...)`` (sample ``n`` of item
@@ -562,13 +541,9 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
                 known, known_mask = _tile(known, repeats), _tile(known_mask, repeats)
             else:
                 condition = self._in_chunks(model.condition, inputs, available)
-            grid = tuple(condition.shape[2:])
-            condition = _extend_to(condition, noise.shape[2:])
-            known = None if known is None else _extend_to(known, noise.shape[2:])
             latents = self.denoise(
                 network, noise, _tile(condition, repeats), generator=step_generator, known=known, known_mask=known_mask
             )
-            latents = latents[(slice(None), slice(None), *(slice(0, g) for g in grid))]
             decoded = _cat([model.decode(z, modalities=missing).to(inputs.dtype) for z in self._chunks(latents)])
         decoded = decoded.view(repeats, b, len(missing), *spatial)
         keep = available[:, missing].view(1, b, len(missing), *([1] * len(spatial)))
@@ -589,15 +564,6 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
 def _cat(pieces: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.cat`` along the batch, without a copy for a single piece."""
     return pieces[0] if len(pieces) == 1 else torch.cat(list(pieces))
-
-
-def _extend_to(x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """``x`` ``(B, C, *L)`` extended at the far end of each spatial axis to ``grid`` by repeating its last row
-    (``x`` itself when it has that grid)."""
-    pad = [int(g) - s for g, s in zip(grid, x.shape[2:])]
-    if not any(pad):
-        return x
-    return torch.nn.functional.pad(x, [v for p in reversed(pad) for v in (0, p)], mode="replicate")
 
 
 def _tile(x: torch.Tensor, repeats: int) -> torch.Tensor:

@@ -133,11 +133,6 @@ class SynthesisSampler(Inferer):
         if len(generator) != inputs.shape[0]:
             raise ValueError(f"{name} expects one generator per batch item ({inputs.shape[0]}), got {len(generator)}.")
 
-    def input_size_divisor(self, network: nn.Module) -> int:
-        """Every spatial size of the ``inputs`` that :py:meth:`sample` takes must be a multiple of this (callers pad
-        to it: :py:class:`ModalitySynthesisInferer`). Default: the network's ``size_divisor`` (1 without one)."""
-        return int(getattr(unwrap_network(network), "size_divisor", 1))
-
     def check_inputs(self, inputs: torch.Tensor, network: nn.Module) -> None:
         """The shape contract of ``inputs`` for ``network`` (no host sync); checked before the mask. Default: the
         network's ``check_images`` when it has one."""

@@ -85,9 +85,8 @@ class ModalitySynthesisInferer(Inferer):
 
     ``sampler`` does the synthesis of one batch (:py:meth:`MultiContrastDiffusionInferer.sample` for the latent
     diffusion models, :py:meth:`RegressionSynthesisInferer.sample` for the regression baseline); this inferer
-    validates the availability mask once per call, pads to the sampler's ``input_size_divisor`` (the model's
-    ``size_divisor``; for the latent diffusion sampler, which pads the latent grid for its UNet itself, the sizes the
-    encodings take: 8 px at the default size) and crops back, batches the slices, and seeds the noise. Every item -- slice ``k`` (along ``slice_axis``) of input ``b`` of the batch, or
+    validates the availability mask once per call, pads to the model's ``size_divisor`` and crops back, batches the
+    slices, and seeds the noise. Every item -- slice ``k`` (along ``slice_axis``) of input ``b`` of the batch, or
     input ``b`` itself (``k = 0``) for 2D inputs and 3D models -- gets its own generator, seeded by ``(seed, b, k)``
     (:py:meth:`item_generator`), and the sampler draws every random number of that item from it alone (its initial
     noise and, for stochastic schedulers, its step noise: see :py:class:`MultiContrastDiffusionInferer`). So a seed
@@ -124,8 +123,8 @@ class ModalitySynthesisInferer(Inferer):
             synthesis.
         crop_foreground: synthesize each batch (a slice batch of a volume, or the batch of 2D / 3D inputs) inside
             the box that holds its content (:py:func:`~monai_msgldm.inferers.foreground_crop.foreground_box`: the
-            given contrasts above their background, widened by ``crop_margin`` and rounded up to the sampler's
-            ``input_size_divisor``); outside the box the missing contrasts get the background value, as the empty slices
+            given contrasts above their background, widened by ``crop_margin`` and rounded up to the network's
+            ``size_divisor``); outside the box the missing contrasts get the background value, as the empty slices
             do. The networks then see only that box: on a whole BraTS-like volume at the default size about two
             thirds of the pixels (docs/benchmarks.md has the time and the quality measured). The result is not
             bit-equal to the full-size synthesis (the convolutions and attention see less background, the noise has
@@ -275,10 +274,7 @@ class ModalitySynthesisInferer(Inferer):
         """Synthesize ``(B, M, *S)``: the mean of ``num_samples`` samples and, with ``return_std``, their standard
         deviation (else ``None``); with ``crop_foreground`` inside the batch's foreground box only. ``items`` are
         the ``(batch_index, slice_index)`` of the batch's items (their generators)."""
-        divisor = getattr(self.sampler, "input_size_divisor", None)
-        factor = (
-            int(divisor(network)) if callable(divisor) else int(getattr(unwrap_network(network), "size_divisor", 1))
-        )
+        factor = int(getattr(unwrap_network(network), "size_divisor", 1))
         box = foreground_box(images, mask, self.crop_margin, factor) if self.crop_foreground else None
         if box is None:
             return self._run_padded(network, images, mask, items, factor)
@@ -300,8 +296,8 @@ class ModalitySynthesisInferer(Inferer):
         items: Sequence[tuple[int, int]],
         factor: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:py:meth:`_run` on the whole of ``images``, padded to a multiple of ``factor`` (the sampler's
-        ``input_size_divisor``) and cropped back."""
+        """:py:meth:`_run` on the whole of ``images``, padded to a multiple of ``factor`` (the model's
+        ``size_divisor``) and cropped back."""
         spatial = tuple(images.shape[2:])
         crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
         padded_shape = tuple(s + (-s) % factor for s in spatial)

@@ -302,66 +302,6 @@ class TestSamplingPath(unittest.TestCase):
             MultiContrastDiffusionInferer(object())
 
 
-class TestLatentGridPadding(unittest.TestCase):
-    """Latent grids the denoising UNet cannot take are padded inside the sampling path, not the images."""
-
-    @parameterized.expand(
-        [
-            ("msgldm", tiny_msgldm, (3, 5), (4, 6), 4, 8),
-            ("msgldm_fits", tiny_msgldm, (4, 2), (4, 2), 4, 8),
-            ("plain", tiny_plain_ldm, (7, 1), (8, 2), 2, 4),
-        ]
-    )
-    def test_sampling_grid_and_input_size_divisor(self, _, make_net, grid, expected, divisor, size_divisor):
-        net = make_net()
-        inferer = MultiContrastDiffusionInferer(ddim(), 2)
-        self.assertEqual(inferer.sampling_grid(net, grid), expected)
-        self.assertEqual(inferer.input_size_divisor(net), divisor)  # the condition's sizes, not the UNet's
-        self.assertEqual(net.size_divisor, size_divisor)
-        self.assertEqual(inferer.input_size_divisor(torch.nn.DataParallel(net)), divisor)
-
-    @parameterized.expand([("plain_condition", False), ("guided", True)])
-    def test_exact_predictor_on_a_padded_latent_grid(self, _, guided):
-        """12 x 20 px give a 3 x 5 latent, which the two-level UNet cannot take: the noise is drawn on 4 x 6, the
-        condition (and the guidance encodings) extended by repeating the last row and column, and the result cropped
-        back before decoding, so the exact predictor of a clean latent on 4 x 6 lands on the reconstruction of the
-        images from its 3 x 5 corner."""
-        torch.manual_seed(0)
-        net = tiny_msgldm(hybrid_condition=True).eval()
-        net.scale_factor.fill_(0.37)
-        images = torch.rand(2, 4, 12, 20) * 2 - 1
-        available = torch.tensor([[True, True, True, False], [False, True, False, False]])
-        with torch.no_grad():
-            z = net.autoencoder.encode_mean(images) * net.scale_factor  # (2, 8, 3, 5)
-            expected = net.autoencoder.decode_stage_2_outputs(z / net.scale_factor)
-            reference_condition = net.condition(images, available)
-        z0 = torch.randn(2, 8, 4, 6)
-        z0[..., :3, :5] = z
-        scheduler = ddim()
-        oracle = _Oracle(z0, scheduler, "epsilon")
-        oracle.block_out_channels = net.unet.block_out_channels  # the replaced UNet's levels: its factor 2
-        net.unet = oracle
-        seen = []
-        net.unet.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
-        inferer = MultiContrastDiffusionInferer(scheduler, 5, known_contrast_guidance=guided)
-        out = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(0))
-        self.assertEqual(len(seen), 5)
-        condition = seen[0][:, 8:]
-        self.assertEqual(tuple(condition.shape[2:]), (4, 6))
-        torch.testing.assert_close(condition[..., :3, :5], reference_condition, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(condition[..., 3, :5], reference_condition[..., 2, :], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(condition[..., :3, 5], reference_condition[..., :, 4], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(condition[..., 3, 5], reference_condition[..., 2, 4], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(out[~available], expected[~available], rtol=2e-3, atol=2e-3)
-        torch.testing.assert_close(out[available], images[available], rtol=0, atol=0)
-        noise = torch.randn(2, 8, 4, 6, generator=torch.Generator().manual_seed(0))
-        torch.testing.assert_close(
-            seen[0][:, :8][~available.repeat_interleave(2, 1)], noise[~available.repeat_interleave(2, 1)]
-        )
-        with self.assertRaisesRegex(ValueError, r"noise of shape \(2, 8, 4, 6\) \(the latent grid rounded up"):
-            inferer.sample(images, net, available, noise=torch.randn(2, 8, 3, 5))
-
-
 class TestTrainingPath(unittest.TestCase):
     @parameterized.expand(
         [

@@ -14,7 +14,6 @@ and the denoiser call. Networks compute; the noise schedule, the training loss a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -136,19 +135,10 @@ class MultiContrastLDM(nn.Module):
     # ----------------------------------------------------------- components
     @property
     def size_divisor(self) -> int:
-        """Every spatial size of the images the whole network takes (training included) must be divisible by this:
-        :py:attr:`condition_size_divisor` and the autoencoder factor times the denoising UNet's
-        (:py:attr:`unet_downsample_factor`)."""
-        factor = int(self.autoencoder.downsample_factor) * self.unet_downsample_factor
-        return math.lcm(self.condition_size_divisor, factor)
-
-    @property
-    def condition_size_divisor(self) -> int:
-        """Every spatial size of the images that the encoding and the condition take must be divisible by this:
-        the autoencoder factor here (a subclass adds its conditioning modules' strides). A sampler that pads the
-        latent grid for the UNet (:py:class:`~monai_msgldm.inferers.MultiContrastDiffusionInferer`) takes images
-        of these sizes."""
-        return int(self.autoencoder.downsample_factor)
+        """Every spatial size of the images must be divisible by this: the autoencoder factor times the denoising
+        UNet's (``2 ** (levels - 1)`` for MONAI's ``DiffusionModelUNet``: its stride-2 downsampling and 2x upsampling
+        only meet again on even sizes at every level)."""
+        return int(self.autoencoder.downsample_factor) * self.unet_downsample_factor
 
     @property
     def unet_downsample_factor(self) -> int:

@@ -150,9 +150,10 @@ class MSGLDM(MultiContrastLDM):
         self.pixel_condition = bool(pixel_condition)
 
     @property
-    def condition_size_divisor(self) -> int:
-        """The autoencoder factor and the structure encoders' stride: the image sizes ``F_s`` and the latents take."""
-        return math.lcm(super().condition_size_divisor, int(self.structure_net.total_stride))
+    def size_divisor(self) -> int:
+        """Every spatial size must be divisible by the autoencoder factor times the denoising UNet's and by the
+        structure encoder stride."""
+        return math.lcm(super().size_divisor, int(self.structure_net.total_stride))
 
     def frozen_modules(self) -> list[nn.Module]:
         """The stage-0 autoencoder and the stage-1 structure net, frozen in stage 2."""
