@@ -106,6 +106,7 @@ PAPER_SAMPLER = "bundle 0.6.0 (F_s only, DDIM 20 steps)"
 DEFAULT_SAMPLER = "inference.json"
 EPSILON_SAMPLER = "inference.json, epsilon model (20 DDIM steps, the default before 0.10.0)"
 NO_CROP_SAMPLER = "inference.json without the foreground crop (the default before 0.12.0)"
+ONNX_SAMPLER = "inference.json with the ONNX Runtime encoder (onnx_runtime, the onnx extra)"
 #: what ``train.json`` trains and records beside ``model.pt`` (``models/model.sampling.json``), from which
 #: ``inference.json`` takes its prediction type and step count; the random-weight models timed here have no record
 DEFAULT_MODEL: dict[str, Any] = {"prediction_type": "v_prediction"}
@@ -117,6 +118,7 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     BASELINE_SAMPLER: ((), BASELINE),
     DEFAULT_SAMPLER: ((), DEFAULT_MODEL),
     NO_CROP_SAMPLER: ((), {**DEFAULT_MODEL, "crop_foreground": False}),
+    ONNX_SAMPLER: ((), {**DEFAULT_MODEL, "onnx_runtime": True}),
     "inference.json, 32 slices per batch": ((), {**DEFAULT_MODEL, "slice_batch_size": 32}),
     EPSILON_SAMPLER: ((), {"prediction_type": "epsilon", "crop_foreground": False}),
 }
@@ -255,10 +257,14 @@ def time_bundle_inferer(
 ) -> dict:
     """One whole volume with the ``inferer`` of ``inference.json`` + ``overlays`` with ``overrides`` (its sampler,
     steps, slice batch and options as a user gets them): FLAIR from T1, T1CE and T2 on every slice with content, after
-    one untimed warm-up batch."""
+    one untimed warm-up batch (with ``onnx_runtime``, the encoder's export happens in it)."""
     parser = inference_parser(overlays, overrides)
     inferer = parser.get_parsed_content("inferer")
     inferer.progress = False
+    if parser.get_parsed_content("onnx_runtime"):  # as inference.json's "network" applies it
+        from monai_msgldm.inferers import with_onnx_runtime_encoder
+
+        net = with_onnx_runtime_encoder(net)
     available = [m for m in MODALITIES if m != "flair"]
     inputs = volume.clone()
     inputs[:, MODALITIES.index("flair")] = -1.0

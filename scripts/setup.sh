@@ -4,7 +4,8 @@
 # torch is pinned through PIP_CONSTRAINT (constraints.txt) so that pip never replaces it: on a CPU-only
 # machine with a local CPU wheel this keeps the CPU build; on a GPU machine the same pin installs the
 # CUDA build from PyPI. Override the interpreter with PYTHON=..., the venv folder with MSGLDM_VENV=..., the
-# extras with MSGLDM_EXTRAS=... (default "dev"; "dev,label" adds MONAI Label, which needs numpy < 2).
+# extras with MSGLDM_EXTRAS=... (default "dev"; "dev,label" adds MONAI Label, which needs numpy < 2; "onnx" adds ONNX Runtime for the
+# encoder at inference).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

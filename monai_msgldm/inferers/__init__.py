@@ -15,6 +15,7 @@ from .diffusion import MultiContrastDiffusionInferer, ddim_step_timesteps, paper
 from .inputs import check_case_files, synthesis_datalist
 from .model_loading import load_model_weights, require_checkpoint
 from .naming import case_name_from_files
+from .onnx_runtime import OnnxRuntimeForward, with_onnx_runtime_encoder
 from .outputs import SaveSynthesizedModalitiesd
 from .regression import RegressionSynthesisInferer
 from .sampler import SynthesisSampler, unwrap_network
@@ -49,4 +50,6 @@ __all__ = [
     "synthesis_datalist",
     "paper_noise_scheduler",
     "unwrap_network",
+    "OnnxRuntimeForward",
+    "with_onnx_runtime_encoder",
 ]

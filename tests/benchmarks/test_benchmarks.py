@@ -249,6 +249,35 @@ class TestCompileParts(unittest.TestCase):
             torch.testing.assert_close(decoded, net.decode(latents)[:, 3:])
 
 
+class TestOnnxRuntimeParts(unittest.TestCase):
+    def test_part_modules_compute_what_the_sampler_runs(self):
+        """The exported parts are the sampler's own image-resolution computations: the given contrasts' posterior
+        means (one contrast per item), a structure encoder's features, the decoding of the missing contrast."""
+        import torch
+
+        from tests.networks.nets.test_msgldm import tiny_msgldm
+
+        onnx_parts = _load("onnx_runtime_parts")
+        torch.manual_seed(0)
+        net = tiny_msgldm(hybrid_condition=True).eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, True, False, True]] * 2)
+        parts = onnx_parts.part_modules(net, images, available)
+        self.assertEqual(list(parts), ["encode 3 given contrasts", "one structure encoder", "decode missing"])
+        with torch.no_grad():
+            encode, contrasts, slices = parts["encode 3 given contrasts"]
+            means = net.autoencoder.encode_mean_of(images[:, [0, 1, 3]])  # (2, 3 * C, 4, 4)
+            torch.testing.assert_close(encode(contrasts).reshape(means.shape), means)
+            self.assertEqual(slices, 2)
+            structure, x, _ = parts["one structure encoder"]
+            for got, expected in zip(structure(x), net.structure_net.structure_encoders[0](images[:, :1])):
+                torch.testing.assert_close(got, expected)
+            decode, z, _ = parts["decode missing"]
+            torch.testing.assert_close(z, net.autoencoder.encode_mean_of(images[:, 2:3]))
+            full = net.autoencoder.encode_mean(images) * net.scale_factor
+            torch.testing.assert_close(decode(z), net.decode(full)[:, 2:3])
+
+
 TINY_BUDGET = {
     "phantom_subjects": 4,
     "phantom_resolution": 4.0,

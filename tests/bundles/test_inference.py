@@ -31,7 +31,15 @@ from PIL import Image
 from monai_msgldm.constants import MODALITIES
 from monai_msgldm.data.phantom import generate_phantom_dataset
 from monai_msgldm.data.validation import InvalidCaseError
-from monai_msgldm.inferers import ModalitySynthesisInferer, case_io, inputs, model_loading, naming, outputs
+from monai_msgldm.inferers import (
+    ModalitySynthesisInferer,
+    OnnxRuntimeForward,
+    case_io,
+    inputs,
+    model_loading,
+    naming,
+    outputs,
+)
 from monai_msgldm.inferers.inputs import check_case_files, synthesis_datalist
 from monai_msgldm.inferers.naming import case_name_from_files
 from monai_msgldm.inferers.outputs import SaveSynthesizedModalitiesd
@@ -209,6 +217,28 @@ class TestInferenceWorkflow(unittest.TestCase):
         network = parser.get_parsed_content("network_def")
         self.assertTrue(network.pixel_condition)
         self.assertEqual(network.condition_channels, 8 + 4 * 4 + 4 + 4 * 64)
+
+    def test_onnx_runtime_encoder(self):
+        """``onnx_runtime``: the checkpoint loads into the network with the ONNX Runtime encoder (exported once,
+        after the weights are in) and the written synthesis equals the PyTorch one."""
+        given = {m: _file(m) for m in ("t1", "t2")}
+        wf = self._run(onnx_runtime=True, **given)
+        runtime = wf.parser.get_parsed_content("network").autoencoder.model.encoder.__dict__["forward"]
+        self.assertIsInstance(runtime, OnnxRuntimeForward)
+        self.assertEqual(runtime.exports, 1)
+        with_runtime = {
+            m: nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz"))
+            for m in ("t1ce", "flair")
+        }
+        with_runtime = {m: img.get_fdata() for m, img in with_runtime.items()}
+        self._run(onnx_runtime=False, **given)
+        for m, data in with_runtime.items():
+            plain = nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
+            np.testing.assert_allclose(data, plain, atol=1e-4)
+        parser = ConfigParser()
+        parser.read_config(str(CONFIG))
+        parser.update(TINY)
+        self.assertNotIn("forward", parser.get_parsed_content("network").autoencoder.model.encoder.__dict__)
 
     def test_datalist(self):
         datalist = os.path.join(self.out, "list", "datalist.json")
@@ -435,6 +465,7 @@ class TestInferenceCLI(unittest.TestCase):
         cmd += ["--t1ce", _file("t1ce"), "--t2", _file("t2"), "--flair", _file("flair")]
         for key, value in TINY.items():
             cmd += [f"--{key}", json.dumps(value)]
+        cmd += ["--onnx_runtime", "true"]  # the encoder in ONNX Runtime here, PyTorch in the in-process run below
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -446,7 +477,7 @@ class TestInferenceCLI(unittest.TestCase):
         ref = nib.load(_file("t2"))
         self.assertEqual(img.shape, ref.shape)
         np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
-        # the same synthesis as an in-process run on the same served model.pt and seed
+        # the same synthesis as an in-process run on the same served model.pt and seed (PyTorch's encoder)
         wf = ConfigWorkflow(
             config_file=str(CONFIG),
             workflow_type="infer",

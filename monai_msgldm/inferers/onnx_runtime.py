@@ -1,0 +1,162 @@
+# Copyright (c) monai_msgldm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""ONNX Runtime for the autoencoder's encoder at inference on the CPU (the optional ``onnx`` extra).
+
+The encoder of the given contrasts is the largest fixed cost of synthesis on the CPU (docs/benchmarks.md), and ONNX
+Runtime runs it faster than eager PyTorch there (``benchmarks/onnx_runtime_parts.py``). The module keeps its weights
+and its state dict: only its ``forward`` is replaced, by :class:`OnnxRuntimeForward`, which exports the module with
+MONAI's ``convert_to_onnx`` on its first call without gradients and runs later calls in an ONNX Runtime session, so
+the bundle still loads its one checkpoint into the same network, before or after this is applied.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.networks.utils import convert_to_onnx
+from monai.utils import optional_import
+
+from monai_msgldm.inferers.sampler import unwrap_network
+
+__all__ = ["OnnxRuntimeForward", "with_onnx_runtime_encoder"]
+
+_EXTRA = "pip install 'monai_msgldm[onnx]' (onnx and onnxruntime)"
+
+
+class OnnxRuntimeForward:
+    """A drop-in ``forward`` for ``module`` (one tensor in, one tensor out) that runs it in an ONNX Runtime CPU
+    session when nothing needs PyTorch: float32 CPU input, no gradient (``torch.no_grad`` or
+    ``torch.inference_mode``), ``module`` in eval mode, no autocast. Otherwise the module's own ``forward`` runs.
+
+    The graph is exported on the first such call (``monai.networks.utils.convert_to_onnx``, TorchScript tracing, the
+    batch and every spatial size dynamic, so one export serves every box and slice batch) and again whenever the
+    module's parameters or buffers changed since (a checkpoint loaded into it, a move to another device): their
+    version counters and storage are compared at each call. The session uses ``torch.get_num_threads()`` intra-op
+    threads (or ``threads``) with spinning off, so that its idle threads do not take the cores from PyTorch's.
+    Results agree with PyTorch to float32 rounding (``benchmarks/onnx_runtime_parts.py`` prints the difference).
+
+    Install with ``module.forward = OnnxRuntimeForward(module)`` (:func:`with_onnx_runtime_encoder` does it for the
+    latent diffusion networks); ``del module.forward`` restores PyTorch.
+
+    Args:
+        module: the module to run; its ``forward`` takes one tensor ``(B, C, *S)`` and returns one tensor.
+        threads: intra-op threads of the session; None: ``torch.get_num_threads()`` at export.
+
+    Raises:
+        ImportError: onnx or onnxruntime is not installed (the ``onnx`` extra).
+    """
+
+    def __init__(self, module: nn.Module, threads: int | None = None) -> None:
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"OnnxRuntimeForward expects module to be a torch.nn.Module, got {type(module).__name__}.")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"OnnxRuntimeForward expects threads to be None or an int >= 1, got {threads!r}.")
+        for name in ("onnx", "onnxruntime"):
+            if not optional_import(name)[1]:
+                raise ImportError(f"OnnxRuntimeForward needs {name}: {_EXTRA}.")
+        self.module = module
+        self.threads = threads
+        self.exports = 0
+        self._session: Any = None
+        self._fingerprint: tuple | None = None
+
+    def uses_runtime(self, x: Any) -> bool:
+        """Whether a call on ``x`` runs in ONNX Runtime (see the class)."""
+        return (
+            isinstance(x, torch.Tensor)
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not self.module.training
+            and not torch.is_autocast_enabled("cpu")
+        )
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or not self.uses_runtime(x):
+            return type(self.module).forward(self.module, x, *args, **kwargs)
+        x = x.as_subclass(torch.Tensor).contiguous()
+        if self._session is None or self._fingerprint != self._current_fingerprint():
+            self._export(x)
+        return torch.from_numpy(self._session.run(None, {"x": x.numpy()})[0])
+
+    def _current_fingerprint(self) -> tuple:
+        tensors = itertools.chain(self.module.parameters(), self.module.buffers())
+        return tuple((t._version, t.data_ptr()) for t in tensors)
+
+    def _export(self, x: torch.Tensor) -> None:
+        ort, _ = optional_import("onnxruntime")
+        dynamic = {0: "batch", **{d: f"size{d}" for d in range(2, x.ndim)}}
+        module = self.module
+        own = module.__dict__.pop("forward", None)  # export the module's own forward, not this one
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's and the constant folding's notices
+                onnx_model = convert_to_onnx(
+                    module,
+                    (x,),
+                    input_names=["x"],
+                    output_names=["y"],
+                    dynamic_axes={"x": dynamic, "y": dynamic},
+                    use_trace=True,
+                    dynamo=False,
+                )
+        finally:
+            if own is not None:
+                module.forward = own
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self._fingerprint = self._current_fingerprint()
+        self.exports += 1
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles (``copy.deepcopy`` of the network) leave the session out: it is exported again."""
+        state = dict(self.__dict__)
+        state["_session"], state["_fingerprint"] = None, None
+        return state
+
+
+def with_onnx_runtime_encoder(network: nn.Module, enabled: bool = True, threads: int | None = None) -> nn.Module:
+    """``network`` with its autoencoder's encoder run by :class:`OnnxRuntimeForward` when ``enabled`` (the bundle's
+    ``onnx_runtime`` key); ``network`` itself, unchanged, when not. The state dict keeps its keys and the checkpoint
+    may be loaded before or after. The encoder then runs in ONNX Runtime wherever it runs without gradients on the
+    CPU in float32 (the given contrasts' encodings at inference); training, CUDA and autocast run PyTorch.
+
+    Args:
+        network: a latent diffusion network (:py:class:`~monai_msgldm.networks.nets.MultiContrastLDM`: its
+            ``autoencoder.model.encoder``), possibly DDP-wrapped.
+        enabled: apply it (False returns ``network`` as it is).
+        threads: see :class:`OnnxRuntimeForward`.
+
+    Raises:
+        ValueError: ``network`` has no autoencoder encoder.
+        ImportError: onnx or onnxruntime is not installed.
+    """
+    if not enabled:
+        return network
+    inner = unwrap_network(network)
+    encoder = getattr(getattr(getattr(inner, "autoencoder", None), "model", None), "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            "with_onnx_runtime_encoder expects a latent diffusion network with autoencoder.model.encoder "
+            f"(MSGLDM, PlainConditionalLDM), got {type(inner).__name__}."
+        )
+    if not isinstance(encoder.__dict__.get("forward"), OnnxRuntimeForward):
+        encoder.forward = OnnxRuntimeForward(encoder, threads=threads)
+    return network
