@@ -44,7 +44,8 @@ class OnnxRuntimeForward:
     batch and every spatial size dynamic, so one export serves every box and slice batch) and again whenever the
     module's parameters or buffers changed since (a checkpoint loaded into it, a move to another device): their
     version counters and storage are compared at each call. The session uses ``torch.get_num_threads()`` intra-op
-    threads (or ``threads``) with spinning off, so that its idle threads do not take the cores from PyTorch's.
+    threads (or ``threads``) with spinning off, so that its idle threads do not take the cores from PyTorch's, and
+    without ONNX Runtime's memory arena, which would keep the largest batch's activations reserved.
     Results agree with PyTorch to float32 rounding (``benchmarks/onnx_runtime_parts.py`` prints the difference).
 
     Install with ``module.forward = OnnxRuntimeForward(module)`` (:func:`with_onnx_runtime_encoder` does it for the
@@ -119,6 +120,8 @@ class OnnxRuntimeForward:
         options.intra_op_num_threads = self.threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no arena: it keeps the largest batch's activations reserved beside PyTorch's own memory
+        options.enable_cpu_mem_arena = False
         self._session = ort.InferenceSession(
             onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
