@@ -44,8 +44,7 @@ class OnnxRuntimeForward:
     batch and every spatial size dynamic, so one export serves every box and slice batch) and again whenever the
     module's parameters or buffers changed since (a checkpoint loaded into it, a move to another device): their
     version counters and storage are compared at each call. The session uses ``torch.get_num_threads()`` intra-op
-    threads (or ``threads``) with spinning off, so that its idle threads do not take the cores from PyTorch's, and
-    without ONNX Runtime's memory arena, which would keep the largest batch's activations reserved.
+    threads (or ``threads``) with spinning off, so that its idle threads do not take the cores from PyTorch's.
     Results agree with PyTorch to float32 rounding (``benchmarks/onnx_runtime_parts.py`` prints the difference).
 
     Install with ``module.forward = OnnxRuntimeForward(module)`` (:func:`with_onnx_runtime_encoder` does it for the
@@ -54,12 +53,16 @@ class OnnxRuntimeForward:
     Args:
         module: the module to run; its ``forward`` takes one tensor ``(B, C, *S)`` and returns one tensor.
         threads: intra-op threads of the session; None: ``torch.get_num_threads()`` at export.
+        memory_arena: ONNX Runtime's CPU memory arena (its default): it keeps the memory of past calls for the next
+            ones, which is faster than allocating it again but keeps the largest call's activations (and the arena's
+            power-of-two growth) reserved beside PyTorch's memory. On a default-size volume on 2 CPU cores: 113 s and
+            a 2.6 GiB peak with it, 125 s and 1.9 GiB without (PyTorch alone: 129 s, 1.95 GiB; docs/benchmarks.md).
 
     Raises:
         ImportError: onnx or onnxruntime is not installed (the ``onnx`` extra).
     """
 
-    def __init__(self, module: nn.Module, threads: int | None = None) -> None:
+    def __init__(self, module: nn.Module, threads: int | None = None, memory_arena: bool = True) -> None:
         if not isinstance(module, nn.Module):
             raise ValueError(f"OnnxRuntimeForward expects module to be a torch.nn.Module, got {type(module).__name__}.")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -69,6 +72,7 @@ class OnnxRuntimeForward:
                 raise ImportError(f"OnnxRuntimeForward needs {name}: {_EXTRA}.")
         self.module = module
         self.threads = threads
+        self.memory_arena = bool(memory_arena)
         self.exports = 0
         self._session: Any = None
         self._fingerprint: tuple | None = None
@@ -120,8 +124,7 @@ class OnnxRuntimeForward:
         options.intra_op_num_threads = self.threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # no arena: it keeps the largest batch's activations reserved beside PyTorch's own memory
-        options.enable_cpu_mem_arena = False
+        options.enable_cpu_mem_arena = self.memory_arena
         self._session = ort.InferenceSession(
             onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
@@ -135,7 +138,9 @@ class OnnxRuntimeForward:
         return state
 
 
-def with_onnx_runtime_encoder(network: nn.Module, enabled: bool = True, threads: int | None = None) -> nn.Module:
+def with_onnx_runtime_encoder(
+    network: nn.Module, enabled: bool = True, threads: int | None = None, memory_arena: bool = True
+) -> nn.Module:
     """``network`` with its autoencoder's encoder run by :class:`OnnxRuntimeForward` when ``enabled`` (the bundle's
     ``onnx_runtime`` key); ``network`` itself, unchanged, when not. The state dict keeps its keys and the checkpoint
     may be loaded before or after. The encoder then runs in ONNX Runtime wherever it runs without gradients on the
@@ -145,7 +150,7 @@ def with_onnx_runtime_encoder(network: nn.Module, enabled: bool = True, threads:
         network: a latent diffusion network (:py:class:`~monai_msgldm.networks.nets.MultiContrastLDM`: its
             ``autoencoder.model.encoder``), possibly DDP-wrapped.
         enabled: apply it (False returns ``network`` as it is).
-        threads: see :class:`OnnxRuntimeForward`.
+        threads, memory_arena: see :class:`OnnxRuntimeForward`.
 
     Raises:
         ValueError: ``network`` has no autoencoder encoder.
@@ -161,5 +166,5 @@ def with_onnx_runtime_encoder(network: nn.Module, enabled: bool = True, threads:
             f"(MSGLDM, PlainConditionalLDM), got {type(inner).__name__}."
         )
     if not isinstance(encoder.__dict__.get("forward"), OnnxRuntimeForward):
-        encoder.forward = OnnxRuntimeForward(encoder, threads=threads)
+        encoder.forward = OnnxRuntimeForward(encoder, threads=threads, memory_arena=memory_arena)
     return network

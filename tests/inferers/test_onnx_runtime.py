@@ -124,9 +124,13 @@ class TestOnnxRuntimeEncoder(unittest.TestCase):
         net = tiny_msgldm()
         self.assertIs(with_onnx_runtime_encoder(net, enabled=False), net)
         self.assertNotIn("forward", net.autoencoder.model.encoder.__dict__)
-        wrapped = with_onnx_runtime_encoder(torch.nn.DataParallel(net), threads=1)
+        wrapped = with_onnx_runtime_encoder(torch.nn.DataParallel(net), threads=1, memory_arena=False)
         self.assertIsInstance(wrapped, torch.nn.DataParallel)
-        self.assertEqual(_runtime(net).threads, 1)
+        self.assertEqual((_runtime(net).threads, _runtime(net).memory_arena), (1, False))
+        x = torch.rand(1, 1, 8, 8)
+        with torch.no_grad():
+            expected = type(net.autoencoder.model.encoder).forward(net.autoencoder.model.encoder, x)
+            torch.testing.assert_close(net.autoencoder.model.encoder(x), expected, rtol=1e-4, atol=1e-5)
         with self.assertRaisesRegex(ValueError, "autoencoder.model.encoder"):
             with_onnx_runtime_encoder(torch.nn.Linear(2, 2))
         with self.assertRaisesRegex(ValueError, "threads to be None or an int >= 1"):
