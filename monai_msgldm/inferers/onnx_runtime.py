@@ -36,7 +36,7 @@ _EXTRA = "pip install 'monai_msgldm[onnx]' (onnx and onnxruntime)"
 
 
 class OnnxRuntimeForward:
-    """A drop-in ``forward`` for ``module`` (one tensor in, one tensor out) that runs it in an ONNX Runtime CPU
+    """A drop-in ``forward`` for ``module`` (one tensor in; one tensor or a list of tensors out) that runs it in an ONNX Runtime CPU
     session when nothing needs PyTorch: float32 CPU input, no gradient (``torch.no_grad`` or
     ``torch.inference_mode``), ``module`` in eval mode, no autocast. Otherwise the module's own ``forward`` runs.
 
@@ -51,7 +51,8 @@ class OnnxRuntimeForward:
     latent diffusion networks); ``del module.forward`` restores PyTorch.
 
     Args:
-        module: the module to run; its ``forward`` takes one tensor ``(B, C, *S)`` and returns one tensor.
+        module: the module to run; its ``forward`` takes one tensor ``(B, C, *S)`` and returns one tensor or a list
+            of them (e.g. a structure encoder's multiscale features).
         threads: intra-op threads of the session; None: ``torch.get_num_threads()`` at export.
         memory_arena: ONNX Runtime's CPU memory arena (its default): it keeps the memory of past calls for the next
             ones, which is faster than allocating it again but keeps the largest call's activations (and the arena's
@@ -75,6 +76,7 @@ class OnnxRuntimeForward:
         self.memory_arena = bool(memory_arena)
         self.exports = 0
         self._session: Any = None
+        self._listed = False
         self._fingerprint: tuple | None = None
 
     def uses_runtime(self, x: Any) -> bool:
@@ -88,13 +90,14 @@ class OnnxRuntimeForward:
             and not torch.is_autocast_enabled("cpu")
         )
 
-    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | list[torch.Tensor]:
         if args or kwargs or not self.uses_runtime(x):
             return type(self.module).forward(self.module, x, *args, **kwargs)
         x = x.as_subclass(torch.Tensor).contiguous()
         if self._session is None or self._fingerprint != self._current_fingerprint():
             self._export(x)
-        return torch.from_numpy(self._session.run(None, {"x": x.numpy()})[0])
+        outputs = [torch.from_numpy(y) for y in self._session.run(None, {"x": x.numpy()})]
+        return outputs if self._listed else outputs[0]
 
     def _current_fingerprint(self) -> tuple:
         tensors = itertools.chain(self.module.parameters(), self.module.buffers())
@@ -102,8 +105,14 @@ class OnnxRuntimeForward:
 
     def _export(self, x: torch.Tensor) -> None:
         ort, _ = optional_import("onnxruntime")
-        dynamic = {0: "batch", **{d: f"size{d}" for d in range(2, x.ndim)}}
         module = self.module
+        probe = type(module).forward(module, x)  # how many outputs, and of which rank
+        self._listed = isinstance(probe, (list, tuple))
+        probe = list(probe) if self._listed else [probe]
+        names = [f"y{i}" for i in range(len(probe))]
+        # every size dynamic, each output's own (an encoder's output is smaller than its input)
+        dynamic = {"x": {0: "batch", **{d: f"x_size{d}" for d in range(2, x.ndim)}}}
+        dynamic.update({n: {0: "batch", **{d: f"{n}_size{d}" for d in range(2, y.ndim)}} for n, y in zip(names, probe)})
         own = module.__dict__.pop("forward", None)  # export the module's own forward, not this one
         try:
             with warnings.catch_warnings():
@@ -112,8 +121,8 @@ class OnnxRuntimeForward:
                     module,
                     (x,),
                     input_names=["x"],
-                    output_names=["y"],
-                    dynamic_axes={"x": dynamic, "y": dynamic},
+                    output_names=names,
+                    dynamic_axes=dynamic,
                     use_trace=True,
                     dynamo=False,
                 )

@@ -59,6 +59,23 @@ class TestOnnxRuntimeEncoder(unittest.TestCase):
         with_onnx_runtime_encoder(net)  # applying it twice keeps the one session
         self.assertEqual(_runtime(net).exports, 1)
 
+    def test_a_list_of_outputs(self):
+        """A module with several outputs of other sizes than its input (a structure encoder's multiscale features)
+        returns the same list as PyTorch, at two input sizes from one export."""
+        torch.manual_seed(0)
+        encoder = tiny_msgldm().structure_net.structure_encoders[0].eval()
+        inputs = [torch.rand(2, 1, 16, 24), torch.rand(1, 1, 32, 8)]
+        with torch.no_grad():
+            expected = [encoder(x) for x in inputs]
+            runtime = OnnxRuntimeForward(encoder)
+            got = [runtime(x) for x in inputs]
+        self.assertEqual(runtime.exports, 1)
+        for g, e in zip(got, expected):
+            self.assertIsInstance(g, list)
+            self.assertEqual(len(g), len(e))
+            for a, b in zip(g, e):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
     def test_new_weights_are_exported_again(self):
         """A checkpoint loaded after the first call (in place: the version counters move) is exported again, as is
         a deep copy (its session is not copied)."""
