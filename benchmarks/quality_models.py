@@ -39,6 +39,7 @@ __all__ = [
     "autoencoder_source",
     "STAGE0_MULTIPLIER",
     "AUTOENCODER_SOURCE",
+    "SEED_VARIANTS",
     "budget_label",
     "budget_multiplier",
     "data_overrides",
@@ -120,6 +121,18 @@ STAGE0_MULTIPLIER: dict[str, float] = {"msgldm_hybrid_wide_ae4x": 4.0}
 #: latent models that share another model's stage-0 autoencoder than ``msgldm``'s
 AUTOENCODER_SOURCE: dict[str, str] = {"plain_ldm_wide_ae4x": "msgldm_hybrid_wide_ae4x"}
 
+#: model -> the other stage-2 seeds (bundle key ``seed``: the UNet's initial weights, the batches, the noise) it is
+#: retrained with, as the models ``<model>_seed<k>``: the same stage-0 and stage-1 networks, so that the spread over
+#: seeds is the retraining noise of stage 2 alone (``quality_scoring.seed_spread``)
+SEED_VARIANTS: dict[str, tuple[int, ...]] = {
+    "msgldm_hybrid_wide_ae4x": (1000, 2000),
+    "plain_ldm_wide_ae4x": (1000, 2000),
+}
+for _base, _seeds in SEED_VARIANTS.items():
+    for _seed in _seeds:
+        MODELS[f"{_base}_seed{_seed}"] = (MODELS[_base][0], {**MODELS[_base][1], "seed": _seed})
+        AUTOENCODER_SOURCE[f"{_base}_seed{_seed}"] = AUTOENCODER_SOURCE.get(_base, _base)
+
 #: model name -> the bundle overlays it trains and samples with, after the demo preset (and a baseline's overlay):
 #: rectified flow (MONAI's ``RFlowScheduler``) instead of DDPM / DDIM for stage 2
 MODEL_OVERLAYS: dict[str, tuple[str, ...]] = {
@@ -137,6 +150,7 @@ STAGE2_ONLY = (
     "msgldm_hybrid_wider",
     "msgldm_hybrid_imgloss",
     "msgldm_hybrid_wide_pixels",
+    *(f"{m}_seed{k}" for m, seeds in SEED_VARIANTS.items() if MODELS[m][0] == "msgldm" for k in seeds),
 )
 
 

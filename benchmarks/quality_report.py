@@ -59,6 +59,27 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+def seed_spread_lines(spread: Mapping[str, Any]) -> list[str]:
+    """Markdown lines of ``quality_scoring.seed_spread``'s result (none when it is empty)."""
+    if not spread:
+        return []
+    lines = [
+        "## Stage-2 retraining noise (the same model retrained with other seeds; mean +- sample std over seeds)",
+        "",
+        "| model | seeds | group | PSNR | SSIM % | tumour SSIM % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, entry in spread.items():
+        seeds = ", ".join(str(k) for k in entry["seeds"])
+        for group, values in entry["groups"].items():
+            cells = [
+                f"{_fmt(v['mean'], scale)} +- {_fmt(v['std'], scale)}" if (v := values.get(m)) else "-"
+                for m, scale in (("psnr", 1.0), ("ssim", 100.0), ("ssim3d_tumour", 100.0))
+            ]
+            lines.append(f"| {model} | {seeds} | {group} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown_report(result: Mapping[str, Any]) -> str:
     """The markdown tables of a ``quality.main`` result (or of ``quality_wmh.main``'s: its optional keys ``title``,
     ``modalities``, ``groups``, ``target_labels`` (column names of the targets), ``lesion`` and ``lesion_region``
@@ -174,6 +195,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
                 )
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += seed_spread_lines(result.get("seed_spread") or {})
     lines += ["## Targets", ""]
     for check in checks:
         lines.append(f"- {'met' if check['met'] else 'NOT met'}: {check['target']} ({check['figures']})")

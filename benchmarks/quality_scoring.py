@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "CROP_MARGIN",
     "CROP_SLICE_BATCH",
     "variant_name",
+    "seed_spread",
     "test_cases",
     "synthesis_inferer",
     "evaluate_model",
@@ -263,6 +265,28 @@ def summarize(rows: Sequence[Mapping[str, Any]], modalities: Sequence[str] = MOD
                 },
                 "mean": {m: mean_metric(members, m) for m in METRICS}
                 | {m: v for m in EXTRA_METRICS if (v := mean_metric(members, m)) is not None},
+            }
+    return out
+
+
+def seed_spread(summary: Mapping[str, Any], metrics: Sequence[str] = METRICS) -> dict[str, Any]:
+    """Per model retrained with other seeds (``<model>_seed<k>`` beside ``<model>`` in ``summary``, see
+    ``quality_models.SEED_VARIANTS``) and scenario group: the seeds, and the mean and sample standard deviation over
+    them of each mean metric. Models with one seed are left out."""
+    seeds: dict[str, dict[str, Any]] = {}
+    for model in summary:
+        base, sep, seed = model.rpartition("_seed")
+        if sep and seed.isdigit() and base in summary:
+            seeds.setdefault(base, {base: "0"})[model] = seed
+    out: dict[str, Any] = {}
+    for base, members in seeds.items():
+        out[base] = {"seeds": [int(k) for k in members.values()], "groups": {}}
+        for group in summary[base]:
+            values = {m: [summary[n][group]["mean"].get(m) for n in members if group in summary[n]] for m in metrics}
+            out[base]["groups"][group] = {
+                m: {"mean": statistics.fmean(v), "std": statistics.stdev(v)}
+                for m, v in values.items()
+                if len(v) > 1 and all(x is not None for x in v)
             }
     return out
 

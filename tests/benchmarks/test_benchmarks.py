@@ -423,10 +423,53 @@ class TestQualityModelNames(unittest.TestCase):
             ("msgldm_hybrid_wide_ae4x", "msgldm_hybrid_wide_ae4x"),
             ("msgldm_hybrid_wide_ae4x@2x", "msgldm_hybrid_wide_ae4x"),
             ("plain_ldm_wide_ae4x", "msgldm_hybrid_wide_ae4x"),
+            ("msgldm_hybrid_wide_ae4x_seed1000", "msgldm_hybrid_wide_ae4x"),
+            ("plain_ldm_wide_ae4x_seed2000", "msgldm_hybrid_wide_ae4x"),
         ]
     )
     def test_autoencoder_source(self, name, source):
         self.assertEqual(_quality_models().autoencoder_source(name), source)
+
+    def test_seed_variants(self):
+        """``<model>_seed<k>``: the model's overrides with ``seed`` k, its stage-0 autoencoder, and for MSG-LDM its
+        stage-1 structure net (stage 2 alone retrained)."""
+        models = _quality_models()
+        for base, seeds in models.SEED_VARIANTS.items():
+            for k in seeds:
+                name = f"{base}_seed{k}"
+                self.assertEqual(models.model_overrides(name), {**models.model_overrides(base), "seed": k})
+                self.assertEqual(models.MODELS[name][0], models.MODELS[base][0])
+                self.assertEqual(models.autoencoder_source(name), models.autoencoder_source(base))
+                self.assertEqual(name in models.STAGE2_ONLY, models.MODELS[base][0] == "msgldm", name)
+        self.assertNotIn("seed", models.model_overrides("msgldm_hybrid_wide_ae4x"))
+
+    def test_seed_spread(self):
+        """Mean and sample standard deviation over a model and its ``_seed<k>`` retrainings, per group."""
+        _load("quality")
+        scoring = importlib.import_module("quality_scoring")
+
+        def entry(psnr, ssim):
+            return {"3->1": {"mean": {"psnr": psnr, "ssim": ssim, "ssim3d_tumour": None}}}
+
+        summary = {
+            "m": entry(26.0, 0.70),
+            "m_seed1000": entry(27.0, 0.74),
+            "m_seed2000": entry(28.0, 0.72),
+            "other": entry(20.0, 0.5),
+            "lone_seed5": entry(1.0, 0.1),  # no base model: left out
+        }
+        spread = scoring.seed_spread(summary)
+        self.assertEqual(list(spread), ["m"])
+        self.assertEqual(spread["m"]["seeds"], [0, 1000, 2000])
+        group = spread["m"]["groups"]["3->1"]
+        self.assertAlmostEqual(group["psnr"]["mean"], 27.0)
+        self.assertAlmostEqual(group["psnr"]["std"], 1.0)
+        self.assertAlmostEqual(group["ssim"]["mean"], 0.72)
+        self.assertAlmostEqual(group["ssim"]["std"], 0.02)
+        self.assertNotIn("ssim3d_tumour", group)  # not measured
+        lines = importlib.import_module("quality_report").seed_spread_lines(spread)
+        self.assertIn("| m | 0, 1000, 2000 | 3->1 | 27.00 +- 1.00 | 72.00 +- 2.00 | - |", lines)
+        self.assertEqual(importlib.import_module("quality_report").seed_spread_lines({}), [])
 
     def test_stage0_multiplier(self):
         models = _quality_models()
