@@ -107,6 +107,8 @@ DEFAULT_SAMPLER = "inference.json"
 EPSILON_SAMPLER = "inference.json, epsilon model (20 DDIM steps, the default before 0.10.0)"
 NO_CROP_SAMPLER = "inference.json without the foreground crop (the default before 0.12.0)"
 ONNX_SAMPLER = "inference.json with the ONNX Runtime encoder (onnx_runtime, the onnx extra)"
+INT8_SAMPLER = "inference.json + onnx_int8.json (8-bit convolutions in ONNX Runtime, the onnx extra)"
+INT8_NO_ARENA_SAMPLER = "inference.json + onnx_int8.json without ONNX Runtime's memory arena"
 #: what ``train.json`` trains and records beside ``model.pt`` (``models/model.sampling.json``), from which
 #: ``inference.json`` takes its prediction type and step count; the random-weight models timed here have no record
 DEFAULT_MODEL: dict[str, Any] = {"prediction_type": "v_prediction"}
@@ -119,6 +121,8 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     DEFAULT_SAMPLER: ((), DEFAULT_MODEL),
     NO_CROP_SAMPLER: ((), {**DEFAULT_MODEL, "crop_foreground": False}),
     ONNX_SAMPLER: ((), {**DEFAULT_MODEL, "onnx_runtime": True}),
+    INT8_SAMPLER: (("onnx_int8.json",), DEFAULT_MODEL),
+    INT8_NO_ARENA_SAMPLER: (("onnx_int8.json",), {**DEFAULT_MODEL, "int8_memory_arena": False}),
     "inference.json, 32 slices per batch": ((), {**DEFAULT_MODEL, "slice_batch_size": 32}),
     EPSILON_SAMPLER: ((), {"prediction_type": "epsilon", "crop_foreground": False}),
 }
@@ -257,20 +261,33 @@ def time_bundle_inferer(
 ) -> dict:
     """One whole volume with the ``inferer`` of ``inference.json`` + ``overlays`` with ``overrides`` (its sampler,
     steps, slice batch and options as a user gets them): FLAIR from T1, T1CE and T2 on every slice with content, after
-    one untimed warm-up batch (with ``onnx_runtime``, the encoder's export happens in it)."""
+    one warm-up batch timed apart (``warm_up_seconds``: with ``onnx_runtime`` the encoder's export happens in it, with
+    ``onnx_int8.json`` the exports, calibrations on this volume and quantizations)."""
     parser = inference_parser(overlays, overrides)
     inferer = parser.get_parsed_content("inferer")
     inferer.progress = False
-    if parser.get_parsed_content("onnx_runtime"):  # as inference.json's "network" applies it
+    available = [m for m in MODALITIES if m != "flair"]
+    if "int8_calibration_slices" in parser:  # onnx_int8.json: calibrated on this volume, as on a run's first case
+        from monai_msgldm.inferers import with_onnx_runtime_int8
+
+        net = with_onnx_runtime_int8(
+            net,
+            volume[0],
+            [m in available for m in MODALITIES],
+            num_slices=parser.get_parsed_content("int8_calibration_slices"),
+            memory_arena=parser.get_parsed_content("int8_memory_arena"),
+        )
+    elif parser.get_parsed_content("onnx_runtime"):  # as inference.json's "network" applies it
         from monai_msgldm.inferers import with_onnx_runtime_encoder
 
         net = with_onnx_runtime_encoder(net)
-    available = [m for m in MODALITIES if m != "flair"]
     inputs = volume.clone()
     inputs[:, MODALITIES.index("flair")] = -1.0
     with torch.inference_mode():
         with_content = content_indices(volume, [MODALITIES.index(m) for m in available])
+        start = time.perf_counter()
         inferer(inputs[..., with_content[: inferer.slice_batch_size]], net, available=available)
+        warm_up_seconds = time.perf_counter() - start
         start = time.perf_counter()
         inferer(inputs, net, available=available)
         seconds = time.perf_counter() - start
@@ -280,6 +297,7 @@ def time_bundle_inferer(
         "slice_batch_size": inferer.slice_batch_size,
         "slices_sampled_per_volume": len(with_content),
         "seconds": seconds,
+        "warm_up_seconds": warm_up_seconds,
         "seconds_per_slice": seconds / len(with_content),
     }
 

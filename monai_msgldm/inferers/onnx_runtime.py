@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,6 +55,12 @@ class OnnxRuntimeForward:
         module: the module to run; its ``forward`` takes one tensor ``(B, C, *S)`` and returns one tensor or a list
             of them (e.g. a structure encoder's multiscale features).
         threads: intra-op threads of the session; None: ``torch.get_num_threads()`` at export.
+        int8_calibration: quantize the exported graph to 8-bit integers (:func:`~monai_msgldm.inferers.onnx_int8.quantize_onnx_int8`:
+            ONNX Runtime's static quantization of the convolutions, per-channel int8 weights, uint8 activations whose
+            ranges are the least and largest values seen on these inputs) at each export. A tensor ``(N, C, *S)`` of
+            inputs like the module's, or a function returning one when it is needed (called at each export, with the
+            weights of that time). None: float32. The ranges hold for inputs like these only: calibrate on data like
+            what will be run (:func:`~monai_msgldm.inferers.onnx_int8.with_onnx_runtime_int8` uses slices of the case).
         memory_arena: ONNX Runtime's CPU memory arena (its default): it keeps the memory of past calls for the next
             ones, which is faster than allocating it again but keeps the largest call's activations (and the arena's
             power-of-two growth) reserved beside PyTorch's memory. On a default-size volume on 2 CPU cores: 113 s and
@@ -63,7 +70,13 @@ class OnnxRuntimeForward:
         ImportError: onnx or onnxruntime is not installed (the ``onnx`` extra).
     """
 
-    def __init__(self, module: nn.Module, threads: int | None = None, memory_arena: bool = True) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        threads: int | None = None,
+        memory_arena: bool = True,
+        int8_calibration: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+    ) -> None:
         if not isinstance(module, nn.Module):
             raise ValueError(f"OnnxRuntimeForward expects module to be a torch.nn.Module, got {type(module).__name__}.")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -71,9 +84,15 @@ class OnnxRuntimeForward:
         for name in ("onnx", "onnxruntime"):
             if not optional_import(name)[1]:
                 raise ImportError(f"OnnxRuntimeForward needs {name}: {_EXTRA}.")
+        if not (int8_calibration is None or callable(int8_calibration) or isinstance(int8_calibration, torch.Tensor)):
+            raise ValueError(
+                "OnnxRuntimeForward expects int8_calibration to be None, a tensor (N, C, *S) of the module's inputs "
+                f"or a function returning one, got {type(int8_calibration).__name__}."
+            )
         self.module = module
         self.threads = threads
         self.memory_arena = bool(memory_arena)
+        self.int8_calibration = int8_calibration
         self.exports = 0
         self._session: Any = None
         self._listed = False
@@ -129,14 +148,18 @@ class OnnxRuntimeForward:
         finally:
             if own is not None:
                 module.forward = own
+        model_bytes = onnx_model.SerializeToString()
+        if self.int8_calibration is not None:
+            from monai_msgldm.inferers.onnx_int8 import quantize_onnx_int8
+
+            calibration = self.int8_calibration
+            model_bytes = quantize_onnx_int8(model_bytes, calibration() if callable(calibration) else calibration)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = self.memory_arena
-        self._session = ort.InferenceSession(
-            onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         self._fingerprint = self._current_fingerprint()
         self.exports += 1
 
@@ -167,13 +190,19 @@ def with_onnx_runtime_encoder(
     """
     if not enabled:
         return network
-    inner = unwrap_network(network)
-    encoder = getattr(getattr(getattr(inner, "autoencoder", None), "model", None), "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise ValueError(
-            "with_onnx_runtime_encoder expects a latent diffusion network with autoencoder.model.encoder "
-            f"(MSGLDM, PlainConditionalLDM), got {type(inner).__name__}."
-        )
+    encoder = _autoencoder_model(unwrap_network(network), "with_onnx_runtime_encoder").encoder
     if not isinstance(encoder.__dict__.get("forward"), OnnxRuntimeForward):
         encoder.forward = OnnxRuntimeForward(encoder, threads=threads, memory_arena=memory_arena)
     return network
+
+
+def _autoencoder_model(network: nn.Module, caller: str) -> nn.Module:
+    """The MONAI ``AutoencoderKL`` of a latent diffusion network (``network.autoencoder.model``, with an encoder and
+    a decoder); ``caller`` names the function in the error."""
+    model = getattr(getattr(network, "autoencoder", None), "model", None)
+    if not all(isinstance(getattr(model, part, None), nn.Module) for part in ("encoder", "decoder")):
+        raise ValueError(
+            f"{caller} expects a latent diffusion network with autoencoder.model.encoder and .decoder "
+            f"(MSGLDM, PlainConditionalLDM), got {type(network).__name__}."
+        )
+    return model

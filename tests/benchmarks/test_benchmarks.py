@@ -22,6 +22,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import torch
 from parameterized import parameterized
 
 from monai_msgldm.data.phantom import ensure_phantom_dataset
@@ -179,6 +180,28 @@ class TestSpeedBenchmark(unittest.TestCase):
             for label in (speed.BASELINE_SAMPLER, speed.DEFAULT_SAMPLER, speed.NO_CROP_SAMPLER)
         }
         self.assertEqual(list(crops.values()), [False, True, False])
+
+    def test_int8_row(self):
+        """The ``onnx_int8.json`` rows: the network's image-resolution parts quantized, calibrated on the timed
+        volume's given contrasts; the arena switch reaches the sessions."""
+        speed = _load("speed")
+        from monai_msgldm.inferers import OnnxRuntimeForward, calibration_slices
+
+        volume = speed.phantom_volume(64, 6, 4, _TMP)
+        for label, arena in ((speed.INT8_SAMPLER, True), (speed.INT8_NO_ARENA_SAMPLER, False)):
+            overlays, overrides = speed.SAMPLERS[label]
+            net = speed.build_network("msgldm", {**TINY_NETS, **overrides})
+            row = speed.time_bundle_inferer(net, volume, overlays, {**TINY_NETS, **overrides})
+            self.assertGreater(row["warm_up_seconds"], 0.0)
+            runtime = net.autoencoder.model.decoder.__dict__["forward"]
+            self.assertIsInstance(runtime, OnnxRuntimeForward)
+            self.assertEqual((runtime.exports, runtime.memory_arena), (1, arena))
+            given = [True, True, True, False]  # FLAIR synthesized
+            slices = calibration_slices(volume[0], given, 4)
+            torch.testing.assert_close(
+                net.autoencoder.model.encoder.__dict__["forward"].int8_calibration,
+                slices[:, :3].reshape(-1, 1, *slices.shape[2:]),
+            )
 
 
 class TestMallocTuning(unittest.TestCase):

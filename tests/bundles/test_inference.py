@@ -34,6 +34,7 @@ from monai_msgldm.data.validation import InvalidCaseError
 from monai_msgldm.inferers import (
     ModalitySynthesisInferer,
     OnnxRuntimeForward,
+    calibration_slices,
     case_io,
     inputs,
     model_loading,
@@ -239,6 +240,53 @@ class TestInferenceWorkflow(unittest.TestCase):
         parser.read_config(str(CONFIG))
         parser.update(TINY)
         self.assertNotIn("forward", parser.get_parsed_content("network").autoencoder.model.encoder.__dict__)
+
+    def test_onnx_int8_overlay(self):
+        """``onnx_int8.json``: the checkpoint loads; the encoder, the decoder and the given contrasts' structure
+        encoders run 8-bit convolutions calibrated on the run's first case (one export each); the written synthesis
+        stays close to the float32 one."""
+        given = {m: _file(m) for m in ("t1", "t2")}
+        self._run(**given)
+        plain = {
+            m: nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
+            for m in ("t1ce", "flair")
+        }
+        wf = ConfigWorkflow(
+            config_file=[str(CONFIG), str(CONFIG.parent / "onnx_int8.json")],
+            meta_file=str(META),
+            logging_file=str(LOGGING),
+            workflow_type="infer",
+            bundle_root=os.path.join(_TMP, "bundle"),
+            output_dir=self.out,
+            **{**TINY, **given},
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        net = wf.parser.get_parsed_content("network")
+        ae = net.autoencoder.model
+        structure = net.structure_net.structure_encoders
+        wrapped = [ae.encoder, ae.decoder, structure[MODALITIES.index("t1")], structure[MODALITIES.index("t2")]]
+        for module in wrapped:
+            runtime = module.__dict__["forward"]
+            self.assertIsInstance(runtime, OnnxRuntimeForward)
+            self.assertIsNotNone(runtime.int8_calibration)
+            self.assertEqual(runtime.exports, 1)
+        for m in ("t1ce", "flair"):  # absent contrasts: their structure encoders stay in PyTorch
+            self.assertNotIn("forward", structure[MODALITIES.index(m)].__dict__)
+        # calibrated on 4 slices with content of the run's preprocessed case, its 2 given contrasts
+        case = wf.parser.get_parsed_content("dataset")[0]
+        slices = calibration_slices(case["image"], case["available"], 4)
+        given = [MODALITIES.index("t1"), MODALITIES.index("t2")]
+        expected = slices[:, given].reshape(8, 1, *slices.shape[2:])
+        torch.testing.assert_close(ae.encoder.__dict__["forward"].int8_calibration, expected)
+        for m, reference in plain.items():
+            data = nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
+            self.assertEqual(data.shape, reference.shape)
+            self.assertFalse(np.array_equal(data, reference), m)  # quantized, not the float32 graph
+            # random 8-channel weights amplify the rounding (correlation about 0.65 here); trained models lose
+            # 0.03-0.08 dB (docs/benchmarks.md). A broken graph or calibration would not correlate.
+            self.assertGreater(np.corrcoef(data.ravel(), reference.ravel())[0, 1], 0.4, m)
 
     def test_datalist(self):
         datalist = os.path.join(self.out, "list", "datalist.json")
