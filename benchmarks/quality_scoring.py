@@ -33,6 +33,8 @@ __all__ = [
     "SAMPLING",
     "CROP_MARGIN",
     "CROP_SLICE_BATCH",
+    "INT8_SAMPLING",
+    "INT8_CALIBRATION_SLICES",
     "variant_name",
     "seed_spread",
     "test_cases",
@@ -79,7 +81,14 @@ SAMPLING: dict[str, tuple[bool, int, bool]] = {
     "mean4": (False, 4, False),
     "guided_mean4": (True, 4, False),
     "crop": (False, 1, True),
+    "int8": (False, 1, False),
 }
+
+#: the sampling variants that run the network's image-resolution parts with 8-bit convolutions in ONNX Runtime
+#: (``onnx_int8.json``: :func:`monai_msgldm.inferers.with_onnx_runtime_int8`), calibrated as the bundle calibrates a
+#: run, on :data:`INT8_CALIBRATION_SLICES` slices of the first case scored (all contrasts given), then plain sampling
+INT8_SAMPLING = ("int8",)
+INT8_CALIBRATION_SLICES = 4
 
 #: the foreground crop of the ``crop`` variant, as close to ``inference.json``'s at the default size as 64 px allows:
 #: its margin, 8 px of 192, scaled (3 px), and one slice per batch, since the network's size divisor (16) is a
@@ -158,6 +167,11 @@ def evaluate_model(
 
     modalities, lesion_channel = contrast_set(overlays)
     net = load_model(name, work_dir, overlays=overlays)
+    if sampling in INT8_SAMPLING and hasattr(net, "autoencoder"):
+        from monai_msgldm.inferers import with_onnx_runtime_int8
+
+        image = cases[0]["image"][0]  # (M, X, Y, Z) of the first case, as onnx_int8.json takes dataset[0]
+        with_onnx_runtime_int8(net, image, [True] * image.shape[0], num_slices=INT8_CALIBRATION_SLICES)
     inferer = synthesis_inferer(name, ddim_steps, sampling, modalities)
     rows = evaluate_synthesis(
         net,

@@ -342,6 +342,33 @@ class TestQualityBenchmark(unittest.TestCase):
         self.assertEqual((crop.crop_foreground, crop.crop_margin, crop.slice_batch_size), (True, 3, 1))
         self.assertEqual((crop.num_samples, crop.sampler.known_contrast_guidance), (1, False))
 
+    def test_int8_variant(self):
+        """``int8``: the loaded latent model's parts quantized, calibrated on the first case with every contrast
+        given, then plain sampling; other variants leave the network alone."""
+        _load("quality")
+        scoring = importlib.import_module("quality_scoring")
+        from unittest import mock
+
+        from monai_msgldm.inferers import OnnxRuntimeForward, calibration_slices
+        from tests.networks.nets.test_msgldm import tiny_msgldm
+
+        cases = [{"image": torch.rand(1, 4, 16, 16, 5) * 2 - 1}, {"image": torch.rand(1, 4, 16, 16, 5)}]
+        seen = {}
+        for sampling in ("int8", "plain"):
+            net = tiny_msgldm(hybrid_condition=True).eval()
+            with (
+                mock.patch.object(scoring, "load_model", return_value=net),
+                mock.patch("monai_msgldm.evaluation.evaluate_synthesis", return_value=[{}]) as evaluate,
+            ):
+                rows = scoring.evaluate_model("msgldm_hybrid", _TMP, cases, ["3->1"], 2, sampling)
+            self.assertEqual(rows[0]["model"], scoring.variant_name("msgldm_hybrid", sampling))
+            self.assertIs(evaluate.call_args.args[0], net)
+            seen[sampling] = net.autoencoder.model.encoder.__dict__.get("forward")
+        self.assertIsNone(seen["plain"])
+        self.assertIsInstance(seen["int8"], OnnxRuntimeForward)
+        slices = calibration_slices(cases[0]["image"][0], [True] * 4, scoring.INT8_CALIBRATION_SLICES)
+        torch.testing.assert_close(seen["int8"].int8_calibration, slices.reshape(-1, 1, 16, 16))
+
     def test_main_tiny(self):
         quality = _load("quality")
         quality.BUDGET = {**TINY_BUDGET, "phantom_cache_dir": _TMP}
