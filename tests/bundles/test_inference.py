@@ -108,9 +108,9 @@ class TestInferenceWorkflow(unittest.TestCase):
         self.out = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.out, True)
 
-    def _run(self, **overrides) -> ConfigWorkflow:
+    def _run(self, overlays: tuple[str, ...] = (), **overrides) -> ConfigWorkflow:
         wf = ConfigWorkflow(
-            config_file=str(CONFIG),
+            config_file=[str(CONFIG), *(str(CONFIG.parent / f) for f in overlays)],
             meta_file=str(META),
             logging_file=str(LOGGING),
             workflow_type="infer",
@@ -251,18 +251,7 @@ class TestInferenceWorkflow(unittest.TestCase):
             m: nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
             for m in ("t1ce", "flair")
         }
-        wf = ConfigWorkflow(
-            config_file=[str(CONFIG), str(CONFIG.parent / "onnx_int8.json")],
-            meta_file=str(META),
-            logging_file=str(LOGGING),
-            workflow_type="infer",
-            bundle_root=os.path.join(_TMP, "bundle"),
-            output_dir=self.out,
-            **{**TINY, **given},
-        )
-        wf.initialize()
-        wf.run()
-        wf.finalize()
+        wf = self._run(("onnx_int8.json",), **given)
         net = wf.parser.get_parsed_content("network")
         ae = net.autoencoder.model
         structure = net.structure_net.structure_encoders
