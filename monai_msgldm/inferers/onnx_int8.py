@@ -39,8 +39,10 @@ from monai_msgldm.inferers.sampler import unwrap_network
 
 __all__ = ["quantize_onnx_int8", "calibration_slices", "with_onnx_runtime_int8"]
 
-#: calibration inputs per ONNX Runtime run of the calibrator (bounds its memory; the ranges span all of them)
-CALIBRATION_BATCH = 4
+#: calibration inputs per ONNX Runtime run of the calibrator; the ranges span all of them. One at a time: the
+#: calibrator's session grows its memory arena to its largest run (at 192 px, 4 at a time took the encoder's
+#: calibration 1.3 GiB above the process, one 0.1 GiB; docs/benchmarks.md) and takes no longer in all
+CALIBRATION_BATCH = 1
 
 
 def quantize_onnx_int8(model: bytes, calibration: torch.Tensor) -> bytes:
@@ -179,9 +181,13 @@ def with_onnx_runtime_int8(
 
     def decoder_inputs() -> torch.Tensor:
         """The decoder's inputs for the calibration contrasts, with the autoencoder's weights of now, in PyTorch."""
-        with torch.no_grad():
-            features = type(encoder).forward(encoder, contrasts)
-            return autoencoder.post_quant_conv(autoencoder.quant_conv_mu(features))
+        with torch.no_grad():  # in batches of CALIBRATION_BATCH, as the calibrator runs them (bounds the memory)
+            return torch.cat(
+                [
+                    autoencoder.post_quant_conv(autoencoder.quant_conv_mu(type(encoder).forward(encoder, batch)))
+                    for batch in contrasts.split(CALIBRATION_BATCH)
+                ]
+            )
 
     parts: list[tuple[nn.Module, torch.Tensor | object]] = [(encoder, contrasts), (decoder, decoder_inputs)]
     structure_net = getattr(inner, "structure_net", None)

@@ -125,6 +125,9 @@ class OnnxRuntimeForward:
     def _export(self, x: torch.Tensor) -> None:
         ort, _ = optional_import("onnxruntime")
         module = self.module
+        # traced on one item (every size is dynamic): tracing keeps each intermediate of the traced call alive, which
+        # on a whole slice batch of contrasts at image resolution is over a GiB
+        x = x[:1]
         probe = type(module).forward(module, x)  # how many outputs, and of which rank
         self._listed = isinstance(probe, (list, tuple))
         probe = list(probe) if self._listed else [probe]

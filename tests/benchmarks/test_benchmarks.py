@@ -188,7 +188,7 @@ class TestSpeedBenchmark(unittest.TestCase):
         from monai_msgldm.inferers import OnnxRuntimeForward, calibration_slices
 
         volume = speed.phantom_volume(64, 6, 4, _TMP)
-        for label, arena in ((speed.INT8_SAMPLER, True), (speed.INT8_NO_ARENA_SAMPLER, False)):
+        for label, arena in ((speed.INT8_SAMPLER, False), (speed.INT8_ARENA_SAMPLER, True)):
             overlays, overrides = speed.SAMPLERS[label]
             net = speed.build_network("msgldm", {**TINY_NETS, **overrides})
             row = speed.time_bundle_inferer(net, volume, overlays, {**TINY_NETS, **overrides})

@@ -73,6 +73,25 @@ class TestQuantizeOnnxInt8(unittest.TestCase):
         self.assertFalse(torch.equal(got, exact))  # not the float32 graph
         self.assertLess(float((got - exact).abs().max()), 4 * step)
 
+    def test_ranges_span_every_calibration_batch(self):
+        """The calibrator runs its inputs CALIBRATION_BATCH at a time (its memory); the quantized graph is the same
+        for any batch, since each range is the least and largest value over all of them."""
+        from unittest import mock
+
+        import monai_msgldm.inferers.onnx_int8 as onnx_int8
+
+        torch.manual_seed(0)
+        conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(4, 2, 1))
+        conv = conv.eval()
+        calibration = torch.randn(5, 1, 10, 10) * torch.linspace(0.1, 3.0, 5).view(-1, 1, 1, 1)  # ranges differ
+        x = torch.randn(3, 1, 10, 10)
+        outputs = []
+        for batch in (1, 2, 5):
+            with mock.patch.object(onnx_int8, "CALIBRATION_BATCH", batch), torch.inference_mode():
+                outputs.append(OnnxRuntimeForward(conv, int8_calibration=calibration)(x))
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+        torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=0)
+
     def test_calibration_function_is_called_at_each_export(self):
         torch.manual_seed(0)
         conv = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
