@@ -15,7 +15,7 @@ from .diffusion import MultiContrastDiffusionInferer, ddim_step_timesteps, paper
 from .inputs import check_case_files, synthesis_datalist
 from .model_loading import load_model_weights, require_checkpoint
 from .naming import case_name_from_files
-from .onnx_int8 import calibration_slices, quantize_onnx_int8, with_onnx_runtime_int8
+from .onnx_int8 import DecoderCalibration, calibration_slices, quantize_onnx_int8, with_onnx_runtime_int8
 from .onnx_runtime import OnnxRuntimeForward, with_onnx_runtime_encoder
 from .outputs import SaveSynthesizedModalitiesd
 from .regression import RegressionSynthesisInferer
@@ -56,4 +56,5 @@ __all__ = [
     "with_onnx_runtime_int8",
     "calibration_slices",
     "quantize_onnx_int8",
+    "DecoderCalibration",
 ]

@@ -37,7 +37,7 @@ import torch.nn as nn
 from monai_msgldm.inferers.onnx_runtime import OnnxRuntimeForward, _autoencoder_model
 from monai_msgldm.inferers.sampler import unwrap_network
 
-__all__ = ["quantize_onnx_int8", "calibration_slices", "with_onnx_runtime_int8"]
+__all__ = ["quantize_onnx_int8", "calibration_slices", "DecoderCalibration", "with_onnx_runtime_int8"]
 
 #: calibration inputs per ONNX Runtime run of the calibrator; the ranges span all of them. One at a time: the
 #: calibrator's session grows its memory arena to its largest run (at 192 px, 4 at a time took the encoder's
@@ -146,6 +146,33 @@ def calibration_slices(
     return slices[content[picks]].contiguous()
 
 
+class DecoderCalibration:
+    """The calibration inputs of an autoencoder's decoder: the posterior means of ``contrasts`` with the autoencoder's
+    weights at the time of the call (each export), computed in PyTorch, :data:`CALIBRATION_BATCH` at a time.
+
+    A callable object rather than a closure, so that a copy (``copy.deepcopy``) or a pickle of the network calibrates
+    its decoder with its own autoencoder.
+
+    Args:
+        autoencoder: a MONAI ``AutoencoderKL`` (``encoder``, ``quant_conv_mu``, ``post_quant_conv``).
+        contrasts: ``(N, C, *S)`` images, the encoder's inputs.
+    """
+
+    def __init__(self, autoencoder: nn.Module, contrasts: torch.Tensor) -> None:
+        self.autoencoder = autoencoder
+        self.contrasts = contrasts
+
+    def __call__(self) -> torch.Tensor:
+        ae = self.autoencoder
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    ae.post_quant_conv(ae.quant_conv_mu(type(ae.encoder).forward(ae.encoder, batch)))
+                    for batch in self.contrasts.split(CALIBRATION_BATCH)
+                ]
+            )
+
+
 def with_onnx_runtime_int8(
     network: nn.Module,
     images: torch.Tensor,
@@ -178,18 +205,10 @@ def with_onnx_runtime_int8(
     given = torch.nonzero(torch.as_tensor(available, dtype=torch.bool).flatten().cpu()).flatten().tolist()
     contrasts = slices[:, given].reshape(-1, 1, *slices.shape[2:]).contiguous()  # (K * G, 1, *S)
     encoder, decoder = autoencoder.encoder, autoencoder.decoder
-
-    def decoder_inputs() -> torch.Tensor:
-        """The decoder's inputs for the calibration contrasts, with the autoencoder's weights of now, in PyTorch."""
-        with torch.no_grad():  # in batches of CALIBRATION_BATCH, as the calibrator runs them (bounds the memory)
-            return torch.cat(
-                [
-                    autoencoder.post_quant_conv(autoencoder.quant_conv_mu(type(encoder).forward(encoder, batch)))
-                    for batch in contrasts.split(CALIBRATION_BATCH)
-                ]
-            )
-
-    parts: list[tuple[nn.Module, torch.Tensor | object]] = [(encoder, contrasts), (decoder, decoder_inputs)]
+    parts: list[tuple[nn.Module, object]] = [
+        (encoder, contrasts),
+        (decoder, DecoderCalibration(autoencoder, contrasts)),
+    ]
     structure_net = getattr(inner, "structure_net", None)
     if structure_net is not None:
         c = int(structure_net.in_channels)

@@ -19,6 +19,7 @@ import torch
 from parameterized import parameterized
 
 from monai_msgldm.inferers import (
+    DecoderCalibration,
     OnnxRuntimeForward,
     calibration_slices,
     quantize_onnx_int8,
@@ -191,6 +192,31 @@ class TestWithOnnxRuntimeInt8(unittest.TestCase):
         correlation = torch.corrcoef(torch.stack([got.flatten(), expected.flatten()]))[0, 1]
         self.assertGreater(float(correlation), 0.9)  # random weights; trained models: docs/benchmarks.md
         self.assertFalse(torch.equal(got, expected))
+
+    def test_copies_calibrate_with_their_own_autoencoder(self):
+        """A deep copy of a wrapped network calibrates its decoder with its own autoencoder (new weights in the copy
+        only), and the wrapped network pickles (its sessions are left out and made again)."""
+        import copy
+        import pickle
+
+        torch.manual_seed(0)
+        net = tiny_msgldm(hybrid_condition=False).eval()
+        with_onnx_runtime_int8(net, torch.rand(4, 16, 16, 3) * 2 - 1, [True, True, True, False], num_slices=1)
+        twin = copy.deepcopy(net)
+        calibration = twin.autoencoder.model.decoder.__dict__["forward"].int8_calibration
+        self.assertIsInstance(calibration, DecoderCalibration)
+        self.assertIs(calibration.autoencoder, twin.autoencoder.model)
+        before = net.autoencoder.model.decoder.__dict__["forward"].int8_calibration()
+        with torch.no_grad():
+            twin.autoencoder.model.quant_conv_mu.conv.weight.mul_(3.0)
+        torch.testing.assert_close(net.autoencoder.model.decoder.__dict__["forward"].int8_calibration(), before)
+        ae = twin.autoencoder.model
+        with torch.no_grad():
+            means = ae.post_quant_conv(ae.quant_conv_mu(type(ae.encoder).forward(ae.encoder, calibration.contrasts)))
+        torch.testing.assert_close(calibration(), means)
+        self.assertFalse(torch.allclose(calibration(), before))
+        restored = pickle.loads(pickle.dumps(net))
+        torch.testing.assert_close(restored.autoencoder.model.decoder.__dict__["forward"].int8_calibration(), before)
 
     def test_plain_ldm(self):
         torch.manual_seed(0)
