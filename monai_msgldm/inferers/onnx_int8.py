@@ -179,7 +179,7 @@ def with_onnx_runtime_int8(
     available: torch.Tensor | Sequence[bool],
     num_slices: int = 4,
     threads: int | None = None,
-    memory_arena: bool = True,
+    memory_arena: bool = False,
 ) -> nn.Module:
     """``network`` with the image-resolution parts of synthesis run in ONNX Runtime with 8-bit convolutions
     (:func:`quantize_onnx_int8`), calibrated on :func:`calibration_slices` of one preprocessed case: the
@@ -193,7 +193,10 @@ def with_onnx_runtime_int8(
         images: ``(M, X, Y, Z)``, a case preprocessed as for synthesis (the bundle's ``dataset[0]["image"]``).
         available: ``(M,)`` bool, its given contrasts.
         num_slices: calibration slices (:func:`calibration_slices`).
-        threads, memory_arena: see :class:`OnnxRuntimeForward`.
+        threads: see :class:`OnnxRuntimeForward`.
+        memory_arena: ONNX Runtime's memory arena in the five sessions (:class:`OnnxRuntimeForward`). Off by default:
+            on a default-size volume on 2 CPU cores it made synthesis 1.08x faster for a peak of 1.93 GiB instead of
+            1.78 (docs/benchmarks.md, 0.15.0).
 
     Raises:
         ValueError: ``network`` has no autoencoder, or bad ``images`` / ``available`` / ``num_slices``.
