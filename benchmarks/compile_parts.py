@@ -59,7 +59,12 @@ def part_calls(net: torch.nn.Module, images: torch.Tensor, available: torch.Tens
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=4, help="slices per call (inference.json's image_batch_size)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help="slices per call (inference.json's image_batch_size before 0.15.0; 1 on the CPU since)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dynamic", action="store_true", help="torch.compile(dynamic=True)")
     parser.add_argument("--freezing", action="store_true", help="inductor's weight freezing (no_grad calls)")

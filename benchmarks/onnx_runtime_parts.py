@@ -103,7 +103,12 @@ def _wall_seconds(fn: Callable[..., object], *args: object) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=4, help="slices per call (inference.json's image_batch_size)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help="slices per call (inference.json's image_batch_size before 0.15.0; 1 on the CPU since)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="ONNX Runtime intra-op threads")
     parser.add_argument("--output-dir", default="outputs/benchmarks/onnx_runtime")
