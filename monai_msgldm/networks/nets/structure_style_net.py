@@ -326,11 +326,8 @@ class StructureStyleNet(nn.Module):
                 torch.stack([ref.new_zeros(ref.shape) if f is None else f[level] for f in per_modality], dim=1)
                 for level, ref in enumerate(reference)
             ]
-        mask = available.view(available.shape[0], self.num_modalities, *([1] * (self.spatial_dims + 1)))
-        fused: list[torch.Tensor] = []
-        for feats, fusion in zip(stacked, self.fusions):
-            feats = torch.where(mask, feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
-            fused.append(fusion(feats, available))
+        # each MultimodalStructureFusion zeroes the absent modalities' features itself (once, at full resolution)
+        fused = [fusion(feats, available) for feats, fusion in zip(stacked, self.fusions)]
         return fused, self.enhance(fused)
 
     def encode_structure(
