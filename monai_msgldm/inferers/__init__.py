@@ -15,8 +15,15 @@ from .diffusion import MultiContrastDiffusionInferer, ddim_step_timesteps, paper
 from .inputs import check_case_files, synthesis_datalist
 from .model_loading import load_model_weights, require_checkpoint
 from .naming import case_name_from_files
-from .onnx_int8 import DecoderCalibration, calibration_slices, quantize_onnx_int8, with_onnx_runtime_int8
-from .onnx_runtime import OnnxRuntimeForward, with_onnx_runtime_encoder
+from .onnx_int8 import (
+    DecoderCalibration,
+    calibration_slices,
+    quantize_onnx_int8,
+    save_int8_graphs,
+    saved_int8_graphs,
+    with_onnx_runtime_int8,
+)
+from .onnx_runtime import OnnxRuntimeForward, weights_digest, with_onnx_runtime_encoder
 from .outputs import SaveSynthesizedModalitiesd
 from .regression import RegressionSynthesisInferer
 from .sampler import SynthesisSampler, unwrap_network
@@ -54,6 +61,9 @@ __all__ = [
     "OnnxRuntimeForward",
     "with_onnx_runtime_encoder",
     "with_onnx_runtime_int8",
+    "save_int8_graphs",
+    "saved_int8_graphs",
+    "weights_digest",
     "calibration_slices",
     "quantize_onnx_int8",
     "DecoderCalibration",

@@ -22,22 +22,43 @@ about 2 dB (docs/benchmarks.md).
 The weights stay those of the PyTorch modules: only their ``forward`` is replaced (:class:`OnnxRuntimeForward`), the
 graph is exported and quantized on its first call without gradients and again when the weights change, so the bundle
 loads its one checkpoint as before.
+
+Calibrating, exporting and quantizing costs about 11 s per run at the default size on 2 CPU cores, and makes a case's
+synthesis depend on which case came first in its run. :func:`save_int8_graphs` does it once, on several cases, and
+writes the quantized graphs beside the checkpoint (the bundle's ``export_int8.json``, as the model zoo exports
+TensorRT engines); :func:`with_onnx_runtime_int8` then runs them (``graph_dir``), after checking that each was saved
+from the weights it replaces.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
+from monai_msgldm.inferers.naming import CASE_KEY
 from monai_msgldm.inferers.onnx_runtime import OnnxRuntimeForward, _autoencoder_model
 from monai_msgldm.inferers.sampler import unwrap_network
+from monai_msgldm.utils.files import atomic_write_text
 
-__all__ = ["quantize_onnx_int8", "calibration_slices", "DecoderCalibration", "with_onnx_runtime_int8"]
+__all__ = [
+    "quantize_onnx_int8",
+    "calibration_slices",
+    "DecoderCalibration",
+    "with_onnx_runtime_int8",
+    "save_int8_graphs",
+    "saved_int8_graphs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the manifest :func:`save_int8_graphs` writes in its folder: the parts' files and what they were calibrated on
+INT8_MANIFEST = "int8_graphs.json"
 
 #: calibration inputs per ONNX Runtime run of the calibrator; the ranges span all of them. One at a time: the
 #: calibrator's session grows its memory arena to its largest run (at 192 px, 4 at a time took the encoder's
@@ -173,49 +194,199 @@ class DecoderCalibration:
             )
 
 
+def _int8_parts(network: nn.Module, caller: str) -> dict[str, nn.Module]:
+    """The modules run with 8-bit convolutions, by the name of their saved graph: the autoencoder's ``encoder`` and
+    ``decoder`` and, for MSG-LDM, ``structure_encoder_<m>`` for each contrast index ``m``."""
+    autoencoder = _autoencoder_model(network, caller)
+    parts = {"encoder": autoencoder.encoder, "decoder": autoencoder.decoder}
+    structure_net = getattr(network, "structure_net", None)
+    if structure_net is not None:
+        parts.update({f"structure_encoder_{m}": e for m, e in enumerate(structure_net.structure_encoders)})
+    return parts
+
+
+def saved_int8_graphs(graph_dir: str | os.PathLike | None) -> dict | None:
+    """The manifest of the graphs :func:`save_int8_graphs` wrote in ``graph_dir`` (``int8_graphs.json``), or None
+    when there is none (``graph_dir`` None, missing, or without a manifest)."""
+    if graph_dir is None:
+        return None
+    path = os.path.join(os.fspath(graph_dir), INT8_MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        manifest = json.load(f)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), dict):
+        raise ValueError(f"{path} is not a manifest of int8 graphs (no 'parts' mapping); save the graphs again.")
+    return manifest
+
+
 def with_onnx_runtime_int8(
     network: nn.Module,
-    images: torch.Tensor,
-    available: torch.Tensor | Sequence[bool],
+    images: torch.Tensor | None = None,
+    available: torch.Tensor | Sequence[bool] | None = None,
     num_slices: int = 4,
     threads: int | None = None,
     memory_arena: bool = False,
+    graph_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
     """``network`` with the image-resolution parts of synthesis run in ONNX Runtime with 8-bit convolutions
-    (:func:`quantize_onnx_int8`), calibrated on :func:`calibration_slices` of one preprocessed case: the
-    autoencoder's encoder (on the given contrasts of the slices), its decoder (on their posterior means, computed with
-    the weights of the export) and, for MSG-LDM, the structure encoders of the given contrasts. Other contrasts'
-    structure encoders stay in PyTorch. Anything that needs PyTorch (gradients, training, CUDA, autocast) runs it
+    (:func:`quantize_onnx_int8`): the autoencoder's encoder, its decoder and, for MSG-LDM, the structure encoders of
+    the given contrasts. Anything that needs PyTorch (gradients, training, CUDA, autocast) runs it
     (:class:`OnnxRuntimeForward`); the state dict and checkpoint loading are unchanged.
+
+    The graphs come from one of two places:
+
+    - ``graph_dir`` holding graphs saved by :func:`save_int8_graphs` (its manifest ``int8_graphs.json``): they are
+      run as saved (``images`` and ``available`` are not needed), each after checking, at its first call, that it was
+      saved from the weights it replaces (a ``ValueError`` names the file otherwise);
+    - otherwise each part is exported and quantized at its first call, calibrated on :func:`calibration_slices` of
+      ``images``: the encoder on its given contrasts, the decoder on their posterior means (computed with the weights
+      of the export), each given contrast's structure encoder on that contrast. Other contrasts' structure encoders
+      stay in PyTorch.
 
     Args:
         network: a latent diffusion network (``MSGLDM``, ``PlainConditionalLDM``), possibly DDP-wrapped.
-        images: ``(M, X, Y, Z)``, a case preprocessed as for synthesis (the bundle's ``dataset[0]["image"]``).
+        images: ``(M, X, Y, Z)``, a case preprocessed as for synthesis (the bundle's ``dataset[0]["image"]``); needed
+            unless ``graph_dir`` holds saved graphs.
         available: ``(M,)`` bool, its given contrasts.
         num_slices: calibration slices (:func:`calibration_slices`).
         threads: see :class:`OnnxRuntimeForward`.
-        memory_arena: ONNX Runtime's memory arena in the five sessions (:class:`OnnxRuntimeForward`). Off by default:
+        memory_arena: ONNX Runtime's memory arena in the sessions (:class:`OnnxRuntimeForward`). Off by default:
             on a default-size volume on 2 CPU cores it made synthesis 1.08x faster for a peak of 1.93 GiB instead of
             1.78 (docs/benchmarks.md, 0.15.0).
+        graph_dir: a folder where :func:`save_int8_graphs` may have saved the graphs; None: calibrate on ``images``.
 
     Raises:
-        ValueError: ``network`` has no autoencoder, or bad ``images`` / ``available`` / ``num_slices``.
+        ValueError: ``network`` has no autoencoder, the manifest names a part it lacks, or bad ``images`` /
+            ``available`` / ``num_slices`` (or none given without saved graphs).
         ImportError: onnx or onnxruntime is not installed.
     """
     inner = unwrap_network(network)
+    parts = _int8_parts(inner, "with_onnx_runtime_int8")
+    manifest = saved_int8_graphs(graph_dir)
+    if manifest is not None:
+        unknown = sorted(set(manifest["parts"]) - set(parts))
+        if unknown:
+            raise ValueError(
+                f"with_onnx_runtime_int8: the int8 graphs in {graph_dir} are for parts this "
+                f"{type(inner).__name__} does not have ({unknown}); save them again for this network."
+            )
+        for name, file in manifest["parts"].items():
+            module = parts[name]
+            path = os.path.join(os.fspath(graph_dir), file)
+            module.forward = OnnxRuntimeForward(module, threads, memory_arena, graph_file=path)
+        logger.info(f"8-bit graphs saved in {graph_dir}: {', '.join(manifest['parts'])}.")
+        return network
+    if images is None or available is None:
+        raise ValueError(
+            "with_onnx_runtime_int8 needs images and available (a case to calibrate on) when no graphs were saved "
+            f"by save_int8_graphs in graph_dir ({graph_dir})."
+        )
     autoencoder = _autoencoder_model(inner, "with_onnx_runtime_int8")
     slices = calibration_slices(images, available, num_slices)  # (K, M, *S)
     given = torch.nonzero(torch.as_tensor(available, dtype=torch.bool).flatten().cpu()).flatten().tolist()
     contrasts = slices[:, given].reshape(-1, 1, *slices.shape[2:]).contiguous()  # (K * G, 1, *S)
-    encoder, decoder = autoencoder.encoder, autoencoder.decoder
-    parts: list[tuple[nn.Module, object]] = [
-        (encoder, contrasts),
-        (decoder, DecoderCalibration(autoencoder, contrasts)),
+    calibrated: list[tuple[nn.Module, object]] = [
+        (parts["encoder"], contrasts),
+        (parts["decoder"], DecoderCalibration(autoencoder, contrasts)),
     ]
-    structure_net = getattr(inner, "structure_net", None)
-    if structure_net is not None:
-        c = int(structure_net.in_channels)
-        parts += [(structure_net.structure_encoders[m], slices[:, m * c : (m + 1) * c].contiguous()) for m in given]
-    for module, calibration in parts:
+    if "structure_encoder_0" in parts:
+        c = int(inner.structure_net.in_channels)
+        calibrated += [(parts[f"structure_encoder_{m}"], slices[:, m * c : (m + 1) * c].contiguous()) for m in given]
+    for module, calibration in calibrated:
         module.forward = OnnxRuntimeForward(module, threads, memory_arena, int8_calibration=calibration)
+    if graph_dir is not None:
+        logger.info(f"no 8-bit graphs saved in {graph_dir}: calibrating on the run's first case.")
     return network
+
+
+def save_int8_graphs(
+    network: nn.Module,
+    cases: Sequence[Mapping],
+    graph_dir: str | os.PathLike,
+    num_cases: int = 4,
+    num_slices: int = 4,
+    threads: int | None = None,
+) -> dict:
+    """Calibrate, export and quantize the parts :func:`with_onnx_runtime_int8` runs with 8-bit convolutions, once, on
+    :func:`calibration_slices` of the first ``num_cases`` of ``cases``, and write them to ``graph_dir``: one ``.onnx``
+    file per part, each recording the digest of the weights it was made from, and the manifest
+    ``int8_graphs.json`` (written last, so a folder without it has no usable graphs).
+
+    Each part is calibrated on every case that gives its input: the encoder on all given contrasts, the decoder on
+    their posterior means, each structure encoder on its contrast. Calibrate on cases like those to be synthesized
+    (e.g. a few validation cases, preprocessed as for synthesis).
+
+    Args:
+        network: a latent diffusion network with the weights to serve (on the CPU), possibly DDP-wrapped.
+        cases: mappings with ``"image"`` ``(M, X, Y, Z)`` and ``"available"`` ``(M,)`` (the bundle's ``dataset``).
+        graph_dir: the folder to write (created when missing; files there of the same names are replaced).
+        num_cases: how many of the first cases to calibrate on, >= 1.
+        num_slices: calibration slices per case (:func:`calibration_slices`).
+        threads: see :class:`OnnxRuntimeForward`.
+
+    Returns:
+        the manifest written.
+
+    Raises:
+        ValueError: no case, ``num_cases`` < 1, a case without ``"image"`` / ``"available"``, or a contrast given
+            in none of the cases (its structure encoder would have nothing to calibrate on).
+    """
+    if isinstance(num_cases, bool) or not isinstance(num_cases, int) or num_cases < 1:
+        raise ValueError(f"save_int8_graphs expects num_cases to be an int >= 1, got {num_cases!r}.")
+    if len(cases) == 0:
+        raise ValueError("save_int8_graphs expects at least one case to calibrate on, got none.")
+    inner = unwrap_network(network).eval()
+    parts = _int8_parts(inner, "save_int8_graphs")
+    autoencoder = _autoencoder_model(inner, "save_int8_graphs")
+    encoder_inputs, structure_inputs, names = [], {}, []
+    for i in range(min(num_cases, len(cases))):
+        case = cases[i]
+        if not isinstance(case, Mapping) or "image" not in case or "available" not in case:
+            raise ValueError(f"save_int8_graphs expects case {i} to be a mapping with 'image' and 'available'.")
+        available = torch.as_tensor(case["available"], dtype=torch.bool).flatten().cpu()
+        slices = calibration_slices(case["image"], available, num_slices)  # (K, M, *S)
+        given = torch.nonzero(available).flatten().tolist()
+        encoder_inputs.append(slices[:, given].reshape(-1, 1, *slices.shape[2:]))
+        if "structure_encoder_0" in parts:
+            c = int(inner.structure_net.in_channels)
+            for m in given:
+                structure_inputs.setdefault(m, []).append(slices[:, m * c : (m + 1) * c])
+        names.append(str(case.get(CASE_KEY, i)))
+    num_modalities = sum(name.startswith("structure_encoder_") for name in parts)
+    missing = sorted(set(range(num_modalities)) - set(structure_inputs))
+    if missing:
+        raise ValueError(
+            f"save_int8_graphs: contrast(s) {missing} are given in none of the {len(names)} calibration cases; "
+            "calibrate on cases with every contrast."
+        )
+    contrasts = torch.cat(encoder_inputs).contiguous()
+    calibration = {"encoder": contrasts, "decoder": DecoderCalibration(autoencoder, contrasts)()}
+    calibration.update({f"structure_encoder_{m}": torch.cat(x).contiguous() for m, x in structure_inputs.items()})
+    described = f"{len(names)} case(s) ({', '.join(names)}), {num_slices} slices each"
+    manifest_path = os.path.join(os.fspath(graph_dir), INT8_MANIFEST)
+    if os.path.isfile(manifest_path):
+        os.remove(manifest_path)  # until the new one is written, the folder holds no usable graphs
+    files = {}
+    for name, module in parts.items():
+        logger.info(f"calibrating, exporting and quantizing {name} on {len(calibration[name])} inputs.")
+        module.__dict__.pop("forward", None)  # PyTorch's forward for the calibration inputs and the export
+        runtime = OnnxRuntimeForward(module, threads, memory_arena=False, int8_calibration=calibration[name])
+        runtime.save(
+            os.path.join(os.fspath(graph_dir), f"{name}.onnx"), calibration[name][:1], {"calibration": described}
+        )
+        module.forward = runtime  # the network now runs the saved graph
+        files[name] = f"{name}.onnx"
+    import onnxruntime
+
+    from monai_msgldm import __version__
+
+    manifest = {
+        "parts": files,
+        "calibration": {"cases": names, "slices_per_case": num_slices},
+        "monai_msgldm": __version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    logger.info(f"8-bit graphs of {', '.join(files)} saved in {graph_dir}, calibrated on {described}.")
+    return manifest

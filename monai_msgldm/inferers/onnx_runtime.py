@@ -19,7 +19,9 @@ the bundle still loads its one checkpoint into the same network, before or after
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +33,26 @@ from monai.utils import optional_import
 
 from monai_msgldm.inferers.sampler import unwrap_network
 
-__all__ = ["OnnxRuntimeForward", "with_onnx_runtime_encoder"]
+__all__ = ["OnnxRuntimeForward", "with_onnx_runtime_encoder", "weights_digest"]
 
 _EXTRA = "pip install 'monai_msgldm[onnx]' (onnx and onnxruntime)"
+
+#: the key of a saved graph's ONNX metadata that records :func:`weights_digest` of the module it was made from
+WEIGHTS_DIGEST_KEY = "monai_msgldm.weights_sha256"
+#: the key recording whether the module returns a list of tensors ("1") or one tensor ("0")
+_LISTED_KEY = "monai_msgldm.listed_outputs"
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 (hex) of ``module``'s state dict: every entry's name, dtype, shape and bytes, in order. Equal for the
+    same weights loaded from the same checkpoint, on any device; any changed value changes it."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 class OnnxRuntimeForward:
@@ -65,9 +84,14 @@ class OnnxRuntimeForward:
             ones, which is faster than allocating it again but keeps the largest call's activations (and the arena's
             power-of-two growth) reserved beside PyTorch's memory. On a default-size volume on 2 CPU cores: 113 s and
             a 2.6 GiB peak with it, 125 s and 1.9 GiB without (PyTorch alone: 129 s, 1.95 GiB; docs/benchmarks.md).
+        graph_file: a graph written by :meth:`save` for this module, run instead of exporting (and calibrating) it:
+            at the first call, and whenever the weights change, the file must record the module's
+            :func:`weights_digest`, otherwise the call raises a ``ValueError`` naming it. Not with
+            ``int8_calibration`` (the saved graph was calibrated when it was saved).
 
     Raises:
         ImportError: onnx or onnxruntime is not installed (the ``onnx`` extra).
+        FileNotFoundError: ``graph_file`` is not a file.
     """
 
     def __init__(
@@ -76,6 +100,7 @@ class OnnxRuntimeForward:
         threads: int | None = None,
         memory_arena: bool = True,
         int8_calibration: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+        graph_file: str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise ValueError(f"OnnxRuntimeForward expects module to be a torch.nn.Module, got {type(module).__name__}.")
@@ -89,11 +114,22 @@ class OnnxRuntimeForward:
                 "OnnxRuntimeForward expects int8_calibration to be None, a tensor (N, C, *S) of the module's inputs "
                 f"or a function returning one, got {type(int8_calibration).__name__}."
             )
+        if graph_file is not None:
+            if int8_calibration is not None:
+                raise ValueError(
+                    "OnnxRuntimeForward expects either graph_file (a saved graph, calibrated when it was saved) or "
+                    "int8_calibration, not both."
+                )
+            graph_file = os.path.abspath(os.fspath(graph_file))
+            if not os.path.isfile(graph_file):
+                raise FileNotFoundError(f"OnnxRuntimeForward: the graph_file {graph_file} does not exist.")
         self.module = module
         self.threads = threads
         self.memory_arena = bool(memory_arena)
         self.int8_calibration = int8_calibration
+        self.graph_file = graph_file
         self.exports = 0
+        self.loads = 0
         self._session: Any = None
         self._listed = False
         self._fingerprint: tuple | None = None
@@ -114,16 +150,58 @@ class OnnxRuntimeForward:
             return type(self.module).forward(self.module, x, *args, **kwargs)
         x = x.as_subclass(torch.Tensor).contiguous()
         if self._session is None or self._fingerprint != self._current_fingerprint():
-            self._export(x)
+            if self.graph_file is not None:
+                self._load_graph()
+            else:
+                self._open(self._exported_graph(x))
+                self.exports += 1
         outputs = [torch.from_numpy(y) for y in self._session.run(None, {"x": x.numpy()})]
         return outputs if self._listed else outputs[0]
+
+    def save(self, path: str | os.PathLike, x: torch.Tensor, metadata: dict[str, str] | None = None) -> str:
+        """Export the module on ``x`` as a first call would (quantized with ``int8_calibration`` when set) and write
+        the graph to ``path`` (atomically), recording the module's :func:`weights_digest` and ``metadata`` in the
+        ONNX model's metadata, for ``OnnxRuntimeForward(module, graph_file=path)`` to run later. Later calls of this
+        object run the saved graph.
+
+        Args:
+            path: the ``.onnx`` file to write.
+            x: ``(B, C, *S)``, an input like the module's (float32, CPU); only its first item is traced.
+            metadata: strings to record beside the digest (e.g. what the ranges were calibrated on).
+
+        Returns:
+            the absolute path written.
+        """
+        import onnx
+
+        from monai_msgldm.utils.files import atomic_write_bytes
+
+        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype != torch.float32:
+            raise ValueError(
+                f"OnnxRuntimeForward.save expects x to be a float32 CPU tensor, got {type(x).__name__} "
+                f"{getattr(x, 'dtype', '')} {getattr(x, 'device', '')}."
+            )
+        with torch.no_grad():
+            model = onnx.load_from_string(self._exported_graph(x.as_subclass(torch.Tensor).contiguous()))
+        entries = {
+            **{str(k): str(v) for k, v in (metadata or {}).items()},
+            WEIGHTS_DIGEST_KEY: weights_digest(self.module),
+            _LISTED_KEY: str(int(self._listed)),
+        }
+        for key, value in entries.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        written = atomic_write_bytes(path, model.SerializeToString())
+        self.graph_file, self.int8_calibration = written, None
+        self._load_graph()
+        return written
 
     def _current_fingerprint(self) -> tuple:
         tensors = itertools.chain(self.module.parameters(), self.module.buffers())
         return tuple((t._version, t.data_ptr()) for t in tensors)
 
-    def _export(self, x: torch.Tensor) -> None:
-        ort, _ = optional_import("onnxruntime")
+    def _exported_graph(self, x: torch.Tensor) -> bytes:
+        """The module's graph, serialized: exported on ``x[:1]`` and quantized when ``int8_calibration`` is set."""
         module = self.module
         # traced on one item (every size is dynamic): tracing keeps each intermediate of the traced call alive, which
         # on a whole slice batch of contrasts at image resolution is over a GiB
@@ -157,17 +235,37 @@ class OnnxRuntimeForward:
 
             calibration = self.int8_calibration
             model_bytes = quantize_onnx_int8(model_bytes, calibration() if callable(calibration) else calibration)
+        return model_bytes
+
+    def _open(self, model: bytes | str) -> Any:
+        """An ONNX Runtime CPU session of ``model`` (serialized bytes or a file) with this object's settings, kept
+        for the calls as long as the weights stay those of now."""
+        ort, _ = optional_import("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = self.memory_arena
-        self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._fingerprint = self._current_fingerprint()
-        self.exports += 1
+        return self._session
+
+    def _load_graph(self) -> None:
+        """Run :attr:`graph_file`, after checking that it was saved from the module's current weights."""
+        session = self._open(self.graph_file)
+        recorded = session.get_modelmeta().custom_metadata_map
+        if recorded.get(WEIGHTS_DIGEST_KEY) != weights_digest(self.module):
+            self._session, self._fingerprint = None, None
+            raise ValueError(
+                f"the ONNX graph {self.graph_file} was not saved from the weights of the {type(self.module).__name__} "
+                f"it is used for (its {WEIGHTS_DIGEST_KEY} differs): the checkpoint changed since it was saved; save "
+                "the graphs again (configs/export_int8.json) or remove them."
+            )
+        self._listed = recorded.get(_LISTED_KEY) == "1"
+        self.loads += 1
 
     def __getstate__(self) -> dict:
-        """Copies and pickles (``copy.deepcopy`` of the network) leave the session out: it is exported again."""
+        """Copies and pickles (``copy.deepcopy`` of the network) leave the session out: it is made again."""
         state = dict(self.__dict__)
         state["_session"], state["_fingerprint"] = None, None
         return state

@@ -534,6 +534,82 @@ class TestInferenceCLI(unittest.TestCase):
         inproc = nib.load(os.path.join(out, "inproc", "Phantom_000", "Phantom_000_t1_synth.nii.gz")).get_fdata()
         np.testing.assert_allclose(img.get_fdata(), inproc, atol=1e-3)
 
+    def test_export_int8_then_run(self):
+        """``export_int8.json`` through the command line saves the 8-bit graphs of every part beside the checkpoint,
+        calibrated on the datalist's cases; ``onnx_int8.json`` then runs them without calibrating on its first case
+        (nothing exported, no case read for it); a checkpoint saved since is refused with the graph's name."""
+        work = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, work, True)
+        graphs = os.path.join(work, "int8")
+        configs = [str(CONFIG), str(CONFIG.parent / "onnx_int8.json"), str(CONFIG.parent / "export_int8.json")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--meta_file",
+            str(META),
+            "--config_file",
+            json.dumps(configs),
+        ]
+        cmd += ["--logging_file", str(LOGGING), "--bundle_root", os.path.join(_TMP, "bundle")]
+        cmd += ["--int8_graph_dir", graphs, "--int8_calibration_slices", "2"]
+        cmd += [arg for m in MODALITIES for arg in (f"--{m}", _file(m))]
+        for key, value in TINY.items():
+            cmd += [f"--{key}", json.dumps(value)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        with open(os.path.join(graphs, "int8_graphs.json")) as f:
+            manifest = json.load(f)
+        parts = ["encoder", "decoder"] + [f"structure_encoder_{m}" for m in range(len(MODALITIES))]
+        self.assertEqual(sorted(manifest["parts"]), sorted(parts))
+        self.assertEqual(manifest["calibration"], {"cases": ["Phantom_000"], "slices_per_case": 2})
+
+        overrides = {**TINY, "int8_graph_dir": graphs, "t1": _file("t1"), "t2": _file("t2")}
+        wf = ConfigWorkflow(
+            config_file=[str(CONFIG), str(CONFIG.parent / "onnx_int8.json")],
+            workflow_type="infer",
+            bundle_root=os.path.join(_TMP, "bundle"),
+            output_dir=os.path.join(work, "out"),
+            **overrides,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        self.assertEqual(wf.parser.get_parsed_content("int8_calibration_case"), {})
+        net = wf.parser.get_parsed_content("network")
+        structure = net.structure_net.structure_encoders
+        for name, module in (("encoder", net.autoencoder.model.encoder), ("decoder", net.autoencoder.model.decoder)):
+            runtime = module.__dict__["forward"]
+            self.assertEqual(runtime.graph_file, os.path.join(graphs, f"{name}.onnx"))
+            self.assertEqual((runtime.exports, runtime.loads), (0, 1))
+        for m in ("t1", "t2"):
+            self.assertEqual(structure[MODALITIES.index(m)].__dict__["forward"].loads, 1)
+        for m in ("t1ce", "flair"):  # not given: never called
+            self.assertEqual(structure[MODALITIES.index(m)].__dict__["forward"].loads, 0)
+            out = nib.load(os.path.join(work, "out", "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
+            self.assertTrue(np.isfinite(out).all())
+
+        changed = os.path.join(work, "model.pt")
+        state = torch.load(_MODEL, weights_only=True)
+        state[next(k for k in state if k.startswith("autoencoder.model.encoder."))] += 0.01
+        torch.save(state, changed)
+        wf = ConfigWorkflow(
+            config_file=[str(CONFIG), str(CONFIG.parent / "onnx_int8.json")],
+            workflow_type="infer",
+            bundle_root=os.path.join(_TMP, "bundle"),
+            output_dir=os.path.join(work, "stale"),
+            model_path=changed,
+            **overrides,
+        )
+        wf.initialize()
+        with self.assertRaises(Exception) as raised:
+            wf.run()
+        messages = " ".join(str(e) for e in _cause_chain(raised.exception))
+        self.assertIn("encoder.onnx was not saved from the weights", messages)
+        self.assertFalse(os.path.exists(os.path.join(work, "stale", "Phantom_000")))
+
 
 if __name__ == "__main__":
     unittest.main()

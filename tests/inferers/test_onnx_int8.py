@@ -13,6 +13,10 @@ calibration slices, which parts of a network are quantized and with what (the ``
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 import unittest
 
 import torch
@@ -23,6 +27,8 @@ from monai_msgldm.inferers import (
     OnnxRuntimeForward,
     calibration_slices,
     quantize_onnx_int8,
+    save_int8_graphs,
+    saved_int8_graphs,
     with_onnx_runtime_int8,
 )
 from tests.networks.nets.test_msgldm import tiny_msgldm
@@ -227,6 +233,113 @@ class TestWithOnnxRuntimeInt8(unittest.TestCase):
     def test_not_a_latent_model(self):
         with self.assertRaisesRegex(ValueError, "with_onnx_runtime_int8 expects a latent diffusion network"):
             with_onnx_runtime_int8(torch.nn.Conv2d(1, 1, 3), torch.rand(1, 4, 4, 4), [True])
+
+
+def _cases(num: int, available: list[bool] | None = None) -> list[dict]:
+    torch.manual_seed(1)
+    flags = torch.tensor(available or [True] * 4)
+    return [{"image": torch.rand(4, 16, 16, 5) * 2 - 1, "available": flags, "case": f"case{i}"} for i in range(num)]
+
+
+class TestSaveInt8Graphs(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        torch.manual_seed(0)
+        self.net = tiny_msgldm(hybrid_condition=True).eval()
+        self.state = {k: v.clone() for k, v in self.net.state_dict().items()}
+
+    def _fresh(self) -> torch.nn.Module:
+        net = tiny_msgldm(hybrid_condition=True).eval()
+        net.load_state_dict(self.state)
+        return net
+
+    def test_saved_graphs_are_the_calibration_of_every_case(self):
+        """Each saved part runs exactly what a part exported now and calibrated on the same inputs runs: the encoder
+        on every given contrast of the first num_cases cases, the decoder on their posterior means, each structure
+        encoder on its contrast; the network that saved them runs them; nothing is exported again when loading."""
+        cases = _cases(3)
+        manifest = save_int8_graphs(self.net, cases, self.dir, num_cases=2, num_slices=2)
+        parts = ["encoder", "decoder"] + [f"structure_encoder_{m}" for m in range(4)]
+        self.assertEqual(sorted(manifest["parts"]), sorted(parts))
+        self.assertEqual(manifest["calibration"], {"cases": ["case0", "case1"], "slices_per_case": 2})
+        self.assertEqual(saved_int8_graphs(self.dir), manifest)
+        with open(os.path.join(self.dir, "int8_graphs.json")) as f:
+            self.assertEqual(json.load(f), manifest)
+        self.assertEqual(sorted(os.listdir(self.dir)), sorted([f"{p}.onnx" for p in parts] + ["int8_graphs.json"]))
+
+        slices = torch.cat([calibration_slices(c["image"], c["available"], 2) for c in cases[:2]])  # (4, 4, 16, 16)
+        contrasts = slices.reshape(-1, 1, 16, 16)
+        loaded = with_onnx_runtime_int8(self._fresh(), graph_dir=self.dir)
+        reference = self._fresh()
+        ae = reference.autoencoder.model
+        calibration = {"encoder": contrasts, "decoder": DecoderCalibration(ae, contrasts)()}
+        calibration.update({f"structure_encoder_{m}": slices[:, m : m + 1] for m in range(4)})
+        modules = {"encoder": ae.encoder, "decoder": ae.decoder}
+        modules.update({f"structure_encoder_{m}": e for m, e in enumerate(reference.structure_net.structure_encoders)})
+        for name, module in modules.items():
+            module.forward = OnnxRuntimeForward(module, int8_calibration=calibration[name])
+        x = cases[2]["image"][..., 1:4].permute(3, 0, 1, 2).contiguous()
+        mask = torch.tensor([True, False, True, True]).expand(3, 4)
+        with torch.inference_mode():
+            got, expected = loaded.given_latents(x, mask), reference.given_latents(x, mask)
+            by_saver = self.net.given_latents(x, mask)
+            got_s, expected_s = loaded.encode_structure(x, mask), reference.encode_structure(x, mask)
+            z = torch.randn(3, ae.latent_channels, 4, 4)
+            decoded = loaded.autoencoder.model.decoder(z)
+            decoded_ref = ae.decoder(z)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        torch.testing.assert_close(by_saver, expected, rtol=0, atol=0)
+        torch.testing.assert_close(got_s, expected_s, rtol=0, atol=0)
+        torch.testing.assert_close(decoded, decoded_ref, rtol=0, atol=0)
+        for runtime in (loaded.autoencoder.model.encoder.forward, loaded.autoencoder.model.decoder.forward):
+            self.assertEqual((runtime.exports, runtime.loads), (0, 1))
+            self.assertIsNone(runtime.int8_calibration)
+
+    def test_other_weights_are_refused(self):
+        save_int8_graphs(self.net, _cases(1), self.dir, num_slices=1)
+        net = with_onnx_runtime_int8(self._fresh(), graph_dir=self.dir)
+        with torch.no_grad():
+            net.autoencoder.model.decoder.blocks[0].conv.weight.add_(1e-3)  # a checkpoint saved since
+        x = torch.rand(2, net.autoencoder.model.latent_channels, 4, 4)
+        with self.assertRaisesRegex(ValueError, "decoder.onnx was not saved from the weights"):
+            with torch.inference_mode():
+                net.autoencoder.model.decoder(x)
+        with torch.inference_mode():  # the encoder's weights are those it was saved from
+            net.autoencoder.model.encoder(torch.rand(2, 1, 16, 16))
+
+    def test_without_saved_graphs_calibrates_on_the_case(self):
+        image = _cases(1)[0]["image"]
+        net = with_onnx_runtime_int8(self._fresh(), image, [True, True, False, True], num_slices=1, graph_dir=self.dir)
+        encoder = net.autoencoder.model.encoder.forward
+        self.assertIsNone(encoder.graph_file)
+        self.assertIsNotNone(encoder.int8_calibration)
+        self.assertIsNone(saved_int8_graphs(self.dir))
+        with self.assertRaisesRegex(ValueError, "needs images and available"):
+            with_onnx_runtime_int8(self._fresh(), graph_dir=self.dir)
+
+    @parameterized.expand(
+        [
+            ("no_case", [], {}, "at least one case"),
+            ("num_cases", _cases(1), {"num_cases": 0}, "num_cases to be an int >= 1"),
+            ("not_a_case", [torch.zeros(3)], {}, "case 0 to be a mapping with 'image' and 'available'"),
+            (
+                "contrast_never_given",
+                _cases(2, [True, False, True, True]),
+                {},
+                r"contrast\(s\) \[1\] are given in none",
+            ),
+        ]
+    )
+    def test_bad_input(self, _, cases, kwargs, message):
+        with self.assertRaisesRegex(ValueError, message):
+            save_int8_graphs(self.net, cases, self.dir, **kwargs)
+        self.assertIsNone(saved_int8_graphs(self.dir))  # nothing usable left behind
+
+    def test_parts_the_network_lacks(self):
+        save_int8_graphs(self.net, _cases(1), self.dir, num_slices=1)
+        with self.assertRaisesRegex(ValueError, "structure_encoder_0"):
+            with_onnx_runtime_int8(tiny_plain_ldm().eval(), graph_dir=self.dir)
 
 
 if __name__ == "__main__":

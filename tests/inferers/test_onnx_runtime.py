@@ -14,6 +14,9 @@ PyTorch wherever gradients, training mode or autocast need it (the ``onnx`` extr
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import tempfile
 import unittest
 from unittest import mock
 
@@ -25,6 +28,7 @@ from monai_msgldm.inferers import (
     ModalitySynthesisInferer,
     MultiContrastDiffusionInferer,
     OnnxRuntimeForward,
+    weights_digest,
     with_onnx_runtime_encoder,
 )
 from tests.inferers.test_diffusion import ddim
@@ -157,6 +161,59 @@ class TestOnnxRuntimeEncoder(unittest.TestCase):
         with mock.patch.object(onnx_runtime, "optional_import", return_value=(None, False)):
             with self.assertRaisesRegex(ImportError, r"needs onnx: pip install 'monai_msgldm\[onnx\]'"):
                 with_onnx_runtime_encoder(tiny_msgldm())
+
+
+class TestSavedGraph(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def test_saved_graph_runs_as_exported(self):
+        """A saved float32 graph (a list of outputs) gives what the exporting object gives, after a new module with
+        the same weights loads it, with no export; the metadata holds the weights' digest and what was passed."""
+        import onnx
+
+        torch.manual_seed(0)
+        encoder = tiny_msgldm().structure_net.structure_encoders[0].eval()
+        x = torch.rand(2, 1, 16, 24)
+        saver = OnnxRuntimeForward(encoder)
+        path = saver.save(os.path.join(self.dir, "part.onnx"), x, {"calibration": "none"})
+        self.assertEqual(path, os.path.join(self.dir, "part.onnx"))
+        self.assertEqual(os.listdir(self.dir), ["part.onnx"])  # no temporary file left
+        meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+        self.assertEqual(meta["calibration"], "none")
+        self.assertEqual(meta["monai_msgldm.weights_sha256"], weights_digest(encoder))
+        twin = copy.deepcopy(encoder)
+        loader = OnnxRuntimeForward(twin, graph_file=path)
+        with torch.no_grad():
+            expected, got, direct = saver(x), loader(x), encoder(x)
+        self.assertEqual((saver.exports, saver.loads, loader.exports, loader.loads), (0, 1, 0, 1))
+        self.assertIsInstance(got, list)
+        for g, e, d in zip(got, expected, direct):
+            torch.testing.assert_close(g, e, rtol=0, atol=0)
+            torch.testing.assert_close(g, d, rtol=1e-3, atol=1e-4)
+
+    def test_weights_digest(self):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(2, 3, 3)
+        twin = torch.nn.Conv2d(2, 3, 3)
+        twin.load_state_dict(conv.state_dict())
+        self.assertEqual(weights_digest(conv), weights_digest(twin))
+        self.assertRegex(weights_digest(conv), "^[0-9a-f]{64}$")
+        with torch.no_grad():
+            twin.bias[0] += 1e-7
+        self.assertNotEqual(weights_digest(conv), weights_digest(twin))
+        self.assertNotEqual(weights_digest(conv), weights_digest(torch.nn.Conv2d(3, 2, 3)))
+
+    def test_errors(self):
+        conv = torch.nn.Conv2d(1, 1, 3)
+        with self.assertRaisesRegex(FileNotFoundError, "graph_file .*missing.onnx does not exist"):
+            OnnxRuntimeForward(conv, graph_file=os.path.join(self.dir, "missing.onnx"))
+        path = OnnxRuntimeForward(conv).save(os.path.join(self.dir, "c.onnx"), torch.rand(1, 1, 8, 8))
+        with self.assertRaisesRegex(ValueError, "either graph_file .* or int8_calibration, not both"):
+            OnnxRuntimeForward(conv, graph_file=path, int8_calibration=torch.rand(1, 1, 8, 8))
+        with self.assertRaisesRegex(ValueError, "save expects x to be a float32 CPU tensor"):
+            OnnxRuntimeForward(conv).save(path, torch.rand(1, 1, 8, 8).double())
 
 
 if __name__ == "__main__":
