@@ -203,6 +203,30 @@ class TestSpeedBenchmark(unittest.TestCase):
                 slices[:, :3].reshape(-1, 1, *slices.shape[2:]),
             )
 
+    def test_int8_saved_graphs_rows(self):
+        """The saved-graphs rows: the graphs are saved beforehand (timed apart, ``export_seconds``) by
+        ``save_int8_graphs`` in the worker and by the ``export_int8.json`` command end to end, then the timed run
+        loads them; its row is judged against the targets like the others."""
+        speed = _load("speed")
+        spec = speed.SAMPLERS[speed.INT8_SAVED_SAMPLER]
+        self.assertIn(speed.EXPORT_OVERLAY, spec[0])
+        row = speed.whole_volume("msgldm", spec, json.dumps(TINY_NETS), 64, 6, 4, _TMP)
+        self.assertGreater(row["export_seconds"], 0.0)
+        self.assertGreater(row["seconds"], 0.0)
+        run = speed.bundle_run(spec, {**TINY_NETS, "spatial_size": 64}, 4, _TMP)
+        self.assertEqual(run["returncode"], 0)
+        self.assertGreater(run["export_seconds"], 0.0)
+        rows = [{**row, "sampler": speed.INT8_SAVED_SAMPLER, "scheduler": "DDIMScheduler", "slice_batch_size": 16}]
+        result = {
+            "volume": [64, 64, 6],
+            "model_overrides": TINY_NETS,
+            "volumes": rows,
+            "bundle": [],
+            "stage2_ratio": None,
+        }
+        (check,) = speed.target_checks(result)
+        self.assertIn(speed.INT8_SAVED_SAMPLER, check["target"])
+
 
 class TestMallocTuning(unittest.TestCase):
     def test_main_tiny(self):
