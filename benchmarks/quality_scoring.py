@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common import BUNDLE, preset_values
-from quality_models import contrast_set, data_overrides, evaluation_parser, load_model, model_sampler
+from quality_models import BUDGET, contrast_set, data_overrides, evaluation_parser, load_model, model_sampler
 
 from monai_msgldm.constants import MODALITIES
 
@@ -35,6 +35,7 @@ __all__ = [
     "CROP_SLICE_BATCH",
     "INT8_SAMPLING",
     "INT8_CALIBRATION_SLICES",
+    "INT8_SAVED_CASES",
     "variant_name",
     "seed_spread",
     "test_cases",
@@ -82,13 +83,18 @@ SAMPLING: dict[str, tuple[bool, int, bool]] = {
     "guided_mean4": (True, 4, False),
     "crop": (False, 1, True),
     "int8": (False, 1, False),
+    "int8_saved": (False, 1, False),
 }
 
 #: the sampling variants that run the network's image-resolution parts with 8-bit convolutions in ONNX Runtime
 #: (``onnx_int8.json``: :func:`monai_msgldm.inferers.with_onnx_runtime_int8`), calibrated as the bundle calibrates a
 #: run, on :data:`INT8_CALIBRATION_SLICES` slices of the first case scored (all contrasts given), then plain sampling
-INT8_SAMPLING = ("int8",)
+INT8_SAMPLING = ("int8", "int8_saved")
 INT8_CALIBRATION_SLICES = 4
+#: ``int8_saved``: the graphs saved beforehand as ``export_int8.json`` saves them (``save_int8_graphs``), calibrated
+#: on :data:`INT8_CALIBRATION_SLICES` slices of each of the first :data:`INT8_SAVED_CASES` training subjects (every
+#: contrast given), none of them scored: a user calibrates once, on other cases than those synthesized
+INT8_SAVED_CASES = 4
 
 #: the foreground crop of the ``crop`` variant, as close to ``inference.json``'s at the default size as 64 px allows:
 #: its margin, 8 px of 192, scaled (3 px), and one slice per batch, since the network's size divisor (16) is a
@@ -158,31 +164,44 @@ def evaluate_model(
     sampling: str = "plain",
     segmenter: Any = None,
     overlays: Sequence[str] = (),
+    calibration_cases: Sequence[dict] | None = None,
 ) -> list[dict]:
     """Rows of ``evaluate_synthesis`` (one per case x scenario x target) for one model at ``ddim_steps`` with the
     ``sampling`` variant; the rows' ``model`` is :func:`variant_name`. With ``segmenter``, the downstream Dice
     columns; with several samples, the uncertainty columns. ``overlays``: the config files the model trained with
-    (its contrasts and lesion class follow, :func:`quality_models.contrast_set`)."""
+    (its contrasts and lesion class follow, :func:`quality_models.contrast_set`). ``calibration_cases``: collated
+    cases ``int8_saved`` calibrates on (default: the benchmark's training subjects)."""
     from monai_msgldm.evaluation import evaluate_synthesis
 
     modalities, lesion_channel = contrast_set(overlays)
     net = load_model(name, work_dir, overlays=overlays)
-    if sampling in INT8_SAMPLING and hasattr(net, "autoencoder"):
-        from monai_msgldm.inferers import with_onnx_runtime_int8
+    with tempfile.TemporaryDirectory(prefix="msgldm_int8_") as graph_dir:
+        if sampling in INT8_SAMPLING and hasattr(net, "autoencoder"):
+            from monai_msgldm.inferers import save_int8_graphs, with_onnx_runtime_int8
 
-        image = cases[0]["image"][0]  # (M, X, Y, Z) of the first case, as onnx_int8.json takes dataset[0]
-        with_onnx_runtime_int8(net, image, [True] * image.shape[0], num_slices=INT8_CALIBRATION_SLICES)
-    inferer = synthesis_inferer(name, ddim_steps, sampling, modalities)
-    rows = evaluate_synthesis(
-        net,
-        inferer,
-        cases,
-        scenarios=list(scenarios),
-        modalities=modalities,
-        tumour_channel=lesion_channel,
-        device="cpu",
-        segmenter=segmenter,
-    )
+            if sampling == "int8_saved":  # saved once on training subjects, then loaded as onnx_int8.json loads them
+                if calibration_cases is None:
+                    calibration_cases = test_cases(BUDGET, overlays, split="training")[:INT8_SAVED_CASES]
+                calibration = [
+                    {"image": c["image"][0], "available": [True] * c["image"].shape[1], "case": subject_name(c, i)}
+                    for i, c in enumerate(calibration_cases)
+                ]
+                save_int8_graphs(net, calibration, graph_dir, INT8_SAVED_CASES, INT8_CALIBRATION_SLICES)
+                with_onnx_runtime_int8(net, graph_dir=graph_dir)
+            else:
+                image = cases[0]["image"][0]  # (M, X, Y, Z) of the first case, as onnx_int8.json takes dataset[0]
+                with_onnx_runtime_int8(net, image, [True] * image.shape[0], num_slices=INT8_CALIBRATION_SLICES)
+        inferer = synthesis_inferer(name, ddim_steps, sampling, modalities)
+        rows = evaluate_synthesis(
+            net,
+            inferer,
+            cases,
+            scenarios=list(scenarios),
+            modalities=modalities,
+            tumour_channel=lesion_channel,
+            device="cpu",
+            segmenter=segmenter,
+        )
     for row in rows:
         row.update({"model": variant_name(name, sampling), "sampling": sampling, "ddim_steps": ddim_steps})
     return rows

@@ -368,7 +368,8 @@ class TestQualityBenchmark(unittest.TestCase):
 
     def test_int8_variant(self):
         """``int8``: the loaded latent model's parts quantized, calibrated on the first case with every contrast
-        given, then plain sampling; other variants leave the network alone."""
+        given, then plain sampling; ``int8_saved``: the graphs saved on the calibration (training) cases, then loaded;
+        other variants leave the network alone."""
         _load("quality")
         scoring = importlib.import_module("quality_scoring")
         from unittest import mock
@@ -378,18 +379,32 @@ class TestQualityBenchmark(unittest.TestCase):
 
         cases = [{"image": torch.rand(1, 4, 16, 16, 5) * 2 - 1}, {"image": torch.rand(1, 4, 16, 16, 5)}]
         seen = {}
-        for sampling in ("int8", "plain"):
+        training = [{"image": torch.rand(1, 4, 16, 16, 5) * 2 - 1, "subject": [f"train{i}"]} for i in range(5)]
+        for sampling in ("int8", "int8_saved", "plain"):
             net = tiny_msgldm(hybrid_condition=True).eval()
             with (
                 mock.patch.object(scoring, "load_model", return_value=net),
                 mock.patch("monai_msgldm.evaluation.evaluate_synthesis", return_value=[{}]) as evaluate,
             ):
-                rows = scoring.evaluate_model("msgldm_hybrid", _TMP, cases, ["3->1"], 2, sampling)
+                if sampling == "int8_saved":
+                    from monai_msgldm import inferers
+
+                    with mock.patch.object(inferers, "save_int8_graphs", wraps=inferers.save_int8_graphs) as save:
+                        rows = scoring.evaluate_model(
+                            "msgldm_hybrid", _TMP, cases, ["3->1"], 2, sampling, calibration_cases=training[:4]
+                        )
+                    calibration = save.call_args.args[1]
+                    self.assertEqual([c["case"] for c in calibration], ["train0", "train1", "train2", "train3"])
+                    torch.testing.assert_close(calibration[0]["image"], training[0]["image"][0])
+                else:
+                    rows = scoring.evaluate_model("msgldm_hybrid", _TMP, cases, ["3->1"], 2, sampling)
             self.assertEqual(rows[0]["model"], scoring.variant_name("msgldm_hybrid", sampling))
             self.assertIs(evaluate.call_args.args[0], net)
             seen[sampling] = net.autoencoder.model.encoder.__dict__.get("forward")
         self.assertIsNone(seen["plain"])
         self.assertIsInstance(seen["int8"], OnnxRuntimeForward)
+        saved = seen["int8_saved"]  # the graphs saved on the training cases, loaded as onnx_int8.json loads them
+        self.assertEqual((os.path.basename(saved.graph_file), saved.int8_calibration), ("encoder.onnx", None))
         slices = calibration_slices(cases[0]["image"][0], [True] * 4, scoring.INT8_CALIBRATION_SLICES)
         torch.testing.assert_close(seen["int8"].int8_calibration, slices.reshape(-1, 1, 16, 16))
 
