@@ -110,6 +110,7 @@ ONNX_SAMPLER = "inference.json with the ONNX Runtime encoder (onnx_runtime, the 
 INT8_SAMPLER = "inference.json + onnx_int8.json (8-bit convolutions in ONNX Runtime, the onnx extra)"
 INT8_ARENA_SAMPLER = "inference.json + onnx_int8.json with ONNX Runtime's memory arena (int8_memory_arena true)"
 INT8_SAVED_SAMPLER = "inference.json + onnx_int8.json, graphs saved beforehand by export_int8.json"
+INT8_SAVED_ARENA_SAMPLER = "inference.json + onnx_int8.json, graphs saved by export_int8.json, memory arena on"
 #: the overlay that saves the 8-bit graphs (``save_int8_graphs``) before a run: timed apart (``export_seconds``), in
 #: the worker before its peak memory is reset, and end to end as its own bundle command before the timed one
 EXPORT_OVERLAY = "export_int8.json"
@@ -129,6 +130,7 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     INT8_SAMPLER: (("onnx_int8.json",), DEFAULT_MODEL),
     INT8_ARENA_SAMPLER: (("onnx_int8.json",), {**DEFAULT_MODEL, "int8_memory_arena": True}),
     INT8_SAVED_SAMPLER: (("onnx_int8.json", EXPORT_OVERLAY), DEFAULT_MODEL),
+    INT8_SAVED_ARENA_SAMPLER: (("onnx_int8.json", EXPORT_OVERLAY), {**DEFAULT_MODEL, "int8_memory_arena": True}),
     IMAGE_BATCH_4_SAMPLER: ((), {**DEFAULT_MODEL, "image_batch_size": 4}),
     "inference.json, 32 slices per batch": ((), {**DEFAULT_MODEL, "slice_batch_size": 32}),
     EPSILON_SAMPLER: ((), {"prediction_type": "epsilon", "crop_foreground": False}),

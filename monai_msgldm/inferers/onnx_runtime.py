@@ -67,6 +67,9 @@ class OnnxRuntimeForward:
     threads (or ``threads``) with spinning off, so that its idle threads do not take the cores from PyTorch's.
     Results agree with PyTorch to float32 rounding (``benchmarks/onnx_runtime_parts.py`` prints the difference).
 
+    :meth:`save` writes the exported (and quantized) graph to a file, with the digest of the weights it was made from;
+    ``OnnxRuntimeForward(module, graph_file=...)`` runs such a file instead of exporting, after checking the digest.
+
     Install with ``module.forward = OnnxRuntimeForward(module)`` (:func:`with_onnx_runtime_encoder` does it for the
     latent diffusion networks); ``del module.forward`` restores PyTorch.
 
@@ -180,6 +183,11 @@ class OnnxRuntimeForward:
             raise ValueError(
                 f"OnnxRuntimeForward.save expects x to be a float32 CPU tensor, got {type(x).__name__} "
                 f"{getattr(x, 'dtype', '')} {getattr(x, 'device', '')}."
+            )
+        if self.module.training:
+            raise ValueError(
+                f"OnnxRuntimeForward.save expects the {type(self.module).__name__} in eval mode (module.eval()): the "
+                "saved graph runs it as at inference."
             )
         with torch.no_grad():
             model = onnx.load_from_string(self._exported_graph(x.as_subclass(torch.Tensor).contiguous()))

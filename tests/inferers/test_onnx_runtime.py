@@ -206,7 +206,7 @@ class TestSavedGraph(unittest.TestCase):
         self.assertNotEqual(weights_digest(conv), weights_digest(torch.nn.Conv2d(3, 2, 3)))
 
     def test_errors(self):
-        conv = torch.nn.Conv2d(1, 1, 3)
+        conv = torch.nn.Conv2d(1, 1, 3).eval()
         with self.assertRaisesRegex(FileNotFoundError, "graph_file .*missing.onnx does not exist"):
             OnnxRuntimeForward(conv, graph_file=os.path.join(self.dir, "missing.onnx"))
         path = OnnxRuntimeForward(conv).save(os.path.join(self.dir, "c.onnx"), torch.rand(1, 1, 8, 8))
@@ -214,6 +214,8 @@ class TestSavedGraph(unittest.TestCase):
             OnnxRuntimeForward(conv, graph_file=path, int8_calibration=torch.rand(1, 1, 8, 8))
         with self.assertRaisesRegex(ValueError, "save expects x to be a float32 CPU tensor"):
             OnnxRuntimeForward(conv).save(path, torch.rand(1, 1, 8, 8).double())
+        with self.assertRaisesRegex(ValueError, "save expects the Conv2d in eval mode"):
+            OnnxRuntimeForward(conv.train()).save(path, torch.rand(1, 1, 8, 8))
 
 
 if __name__ == "__main__":
