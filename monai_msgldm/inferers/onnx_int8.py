@@ -205,6 +205,19 @@ def _int8_parts(network: nn.Module, caller: str) -> dict[str, nn.Module]:
     return parts
 
 
+def _case_calibration_inputs(
+    network: nn.Module, parts: Mapping[str, nn.Module], slices: torch.Tensor, given: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """The calibration inputs one case's :func:`calibration_slices` ``(K, M, *S)`` gives each part that reads it, by
+    part name: the encoder its given contrasts ``(K * G, 1, *S)``, each given contrast's structure encoder that
+    contrast's channels (the decoder's come from the encoder's, :class:`DecoderCalibration`)."""
+    inputs = {"encoder": slices[:, list(given)].reshape(-1, 1, *slices.shape[2:]).contiguous()}
+    if "structure_encoder_0" in parts:
+        c = int(network.structure_net.in_channels)
+        inputs.update({f"structure_encoder_{m}": slices[:, m * c : (m + 1) * c].contiguous() for m in given})
+    return inputs
+
+
 def saved_int8_graphs(graph_dir: str | os.PathLike | None) -> dict | None:
     """The manifest of the graphs :func:`save_int8_graphs` wrote in ``graph_dir`` (``int8_graphs.json``), or None
     when there is none (``graph_dir`` None, missing, or without a manifest)."""
@@ -285,16 +298,10 @@ def with_onnx_runtime_int8(
     autoencoder = _autoencoder_model(inner, "with_onnx_runtime_int8")
     slices = calibration_slices(images, available, num_slices)  # (K, M, *S)
     given = torch.nonzero(torch.as_tensor(available, dtype=torch.bool).flatten().cpu()).flatten().tolist()
-    contrasts = slices[:, given].reshape(-1, 1, *slices.shape[2:]).contiguous()  # (K * G, 1, *S)
-    calibrated: list[tuple[nn.Module, object]] = [
-        (parts["encoder"], contrasts),
-        (parts["decoder"], DecoderCalibration(autoencoder, contrasts)),
-    ]
-    if "structure_encoder_0" in parts:
-        c = int(inner.structure_net.in_channels)
-        calibrated += [(parts[f"structure_encoder_{m}"], slices[:, m * c : (m + 1) * c].contiguous()) for m in given]
-    for module, calibration in calibrated:
-        module.forward = OnnxRuntimeForward(module, threads, memory_arena, int8_calibration=calibration)
+    calibration: dict[str, object] = dict(_case_calibration_inputs(inner, parts, slices, given))
+    calibration["decoder"] = DecoderCalibration(autoencoder, calibration["encoder"])
+    for name, inputs in calibration.items():
+        parts[name].forward = OnnxRuntimeForward(parts[name], threads, memory_arena, int8_calibration=inputs)
     if graph_dir is not None:
         logger.info(f"no 8-bit graphs saved in {graph_dir}: calibrating on the run's first case.")
     return network
@@ -339,7 +346,8 @@ def save_int8_graphs(
     inner = unwrap_network(network).eval()
     parts = _int8_parts(inner, "save_int8_graphs")
     autoencoder = _autoencoder_model(inner, "save_int8_graphs")
-    encoder_inputs, structure_inputs, names = [], {}, []
+    per_part: dict[str, list[torch.Tensor]] = {}
+    names = []
     for i in range(min(num_cases, len(cases))):
         case = cases[i]
         if not isinstance(case, Mapping) or "image" not in case or "available" not in case:
@@ -347,22 +355,17 @@ def save_int8_graphs(
         available = torch.as_tensor(case["available"], dtype=torch.bool).flatten().cpu()
         slices = calibration_slices(case["image"], available, num_slices)  # (K, M, *S)
         given = torch.nonzero(available).flatten().tolist()
-        encoder_inputs.append(slices[:, given].reshape(-1, 1, *slices.shape[2:]))
-        if "structure_encoder_0" in parts:
-            c = int(inner.structure_net.in_channels)
-            for m in given:
-                structure_inputs.setdefault(m, []).append(slices[:, m * c : (m + 1) * c])
+        for name, inputs in _case_calibration_inputs(inner, parts, slices, given).items():
+            per_part.setdefault(name, []).append(inputs)
         names.append(str(case.get(CASE_KEY, i)))
-    num_modalities = sum(name.startswith("structure_encoder_") for name in parts)
-    missing = sorted(set(range(num_modalities)) - set(structure_inputs))
+    missing = sorted(int(name.rsplit("_", 1)[1]) for name in set(parts) - set(per_part) - {"decoder"})
     if missing:
         raise ValueError(
             f"save_int8_graphs: contrast(s) {missing} are given in none of the {len(names)} calibration cases; "
             "calibrate on cases with every contrast."
         )
-    contrasts = torch.cat(encoder_inputs).contiguous()
-    calibration = {"encoder": contrasts, "decoder": DecoderCalibration(autoencoder, contrasts)()}
-    calibration.update({f"structure_encoder_{m}": torch.cat(x).contiguous() for m, x in structure_inputs.items()})
+    calibration = {name: torch.cat(inputs).contiguous() for name, inputs in per_part.items()}
+    calibration["decoder"] = DecoderCalibration(autoencoder, calibration["encoder"])()
     described = f"{len(names)} case(s) ({', '.join(names)}), {num_slices} slices each"
     manifest_path = os.path.join(os.fspath(graph_dir), INT8_MANIFEST)
     if os.path.isfile(manifest_path):
