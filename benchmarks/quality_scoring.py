@@ -34,6 +34,7 @@ __all__ = [
     "CROP_MARGIN",
     "CROP_SLICE_BATCH",
     "INT8_SAMPLING",
+    "BF16_SAMPLING",
     "INT8_CALIBRATION_SLICES",
     "INT8_SAVED_CASES",
     "variant_name",
@@ -84,6 +85,7 @@ SAMPLING: dict[str, tuple[bool, int, bool]] = {
     "crop": (False, 1, True),
     "int8": (False, 1, False),
     "int8_saved": (False, 1, False),
+    "bf16": (False, 1, False),
 }
 
 #: the sampling variants that run the network's image-resolution parts with 8-bit convolutions in ONNX Runtime
@@ -95,6 +97,9 @@ INT8_CALIBRATION_SLICES = 4
 #: on :data:`INT8_CALIBRATION_SLICES` slices of each of the first :data:`INT8_SAVED_CASES` training subjects (every
 #: contrast given), none of them scored: a user calibrates once, on other cases than those synthesized
 INT8_SAVED_CASES = 4
+#: the sampling variants that run in bfloat16 autocast on the CPU (``inference.json``'s ``cpu_amp``, on by default
+#: on a CPU with AMX), in ``channels_last`` as the bundle runs them, then plain sampling
+BF16_SAMPLING = ("bf16",)
 
 #: the foreground crop of the ``crop`` variant, as close to ``inference.json``'s at the default size as 64 px allows:
 #: its margin, 8 px of 192, scaled (3 px), and one slice per batch, since the network's size divisor (16) is a
@@ -142,8 +147,10 @@ def synthesis_inferer(
     from monai_msgldm.inferers import ModalitySynthesisInferer
 
     guidance, num_samples, crop = SAMPLING[sampling]
+    sampler = model_sampler(name, ddim_steps, known_contrast_guidance=guidance)
+    sampler.cpu_amp = sampling in BF16_SAMPLING
     return ModalitySynthesisInferer(
-        model_sampler(name, ddim_steps, known_contrast_guidance=guidance),
+        sampler,
         slice_batch_size=CROP_SLICE_BATCH if crop else 64 // num_samples,
         seed=0,
         progress=False,
@@ -152,6 +159,7 @@ def synthesis_inferer(
         modalities=modalities,
         crop_foreground=crop,
         crop_margin=CROP_MARGIN,
+        channels_last=sampling in BF16_SAMPLING,
     )
 
 

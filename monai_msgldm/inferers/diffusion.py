@@ -18,7 +18,6 @@ import inspect
 import itertools
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from monai.utils import optional_import
 from monai_msgldm.inferers.sampler import Generators, SynthesisSampler, unwrap_network
 from monai_msgldm.networks.nets.msgldm import MSGLDM
 from monai_msgldm.utils.availability import validate_availability
+from monai_msgldm.utils.precision import sampling_autocast
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -120,7 +120,10 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
     Args:
         scheduler: the MONAI scheduler (its ``prediction_type`` says what the network predicts).
         num_inference_steps: denoising steps of :py:meth:`sample`; ``None`` = the scheduler's training steps.
-        amp: bfloat16 autocast while sampling on CUDA (ignored on CPU, where it is slower).
+        amp: bfloat16 autocast while sampling on CUDA.
+        cpu_amp: bfloat16 autocast while sampling on the CPU: about 3x faster than float32 on a CPU with Intel AMX
+            (with ``channels_last``), about 5 % without (:func:`monai_msgldm.utils.cpu_has_amx`; the bundle turns it
+            on where there is AMX). Off by default: results then match float32 to the last bits on any CPU.
         progress: show a progress bar over the denoising steps.
         eta: the ``eta`` of ``DDIMScheduler.step`` (0 = deterministic DDIM; > 0 adds noise at each step); only
             for a ``DDIMScheduler``.
@@ -159,6 +162,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         known_contrast_guidance: bool = False,
         image_batch_size: int | None = None,
         train_timesteps: Sequence[int] | None = None,
+        cpu_amp: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -189,6 +193,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         self.num_inference_steps = num_inference_steps
         self.eta = float(eta)
         self.amp = bool(amp)
+        self.cpu_amp = bool(cpu_amp)
         self.progress = bool(progress)
         self.known_contrast_guidance = bool(known_contrast_guidance)
         self.rectified_flow = isinstance(scheduler, RFlowScheduler)
@@ -527,8 +532,7 @@ class MultiContrastDiffusionInferer(SynthesisSampler):
         output = inputs.unsqueeze(0).repeat(repeats, *([1] * inputs.ndim))
         if not missing:
             return output
-        use_amp = self.amp and inputs.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+        with sampling_autocast(inputs.device, self.amp, self.cpu_amp):
             known = known_mask = None
             if self.known_contrast_guidance:
                 # the given contrasts encoded once: the guidance and the latent part of the condition (hybrid

@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from monai_msgldm.inferers.sampler import SynthesisSampler
+from monai_msgldm.utils.precision import sampling_autocast
 
 __all__ = ["RegressionSynthesisInferer"]
 
@@ -35,7 +35,8 @@ class RegressionSynthesisInferer(SynthesisSampler):
     ``ModalitySynthesisInferer`` and ``SynthesisEvaluator`` run either model.
 
     Args:
-        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        amp: bfloat16 autocast on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU (fast with Intel AMX: :func:`monai_msgldm.utils.cpu_has_amx`).
         clip_range: ``(low, high)`` for the predicted contrasts, or ``None``.
 
     Example::
@@ -43,13 +44,16 @@ class RegressionSynthesisInferer(SynthesisSampler):
         out = RegressionSynthesisInferer().sample(images, net, available)
     """
 
-    def __init__(self, amp: bool = True, clip_range: tuple[float, float] | None = (-1.0, 1.0)) -> None:
+    def __init__(
+        self, amp: bool = True, clip_range: tuple[float, float] | None = (-1.0, 1.0), cpu_amp: bool = False
+    ) -> None:
         super().__init__()
         if clip_range is not None and (len(clip_range) != 2 or float(clip_range[0]) >= float(clip_range[1])):
             raise ValueError(
                 f"RegressionSynthesisInferer expects clip_range None or (low, high) with low < high, got {clip_range!r}."
             )
         self.amp = bool(amp)
+        self.cpu_amp = bool(cpu_amp)
         self.clip_range = None if clip_range is None else (float(clip_range[0]), float(clip_range[1]))
 
     def __call__(  # type: ignore[override]
@@ -64,8 +68,7 @@ class RegressionSynthesisInferer(SynthesisSampler):
         output = inputs.clone()
         if bool(available.all()):
             return output
-        use_amp = self.amp and inputs.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+        with sampling_autocast(inputs.device, self.amp, self.cpu_amp):
             prediction = network(inputs, available)
         prediction = prediction.to(inputs.dtype)
         if self.clip_range is not None:

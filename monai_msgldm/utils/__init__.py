@@ -10,7 +10,7 @@
 # limitations under the License.
 """Small utilities shared across the package (one place for each thing).
 
-``files`` needs only the standard library; ``availability`` needs torch and is imported on first use, so that
+``files`` needs only the standard library; ``availability`` and ``precision`` need torch and are imported on first use, so that
 light command-line tools (the data CLI) that only write files do not pay for importing torch.
 """
 
@@ -26,6 +26,8 @@ _LAZY = {
     "strict_availability_checks": "availability",
     "strict_availability_checks_enabled": "availability",
     "validate_availability": "availability",
+    "cpu_has_amx": "precision",
+    "sampling_autocast": "precision",
 }
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", *_LAZY]
