@@ -87,7 +87,7 @@ _DDIM_EPSILON = {
 
 #: bundle 0.7.0's sampling of the default model, the reference of the speed-up target: the hybrid condition, DDIM
 #: with 20 steps on the paper's epsilon schedule, known-contrast guidance, 4 slices per batch, all slices of a batch
-#: through the image-resolution parts at once (``inference.json`` / ``train.json`` overrides)
+#: through the image-resolution parts at once, float32 (``inference.json`` / ``train.json`` overrides)
 BASELINE: dict[str, Any] = {
     "hybrid_condition": True,
     "sampling_scheduler": _DDIM_EPSILON,
@@ -96,6 +96,7 @@ BASELINE: dict[str, Any] = {
     "image_batch_size": None,
     "known_contrast_guidance": True,
     "crop_foreground": False,
+    "cpu_amp": False,
 }
 
 #: the sampling the speed issue was measured with (bundle 0.6.0): the paper's F_s-only model, no guidance
@@ -115,6 +116,7 @@ INT8_SAVED_ARENA_SAMPLER = "inference.json + onnx_int8.json, graphs saved by exp
 #: the worker before its peak memory is reset, and end to end as its own bundle command before the timed one
 EXPORT_OVERLAY = "export_int8.json"
 IMAGE_BATCH_4_SAMPLER = "inference.json, image-resolution parts 4 slices at a time (the default before 0.15.0)"
+FLOAT32_SAMPLER = "inference.json in float32 (cpu_amp false: the default before 0.17.0, and on CPUs without AMX)"
 #: what ``train.json`` trains and records beside ``model.pt`` (``models/model.sampling.json``), from which
 #: ``inference.json`` takes its prediction type and step count; the random-weight models timed here have no record
 DEFAULT_MODEL: dict[str, Any] = {"prediction_type": "v_prediction"}
@@ -132,6 +134,7 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     INT8_SAVED_SAMPLER: (("onnx_int8.json", EXPORT_OVERLAY), DEFAULT_MODEL),
     INT8_SAVED_ARENA_SAMPLER: (("onnx_int8.json", EXPORT_OVERLAY), {**DEFAULT_MODEL, "int8_memory_arena": True}),
     IMAGE_BATCH_4_SAMPLER: ((), {**DEFAULT_MODEL, "image_batch_size": 4}),
+    FLOAT32_SAMPLER: ((), {**DEFAULT_MODEL, "cpu_amp": False}),
     "inference.json, 32 slices per batch": ((), {**DEFAULT_MODEL, "slice_batch_size": 32}),
     EPSILON_SAMPLER: ((), {"prediction_type": "epsilon", "crop_foreground": False}),
 }
@@ -308,6 +311,7 @@ def time_bundle_inferer(
         "ddim_steps": int(parser.get_parsed_content("ddim_steps")),
         "scheduler": type(inferer.sampler.scheduler).__name__,
         "slice_batch_size": inferer.slice_batch_size,
+        "cpu_amp": inferer.sampler.cpu_amp,
         "slices_sampled_per_volume": len(with_content),
         "seconds": seconds,
         "warm_up_seconds": warm_up_seconds,
@@ -449,6 +453,7 @@ def bundle_run(
             "ddim_steps": int(parser.get_parsed_content("ddim_steps")),
             "scheduler": type(parser.get_parsed_content("sampling_scheduler")).__name__,
             "slice_batch_size": int(parser.get_parsed_content("slice_batch_size")),
+            "cpu_amp": bool(parser.get_parsed_content("cpu_amp")),
         }
     )
     return row
@@ -549,7 +554,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     lines = [
         "# Speed and memory benchmark",
         "",
-        f"Machine: {m['device']}, {m['torch_threads']} torch threads, {m['cpu_count']} CPUs, torch {m['torch']}. "
+        f"Machine: {m['device']}, {m['torch_threads']} torch threads, {m['cpu_count']} CPUs, torch {m['torch']}, "
+        f"{'Intel AMX (inference.json runs bfloat16)' if m.get('cpu_amx') else 'no AMX (inference.json runs float32)'}. "
         f"{'Network overrides ' + json.dumps(result['model_overrides']) if result['model_overrides'] else 'Default model sizes (192 px slices)'}"
         ", random weights.",
         "",
@@ -581,8 +587,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         lines.append("")
     lines += ["## One whole volume (FLAIR from T1 + T1CE + T2)", ""]
     lines += [
-        "| how | model | sampler | scheduler | steps | slice batch | seconds | peak memory GiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| how | model | sampler | scheduler | steps | slice batch | precision | seconds | peak memory GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, rows in (("inferer, fresh process", result["volumes"]), ("python -m monai.bundle run", result["bundle"])):
         for row in rows:
@@ -590,7 +596,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             sampler = row["sampler"] + (f" (saving them took {saved:.1f} s, not counted)" if saved is not None else "")
             lines.append(
                 f"| {kind} | {row.get('model', 'msgldm')} | {sampler} | {row['scheduler']} | {row['ddim_steps']} "
-                f"| {row['slice_batch_size']} | {row['seconds']:.1f} | {row['peak_process_memory_gb']:.2f} |"
+                f"| {row['slice_batch_size']} | {'bfloat16' if row.get('cpu_amp') else 'float32'} "
+                f"| {row['seconds']:.1f} | {row['peak_process_memory_gb']:.2f} |"
             )
     for reference, prefix in ((BASELINE_SAMPLER, ""), (PAPER_SAMPLER, "paper_")):
         for kind, key in (("inferer", "volume_speedups"), ("bundle command", "bundle_speedups")):

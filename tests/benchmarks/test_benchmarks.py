@@ -181,6 +181,25 @@ class TestSpeedBenchmark(unittest.TestCase):
         }
         self.assertEqual(list(crops.values()), [False, True, False])
 
+    def test_precision_of_the_samplers(self):
+        """bfloat16 on the CPU (``cpu_amp``, with ``channels_last``) only where inference.json turns it on, on a CPU
+        with AMX; bundle 0.7.0's reference, the float32 row and the ONNX Runtime rows (whose graphs PyTorch's
+        autocast would bypass) in float32."""
+        speed = _load("speed")
+        from monai_msgldm.utils import cpu_has_amx
+
+        expected = {
+            speed.BASELINE_SAMPLER: False,
+            speed.DEFAULT_SAMPLER: cpu_has_amx(),
+            speed.FLOAT32_SAMPLER: False,
+            speed.ONNX_SAMPLER: False,
+            speed.INT8_SAMPLER: False,
+            speed.INT8_SAVED_SAMPLER: False,
+        }
+        for label, cpu_amp in expected.items():
+            inferer = speed.inference_parser(*speed.SAMPLERS[label]).get_parsed_content("inferer")
+            self.assertEqual((inferer.sampler.cpu_amp, inferer.channels_last), (cpu_amp, cpu_amp), label)
+
     def test_int8_row(self):
         """The ``onnx_int8.json`` rows: the network's image-resolution parts quantized, calibrated on the timed
         volume's given contrasts; the arena switch reaches the sessions."""

@@ -44,6 +44,7 @@ from monai_msgldm.inferers import (
 from monai_msgldm.inferers.inputs import check_case_files, synthesis_datalist
 from monai_msgldm.inferers.naming import case_name_from_files
 from monai_msgldm.inferers.outputs import SaveSynthesizedModalitiesd
+from monai_msgldm.utils import cpu_has_amx
 
 __all__: list[str] = []
 
@@ -232,7 +233,7 @@ class TestInferenceWorkflow(unittest.TestCase):
             for m in ("t1ce", "flair")
         }
         with_runtime = {m: img.get_fdata() for m, img in with_runtime.items()}
-        self._run(onnx_runtime=False, **given)
+        self._run(onnx_runtime=False, cpu_amp=False, **given)  # float32 in PyTorch, whatever the CPU
         for m, data in with_runtime.items():
             plain = nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
             np.testing.assert_allclose(data, plain, atol=1e-4)
@@ -246,7 +247,7 @@ class TestInferenceWorkflow(unittest.TestCase):
         encoders run 8-bit convolutions calibrated on the run's first case (one export each); the written synthesis
         stays close to the float32 one."""
         given = {m: _file(m) for m in ("t1", "t2")}
-        self._run(**given)
+        self._run(cpu_amp=False, **given)  # the float32 synthesis, whatever the CPU
         plain = {
             m: nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
             for m in ("t1ce", "flair")
@@ -276,6 +277,25 @@ class TestInferenceWorkflow(unittest.TestCase):
             # random 8-channel weights amplify the rounding (correlation about 0.65 here); trained models lose
             # 0.03-0.08 dB (docs/benchmarks.md). A broken graph or calibration would not correlate.
             self.assertGreater(np.corrcoef(data.ravel(), reference.ravel())[0, 1], 0.4, m)
+
+    def test_cpu_amp(self):
+        """``cpu_amp``: the whole synthesis in bfloat16 autocast with ``channels_last`` (the default on a CPU with
+        AMX); the written synthesis stays within bfloat16 rounding of the float32 one and differs from it."""
+        given = {m: _file(m) for m in ("t1", "t2")}
+        written = {}
+        for cpu_amp in (False, True):
+            wf = self._run(cpu_amp=cpu_amp, **given)
+            inferer = wf.parser.get_parsed_content("inferer")
+            self.assertEqual((inferer.sampler.cpu_amp, inferer.channels_last), (cpu_amp, cpu_amp))
+            written[cpu_amp] = {
+                m: nib.load(os.path.join(self.out, "Phantom_000", f"Phantom_000_{m}_synth.nii.gz")).get_fdata()
+                for m in ("t1ce", "flair")
+            }
+        for m, reference in written[False].items():
+            data = written[True][m]
+            self.assertFalse(np.array_equal(data, reference), m)
+            self.assertLess(np.abs(data - reference).max(), 0.1, m)
+            self.assertGreater(np.corrcoef(data.ravel(), reference.ravel())[0, 1], 0.999, m)
 
     def test_datalist(self):
         datalist = os.path.join(self.out, "list", "datalist.json")
@@ -406,6 +426,16 @@ class TestInferenceWorkflow(unittest.TestCase):
         self.assertEqual(
             inferer.sampler.image_batch_size, 1 if parser.get_parsed_content("device").type == "cpu" else None
         )
+        # bfloat16 with channels_last where it is fast (a CPU with AMX: 3x, docs/benchmarks.md); never over the ONNX
+        # Runtime parts, which autocast would bypass
+        self.assertEqual(parser.get_parsed_content("cpu_amp"), cpu_has_amx())
+        self.assertEqual(inferer.sampler.cpu_amp, cpu_has_amx())
+        self.assertEqual(inferer.channels_last, cpu_has_amx() and parser.get_parsed_content("device").type == "cpu")
+        for overlays, overrides in (((), {"onnx_runtime": True}), (("onnx_int8.json",), {})):
+            other = ConfigParser()
+            other.read_config([str(CONFIG), *(str(CONFIG.parent / f) for f in overlays)])
+            other.update(overrides)
+            self.assertFalse(other.get_parsed_content("cpu_amp"), overlays or overrides)
         v_parser = ConfigParser()
         v_parser.read_config(str(CONFIG))
         v_parser["prediction_type"] = "v_prediction"
@@ -526,6 +556,7 @@ class TestInferenceCLI(unittest.TestCase):
             t1ce=_file("t1ce"),
             t2=_file("t2"),
             flair=_file("flair"),
+            cpu_amp=False,  # float32, as the ONNX Runtime encoder turns off bfloat16 in the command
             **TINY,
         )
         wf.initialize()

@@ -199,6 +199,50 @@ class TestSamplingPath(unittest.TestCase):
         torch.testing.assert_close(other[:2], batch[:2], rtol=0, atol=1e-5)
         self.assertFalse(torch.allclose(other[2][~available[2]], batch[2][~available[2]]))
 
+    @parameterized.expand(
+        [
+            ("cpu_amp_msgldm", tiny_msgldm, True, True),
+            ("cpu_amp_plain", tiny_plain_ldm, True, False),
+            ("float32", tiny_msgldm, False, True),
+        ]
+    )
+    def test_cpu_amp(self, _, make_net, cpu_amp, guidance):
+        """``cpu_amp``: every part of the network the sampling path calls (the given contrasts' encoder, the
+        condition, the UNet, the decoder) runs under CPU bfloat16 autocast; the synthesis comes back in float32,
+        within bfloat16 rounding of float32's and not bit-identical to it, with the given contrasts exactly kept.
+        Without it (``amp`` alone is for CUDA) nothing runs under autocast and the result is float32's to the bit."""
+        torch.manual_seed(0)
+        net = make_net(hybrid_condition=True).eval() if make_net is tiny_msgldm else make_net().eval()
+        images = torch.rand(2, 4, 16, 16) * 2 - 1
+        available = torch.tensor([[True, False, True, True], [True, False, False, False]])
+        seen: dict[str, list[bool]] = {}
+        parts = {"encoder": net.autoencoder.model.encoder, "decoder": net.autoencoder.model.decoder, "unet": net.unet}
+        if hasattr(net, "structure_net"):
+            parts["structure_encoder"] = net.structure_net.structure_encoders[0]  # T1, given in both items
+        for name, module in parts.items():
+            module.register_forward_pre_hook(
+                lambda *_, n=name: seen.setdefault(n, []).append(torch.is_autocast_enabled("cpu"))
+            )
+        reference = MultiContrastDiffusionInferer(
+            ddim("v_prediction"), num_inference_steps=2, known_contrast_guidance=guidance
+        ).sample(images, net, available, generator=torch.Generator().manual_seed(3))
+        seen.clear()
+        inferer = MultiContrastDiffusionInferer(
+            ddim("v_prediction"), num_inference_steps=2, known_contrast_guidance=guidance, amp=True, cpu_amp=cpu_amp
+        )
+        out = inferer.sample(images, net, available, generator=torch.Generator().manual_seed(3))
+        self.assertEqual(set(seen), set(parts))
+        self.assertEqual({n: set(flags) for n, flags in seen.items()}, {n: {cpu_amp} for n in parts})
+        self.assertFalse(torch.is_autocast_enabled("cpu"))
+        self.assertEqual(out.dtype, torch.float32)
+        torch.testing.assert_close(out[available], images[available], rtol=0, atol=0)
+        if cpu_amp:
+            difference = (out - reference)[~available].abs()
+            self.assertGreater(float(difference.max()), 0.0)
+            self.assertLess(float(difference.max()), 0.05)
+        else:
+            torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
     def test_initial_noise_is_drawn_per_item(self):
         """Oracle: item i's initial noise is ``randn`` of one item from generator i (on the CPU); one generator draws
         the whole batch as before."""
