@@ -63,7 +63,7 @@ def run_verify_cli(meta_file: str | os.PathLike, schema_file: str | os.PathLike)
 class TestMetadataContent(unittest.TestCase):
     def test_versions_and_fields(self):
         meta = load_metadata()
-        self.assertEqual(meta["version"], "0.16.0")
+        self.assertEqual(meta["version"], "0.17.0")
         self.assertEqual(next(iter(meta["changelog"])), meta["version"])  # the newest entry first
         self.assertIn(meta["version"], meta["changelog"])
         self.assertEqual(meta["monai_version"], "1.6.1")
