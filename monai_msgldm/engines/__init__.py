@@ -27,6 +27,7 @@ from .utils import (
     kl_divergence,
     reseed_mask_sampler_every_epoch,
     resolve_amp,
+    resolve_cpu_amp,
     unwrap_module,
 )
 
@@ -54,5 +55,6 @@ __all__ = [
     "kl_divergence",
     "reseed_mask_sampler_every_epoch",
     "resolve_amp",
+    "resolve_cpu_amp",
     "unwrap_module",
 ]

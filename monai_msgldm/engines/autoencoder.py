@@ -30,6 +30,7 @@ from monai_msgldm.engines.utils import (
     backward_and_step,
     kl_divergence,
     resolve_amp,
+    resolve_cpu_amp,
     unwrap_module,
 )
 from monai_msgldm.losses import FrequencySSIMLoss
@@ -123,6 +124,8 @@ class AutoencoderTrainer(SupervisedTrainer):
         adversarial_loss: default MONAI ``PatchAdversarialLoss(criterion="least_squares")``.
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA (fp32 on CPU, silently).
+        cpu_amp: bfloat16 autocast on the CPU (about 1.5-2x faster with Intel AMX: ``monai_msgldm.utils.cpu_has_amx``;
+            ignored on CUDA).
         kwargs: further ``SupervisedTrainer`` arguments (``epoch_length``, ``train_handlers``, ``key_train_metric``,
             ``postprocessing``, ``amp_kwargs``, ``decollate``, ...).
 
@@ -152,6 +155,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         image_key: str = "image",
         available_key: str = "available",
         amp: bool = False,
+        cpu_amp: bool = False,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -166,6 +170,7 @@ class AutoencoderTrainer(SupervisedTrainer):
             "prepare_batch",
             PrepareMultiModalBatch(image_key=image_key, available_key=available_key, track_meta=False),
         )
+        self.cpu_amp = resolve_cpu_amp(cpu_amp, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -279,6 +284,8 @@ class AutoencoderEvaluator(SupervisedEvaluator):
         clip_range: ``(low, high)`` to clip the reconstruction to, or ``None``; default ``(-1, 1)``.
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU (about 1.5-2x faster with Intel AMX: ``monai_msgldm.utils.cpu_has_amx``;
+            ignored on CUDA).
         kwargs: further ``SupervisedEvaluator`` arguments (``key_val_metric``, ``val_handlers``, ...).
 
     Example::
@@ -296,6 +303,7 @@ class AutoencoderEvaluator(SupervisedEvaluator):
         image_key: str = "image",
         available_key: str = "available",
         amp: bool = False,
+        cpu_amp: bool = False,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -303,6 +311,7 @@ class AutoencoderEvaluator(SupervisedEvaluator):
         if clip_range is not None and (len(clip_range) != 2 or float(clip_range[0]) >= float(clip_range[1])):
             raise ValueError(f"{name} expects clip_range None or (low, high) with low < high, got {clip_range!r}.")
         kwargs.setdefault("prepare_batch", PrepareMultiModalBatch(image_key=image_key, available_key=available_key))
+        self.cpu_amp = resolve_cpu_amp(cpu_amp, device)
         super().__init__(
             device=device, val_data_loader=val_data_loader, network=network, amp=resolve_amp(amp, device), **kwargs
         )

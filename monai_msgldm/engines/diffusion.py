@@ -37,6 +37,7 @@ from monai_msgldm.engines.utils import (
     input_masks,
     present_contrast_loss,
     resolve_amp,
+    resolve_cpu_amp,
     unwrap_module,
 )
 from monai_msgldm.inferers.diffusion import MultiContrastDiffusionInferer, paper_noise_scheduler
@@ -169,6 +170,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
             trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU (about 1.5-2x faster with Intel AMX: ``monai_msgldm.utils.cpu_has_amx``;
+            ignored on CUDA).
         latent_cache: a :py:class:`~monai_msgldm.engines.LatentCache`, ``True`` (``LatentCache(image_key=image_key)``)
             or ``None`` / ``False`` (encode every slice at every iteration); see above.
         image_loss_weight: weight of the image-space loss (see above); 0 (default, the paper) leaves it out.
@@ -200,6 +203,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         available_key: str = "available",
         input_mask_key: str | None = None,
         amp: bool = False,
+        cpu_amp: bool = False,
         latent_cache: LatentCache | bool | None = None,
         image_loss_weight: float = 0.0,
         image_loss: Any = None,
@@ -261,6 +265,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
                 image_key=image_key, available_key=available_key, input_mask_key=input_mask_key, track_meta=False
             ),
         )
+        self.cpu_amp = resolve_cpu_amp(cpu_amp, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,

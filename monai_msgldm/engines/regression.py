@@ -31,6 +31,7 @@ from monai_msgldm.engines.utils import (
     input_masks,
     present_contrast_loss,
     resolve_amp,
+    resolve_cpu_amp,
     unwrap_module,
 )
 
@@ -72,6 +73,8 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
             trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key: batch keys.
         amp: mixed precision; only on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU (about 1.5-2x faster with Intel AMX: ``monai_msgldm.utils.cpu_has_amx``;
+            ignored on CUDA).
         kwargs: further ``SupervisedTrainer`` arguments.
 
     Example::
@@ -97,6 +100,7 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
         available_key: str = "available",
         input_mask_key: str | None = None,
         amp: bool = False,
+        cpu_amp: bool = False,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -117,6 +121,7 @@ class RegressionSynthesisTrainer(SupervisedTrainer):
                 image_key=image_key, available_key=available_key, input_mask_key=input_mask_key, track_meta=False
             ),
         )
+        self.cpu_amp = resolve_cpu_amp(cpu_amp, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,

@@ -31,6 +31,7 @@ from monai_msgldm.engines.utils import (
     check_engine_seed,
     input_masks,
     resolve_amp,
+    resolve_cpu_amp,
     unwrap_module,
 )
 from monai_msgldm.losses import StructureAwareLoss, StyleConsistencyLoss
@@ -127,6 +128,8 @@ class StructureStyleTrainer(SupervisedTrainer):
             trainer draws nothing. None: the trainer draws the masks (:py:class:`ModalityMaskSampler`).
         image_key, available_key, seg_key: batch keys.
         amp: mixed precision; only on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU (about 1.5-2x faster with Intel AMX: ``monai_msgldm.utils.cpu_has_amx``;
+            ignored on CUDA).
         kwargs: further ``SupervisedTrainer`` arguments.
 
     Example::
@@ -157,6 +160,7 @@ class StructureStyleTrainer(SupervisedTrainer):
         seg_key: str = "seg",
         input_mask_key: str | None = None,
         amp: bool = False,
+        cpu_amp: bool = False,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -179,6 +183,7 @@ class StructureStyleTrainer(SupervisedTrainer):
                 track_meta=False,
             ),
         )
+        self.cpu_amp = resolve_cpu_amp(cpu_amp, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -277,6 +282,8 @@ class StructureStyleEvaluator(SupervisedEvaluator):
         threshold: probability threshold of the prediction, or ``None``.
         image_key, available_key, seg_key: batch keys.
         amp: mixed precision; only on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU (about 1.5-2x faster with Intel AMX: ``monai_msgldm.utils.cpu_has_amx``;
+            ignored on CUDA).
         kwargs: further ``SupervisedEvaluator`` arguments.
 
     Example::
@@ -296,6 +303,7 @@ class StructureStyleEvaluator(SupervisedEvaluator):
         available_key: str = "available",
         seg_key: str = "seg",
         amp: bool = False,
+        cpu_amp: bool = False,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -316,6 +324,7 @@ class StructureStyleEvaluator(SupervisedEvaluator):
             "prepare_batch",
             PrepareMultiModalBatch(image_key=image_key, available_key=available_key, seg_key=seg_key),
         )
+        self.cpu_amp = resolve_cpu_amp(cpu_amp, device)
         super().__init__(
             device=device, val_data_loader=val_data_loader, network=network, amp=resolve_amp(amp, device), **kwargs
         )

@@ -41,6 +41,7 @@ __all__ = [
     "present_contrast_loss",
     "reseed_mask_sampler_every_epoch",
     "resolve_amp",
+    "resolve_cpu_amp",
     "unwrap_module",
 ]
 
@@ -52,10 +53,19 @@ def resolve_amp(amp: bool, device: str | torch.device | None) -> bool:
     return torch.device(device).type == "cuda"
 
 
+def resolve_cpu_amp(cpu_amp: bool, device: str | torch.device | None) -> bool:
+    """Whether bfloat16 autocast on the CPU is really used: only when requested AND the device is the CPU (None
+    counts as the CPU, where MONAI's engines then run)."""
+    return bool(cpu_amp) and (device is None or torch.device(device).type == "cpu")
+
+
 def autocast_context(engine: Any) -> AbstractContextManager:
-    """``torch.autocast("cuda", **engine.amp_kwargs)`` when ``engine.amp`` is set, a no-op context otherwise."""
+    """``torch.autocast("cuda", **engine.amp_kwargs)`` when ``engine.amp`` is set, bfloat16
+    ``torch.autocast("cpu")`` when ``engine.cpu_amp`` is (:func:`resolve_cpu_amp`), a no-op context otherwise."""
     if getattr(engine, "amp", False):
         return torch.autocast("cuda", **getattr(engine, "amp_kwargs", {}))
+    if getattr(engine, "cpu_amp", False):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
