@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 _STAGE_KEYS = ("name", "config", "final_ckpt")
 #: ids of train.json (and of overlays like demo.json) that sequence the stages: removed before a stage's file merges
 SEQUENCING_KEYS = ("stages", "run_stages", "skip_finished", "initialize", "run", "training", "finalize")
+#: ids whose value belongs to the machine a config runs on, not to the model: never handed from training to another
+#: config (``cpu_amp``: the demo trains in bfloat16 where its CPU has AMX; ``inference.json`` decides from the CPU
+#: it serves on, so a served copy moved to another machine does not inherit the training machine's precision)
+MACHINE_KEYS = ("cpu_amp",)
 
 
 def stage_is_finished(final_ckpt: str) -> bool:
@@ -154,7 +158,7 @@ def running_values(
     workflow changed from ``base_file`` (``train.json``) through its overlays or command-line overrides, or that
     ``base_file`` does not define (e.g. the demo's ``ddim_steps``). Nested overrides such as
     ``autoencoder_def#channels`` are part of their root's value (``autoencoder_def``). Workflow ids
-    (:data:`SEQUENCING_KEYS`, ``imports``) are never taken.
+    (:data:`SEQUENCING_KEYS`, ``imports``) and the machine's settings (:data:`MACHINE_KEYS`) are never taken.
 
     A value that is a reference or an expression (``"$os.path.join(@demo_dir, 'models')"``) is evaluated by the
     running parser and taken when the result is plain data (strings, numbers, lists, dicts, None), left out
@@ -181,7 +185,7 @@ def running_values(
     running = parser.get()
     values: dict[str, Any] = {}
     for key in target:
-        if key.startswith("_") or key in SEQUENCING_KEYS or key == "imports" or key not in running:
+        if key.startswith("_") or key in SEQUENCING_KEYS + MACHINE_KEYS or key == "imports" or key not in running:
             continue
         value = running[key]
         derived = isinstance(value, str) and value.startswith(("$", "@"))

@@ -104,6 +104,7 @@ class TestWriteServedBundle(unittest.TestCase):
                 "spatial_size": "$16 * 2",
                 "ddim_steps": 3,
                 "phantom_resolution": 4.0,
+                "cpu_amp": True,  # the training machine's precision (demo.json on a CPU with AMX)
                 "serve": f"$monai_msgldm.bundle.write_served_bundle({str(BUNDLE_DIR)!r}, {out!r}, {self.model!r})",
             }
         )
@@ -117,7 +118,8 @@ class TestWriteServedBundle(unittest.TestCase):
         source = ConfigParser.load_config_file(str(configs / "inference.json"))
         for key in ("bundle_root", "ckpt_dir", "model_path", "output_dir", "datalist", "imports", "initialize"):
             self.assertEqual(inference[key], source[key], key)  # locations and workflow ids stay the bundle's
-        for key in ("structure_def", "autoencoder_def", "seed", "device"):  # unchanged by the run: as written
+        # unchanged by the run, or the serving machine's to decide (cpu_amp): as written
+        for key in ("structure_def", "autoencoder_def", "seed", "device", "cpu_amp"):
             self.assertEqual(inference[key], source[key], key)
         evaluate = ConfigParser.load_config_file(os.path.join(out, "configs", "evaluate.json"))
         self.assertEqual(evaluate["phantom_resolution"], 4.0)
