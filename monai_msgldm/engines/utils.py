@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from monai.utils import convert_to_tensor
 from monai_msgldm.inferers.sampler import unwrap_network as unwrap_module  # one unwrapping, shared with the inferers
 from monai_msgldm.transforms import RandModalityDropout
 from monai_msgldm.utils.availability import validate_availability
+from monai_msgldm.utils.precision import sampling_autocast
 
 __all__ = [
     "backward_and_step",
@@ -64,9 +65,7 @@ def autocast_context(engine: Any) -> AbstractContextManager:
     ``torch.autocast("cpu")`` when ``engine.cpu_amp`` is (:func:`resolve_cpu_amp`), a no-op context otherwise."""
     if getattr(engine, "amp", False):
         return torch.autocast("cuda", **getattr(engine, "amp_kwargs", {}))
-    if getattr(engine, "cpu_amp", False):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+    return sampling_autocast("cpu", amp=False, cpu_amp=getattr(engine, "cpu_amp", False))
 
 
 def backward_and_step(engine: Any, loss: torch.Tensor) -> None:
